@@ -1,0 +1,278 @@
+"""Automagic_CameAMP, composed from the technique functions of this package (spec optimizers.md O1).
+
+Upstream: `hinablue/sd-scripts`, `library/automagic_cameamp.py` @ 863c5b5 (= main @ 1bba43e).
+
+Per-parameter pipeline (t = this parameter's step after increment, W = warmup_steps, η = group lr):
+  1. g̃ = AGR(g)                                   T1a  agr.agr
+  2. t == 1 and came: seed v = g̃² + ε1, stop      T2   came_style.seed_second_moment
+     else u = clip(g̃/√v) (came) or ADOPT clip     T2   came_style.scale_v1 / adopt_clip
+  3. t < W/2: TAM, m̄ = m; else consistency        T4a / T5
+  4. r ← β3 r + (1−β3)((u − m̄)² + ε2); U = m(r^-½ + ε2)   T3
+  5. U ← Grams blend with α = δ^t                 T6
+  6. t < W/2: U ← OrthoGrad(θ, U)                 T7a
+  7. E = LR mask (warm-up update or post scale)   T8a
+  8. E ← E ⊙ ρ (ALLoRA rows, 2-D, not full_finetune)   T9a
+  9. t < W/2 and wd > 0: θ ← θ(1 − E·wd·ϑ)        T10
+ 10. θ ← θ − U ⊙ E
+
+``compat="upstream"`` reproduces the upstream numerics. Where upstream crashes or produces NaN, it
+does the defined thing instead, as upstream-issues.md prescribes: S = 0 leaves g unchanged and σ = 0
+gives ϑ = 1 [I-05]; the group statistics μ, σ are computed whenever a parameter of the group needs
+them [I-07]; keys deleted at t == W are recreated if a warm branch needs them [I-22]; fp16 parameters
+get fp32 states [I-24]; no `torch.cuda.synchronize()` [I-04]; 0-d parameters are treated as shape [1]
+by TAM (upstream raises).
+
+``compat="fixed"`` applies the corrections of upstream-issues.md:
+  * [I-05] ε = 1e-12 in the AGR sum and in σ.
+  * [I-18] TAM uses the paper's scalar cosine per tensor (s is 0-d) and m ← βm + (1−β)d.
+  * [I-21] the residual r is bias-corrected by (1 − β3^t).
+  * [I-24] every state is float32, whatever the parameter dtype.
+  * [I-25] the mask starts at the group lr; min_lr, max_lr and lr_bump are per-group settings.
+  * [I-26] lr_max starts at the group lr, so the first update does not double the LR.
+  * [I-28] ρ is recomputed from the current rows every step. (Restricting it to LoRA factors needs
+    parameter names; that arrives with the named-parameter construction of the family issue.)
+  * [I-48] ``wd_until="always"`` keeps adaptive weight decay on after W/2 (default "warmup_half").
+The first-step seeding (θ does not move at t = 1) and the t < W/2 / t < W phase convention are kept:
+they are well-defined and documented [I-49].
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
+from .allora import allora_row_scaling
+from .consistency_momentum import consistency_momentum, decayed_beta1
+from .grams import grams_alpha, grams_blend
+from .orthograd import orthograd
+from .persistence import restore_state_dtypes
+from .validation import check_automagic_kwargs, check_grad
+
+MAGIC_VERSION = 1
+FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
+
+
+class Automagic_CameAMP(torch.optim.Optimizer):
+    """Readable reference of Automagic_CameAMP. Keyword arguments and defaults are upstream's."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        min_lr: float = 1e-7,
+        max_lr: float = 1e-3,
+        lr_bump: float = 3e-6,
+        eps=(1e-30, 1e-16, 1e-8),
+        clip_threshold: float = 1.0,
+        betas=(0.8, 0.99, 0.999),
+        eta: float = 2.0,
+        beta1_decay: float = 0.9995,
+        weight_decay: float = 5e-4,
+        warmup_steps: int = 500,
+        context_window: int = 30,
+        edge_threshold: float = 0.6,
+        adaptation_rate: float = 0.25,
+        came: bool = True,
+        full_finetune: bool = False,
+        verbose: bool = False,
+        compat: str = "upstream",
+        wd_until: str = "warmup_half",
+    ):
+        # upstream: eta is forced to 2.0 when it is not an int/float
+        eta = float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else 2.0
+        defaults = dict(
+            lr=lr, min_lr=min_lr, max_lr=max_lr, lr_bump=lr_bump, eps=tuple(eps),
+            clip_threshold=clip_threshold, betas=tuple(betas), eta=eta, beta1_decay=beta1_decay,
+            weight_decay=weight_decay, warmup_steps=warmup_steps, context_window=context_window,
+            edge_threshold=edge_threshold, adaptation_rate=adaptation_rate, came=came,
+            full_finetune=full_finetune,
+        )  # fmt: skip
+        check_automagic_kwargs(defaults, compat=compat, wd_until=wd_until)
+        super().__init__(params, defaults)
+        self.compat = compat
+        self.wd_until = wd_until
+        self.verbose = verbose
+        self._step = 0  # upstream attribute: the last processed parameter's t (not saved)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def fixed(self) -> bool:
+        return self.compat == "fixed"
+
+    def _mask_setting(self, group, key):
+        """[I-25] min_lr / max_lr / lr_bump come from the constructor upstream, from the group when fixed."""
+        return group[key] if self.fixed else self.defaults[key]
+
+    def _state_dtype(self, p):
+        """[I-24] states follow the parameter dtype upstream (fp16 → fp32); always fp32 when fixed."""
+        if self.fixed or p.dtype == torch.float16:
+            return torch.float32
+        return p.dtype
+
+    def _wd_active(self, group, t: int) -> bool:
+        if group["weight_decay"] <= 0:
+            return False
+        return t < group["warmup_steps"] / 2 or (self.fixed and self.wd_until == "always")
+
+    def _init_state(self, p, group):
+        state = self.state[p]
+        dtype = self._state_dtype(p)
+        start_lr = group["lr"] if self.fixed else self.defaults["lr"]
+        state["step"] = 0
+        state["lr_max"] = group["lr"] if self.fixed else lr_mask.LR_MAX_INIT
+        state["lr_mask"] = torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device)
+        state["avg_lr"] = float(start_lr)
+        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+        state["exp_avg"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        state["s"] = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(
+            p, dtype=dtype
+        )
+        if group["came"]:
+            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        state["exp_avg_res"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        if not group["full_finetune"] and p.dim() == 2:
+            state["row_scaling"] = allora_row_scaling(p.detach().to(dtype), group["eta"])
+
+    def _stats_grads(self, grads):
+        """Gradients as used by the group statistics (fp32 where the states are fp32)."""
+        return [g.float() if (self.fixed or g.dtype == torch.float16) else g for g in grads]
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
+            if not with_grad:
+                continue
+            for p in with_grad:
+                check_grad(p, type(self).__name__)
+            grads = self._stats_grads([p.grad for p in with_grad])
+            # T1a: S = Σ|g| over the group
+            group_sum = agr.group_abs_sum(grads)
+            updating = [p for p in with_grad if p.requires_grad]
+            # T10 pre-pass: μ, σ whenever a parameter of this group will use them [I-07]
+            mu = sigma = None
+            if any(self._wd_active(group, self.state[p].get("step", 0) + 1) for p in updating):
+                mu, sigma = adaptive_weight_decay.group_abs_stats(grads)
+            for p in updating:
+                self._step_param(p, group, group_sum, mu, sigma)
+
+        if self.verbose:
+            print([group["lr"] for group in self.param_groups])
+        return loss
+
+    def _step_param(self, p, group, group_sum, mu, sigma):
+        state = self.state[p]
+        if len(state) == 0:
+            self._init_state(p, group)
+        dtype = self._state_dtype(p)
+        eps_guard = FIXED_EPS if self.fixed else 0.0
+        raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
+        grad = agr.agr(raw_grad, group_sum, eps=eps_guard).to(dtype)  # T1a
+
+        state["step"] += 1
+        t = state["step"]
+        self._step = t
+        W = group["warmup_steps"]
+        if t == W:  # T27.1: warm-up-only state is dropped at the end of warm-up
+            state.pop("s", None)
+            state.pop("last_polarity", None)
+
+        beta1, beta2, beta3 = group["betas"]
+        eps1, eps2, _ = group["eps"]
+        early = t < W / 2
+
+        # T2: second-moment scaling (V1) or the ADOPT clip
+        if group["came"]:
+            if t == 1:
+                state["exp_avg_sq"] = state["exp_avg_sq"] + came_style.seed_second_moment(grad, eps1)
+                return  # V1: the first step only seeds v
+            u, state["exp_avg_sq"] = came_style.scale_v1(
+                grad, state["exp_avg_sq"], beta2, eps1, group["clip_threshold"]
+            )
+        else:
+            u = came_style.adopt_clip(grad, t)
+
+        # T4a / T5: momentum
+        m = state["exp_avg"]
+        if early:
+            s = state.get("s")
+            if s is None:  # [I-22] recreated on demand after a resume with a larger W
+                s = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(m)
+            tam_fn = tam.tam_cosine if self.fixed else tam.tam_upstream
+            m, state["s"] = tam_fn(m, s, u, eps1)
+            m_bar = m
+        else:
+            m, m_bar = consistency_momentum(m, u, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
+        state["exp_avg"] = m
+
+        # T3: AdaBelief residual
+        r = adabelief_residual.update_residual(state["exp_avg_res"], u, m_bar, beta3, eps2)
+        state["exp_avg_res"] = r
+        bias_correction = 1 - beta3**t if self.fixed else 1.0
+        update = adabelief_residual.residual_direction(m, r, eps2, bias_correction)
+
+        # T6: Grams blend; T7a: OrthoGrad while early
+        update = grams_blend(update, grad, grams_alpha(group["beta1_decay"], t))
+        if early:
+            update = orthograd(p, update)
+
+        # T8a: LR mask
+        lr = group["lr"]
+        if t < W:
+            polarity = state.get("last_polarity")
+            if polarity is None:  # [I-22]
+                polarity = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
+            lr_eff, state["lr_max"] = lr_mask.warmup_lr_mask(
+                state["lr_mask"], agree, lr, state["lr_max"],
+                self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
+                self._mask_setting(group, "max_lr"),
+            )  # fmt: skip
+            state["lr_mask"] = lr_eff
+            state["avg_lr"] = float(lr_eff.mean())
+        else:
+            lr_eff, state["lr_max"] = lr_mask.post_warmup_lr_mask(state["lr_mask"], lr, state["lr_max"])
+
+        # T9a: ALLoRA rows (recomputed from the current rows when fixed [I-28])
+        if "row_scaling" in state:
+            if self.fixed:
+                state["row_scaling"] = allora_row_scaling(p.detach().to(dtype), group["eta"])
+            lr_eff = lr_eff * state["row_scaling"]
+
+        # T10: adaptive weight decay, applied before the update
+        if self._wd_active(group, t):
+            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=eps_guard)
+            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
+
+        # θ ← θ − U ⊙ E
+        p.add_(-update.mul(lr_eff))
+
+    # ------------------------------------------------------------------ persistence, monitoring
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["magic_version"] = MAGIC_VERSION
+        return sd
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("magic_version") != MAGIC_VERSION:
+            warnings.warn(
+                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
+                stacklevel=2,
+            )
+        state_dict = {k: v for k, v in state_dict.items() if k != "magic_version"}
+        super().load_state_dict(state_dict)
+        restore_state_dtypes(self, state_dict)
+
+    def _get_group_lr(self, group) -> float:
+        """T27.8: mean of the params' avg_lr, or the constructor lr when none has one yet."""
+        values = [self.state[p]["avg_lr"] for p in group["params"] if "avg_lr" in self.state[p]]
+        return float(torch.mean(torch.tensor(values))) if values else self.defaults["lr"]
+

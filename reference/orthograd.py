@@ -1,0 +1,31 @@
+"""⊥Grad / OrthoGrad, norm-preserving form (spec T7a).
+
+Paper: Prieto et al., "Grokking at the Edge of Numerical Stability", ICLR 2025, arXiv:2501.04697,
+the ⊥Grad update: g⊥ = g − (⟨θ,g⟩/⟨θ,θ⟩)·θ. The authors' `orthograd.py` (and this family) then rescale
+g⊥ to the norm of g.
+
+Family variant: applied to the update direction U (not the raw gradient), only while t < W/2.
+This implementation is out of place; upstream overwrites its input, which is harmless in
+Automagic_CameAMP because the input is a fresh tensor [I-06].
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def orthograd(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Return x with its component along θ removed, rescaled to ‖x‖."""
+    # If ‖θ‖₂ ≤ 1e-30 the projection is undefined: return x unchanged
+    if float(theta.norm(2)) <= 1e-30:
+        return x
+    v = x.reshape(-1)
+    w = theta.reshape(-1).to(v.dtype)
+    # ν = ‖v‖₂ (before modification)
+    nu = v.norm(2)
+    # π = ⟨w,v⟩ / (⟨w,w⟩ + 1e-30)
+    proj = torch.dot(w, v) / torch.dot(w, w).add(1e-30)
+    # v⊥ = v − π·w
+    v_perp = v.sub(w, alpha=float(proj))
+    # result = v⊥ · ν / (‖v⊥‖₂ + 1e-30)
+    return (v_perp * (nu / v_perp.norm(2).add(1e-30))).reshape(x.shape)

@@ -1,0 +1,27 @@
+"""State-dict helpers shared by the family's optimizers."""
+
+from __future__ import annotations
+
+import itertools
+
+
+def saved_param_map(optimizer, state_dict):
+    """Map the saved parameter ids to the optimizer's parameters, in the order torch uses."""
+    saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    params = itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    return dict(zip(saved_ids, params, strict=True))
+
+
+def restore_state_dtypes(optimizer, state_dict):
+    """Undo torch's cast of floating states to the parameter dtype after `load_state_dict`.
+
+    torch casts every floating state tensor to its parameter's dtype on load. The family keeps some
+    states in another dtype (the fp32 LR mask of a bf16 parameter, fp32 states in fixed mode), so a
+    round trip must restore the saved dtype exactly.
+    """
+    id_map = saved_param_map(optimizer, state_dict)
+    for pid, saved in state_dict["state"].items():
+        p = id_map[pid]
+        for key, value in saved.items():
+            if hasattr(value, "dtype") and optimizer.state[p][key].dtype != value.dtype:
+                optimizer.state[p][key] = value.to(device=p.device, copy=True)

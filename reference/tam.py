@@ -1,0 +1,50 @@
+"""TAM — Torque-Aware Momentum (spec T4a; corrected form per [I-18]).
+
+Paper: Malviya et al., "Torque-Aware Momentum", arXiv:2412.18790 (2024). The paper damps the gradient
+by the agreement between momentum and gradient: s_t = γ s_{t−1} + (1−γ)·cos(m_{t−1}, g_t),
+d_t = (1 + s_t)/2 · g_t, m_t = β m_{t−1} + (1−β) d_t.
+
+Family variant (upstream, `tam_upstream`): the correlation is the element-wise product of dim-0
+normalised tensors N₀(m) ⊙ N₀(x), not a cosine, so each element is O(1/n₀) and s stays ≈ 0; and d
+carries no (1−β) factor, so m ← 0.9·m + 0.5·x in practice. The corrected form (`tam_cosine`) uses the
+paper's scalar cosine per tensor and the (1−β) factor; its s is a 0-d state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TAM_BETA = 0.9  # β, hard-coded upstream
+TAM_DECAY = 0.9  # γ ('decay_rate'), hard-coded upstream
+
+
+def normalize_dim0(x: torch.Tensor) -> torch.Tensor:
+    """N₀(x) = F.normalize(x, p=2, dim=0); a 0-d tensor is treated as shape [1] (upstream raises)."""
+    return F.normalize(x.reshape(1) if x.dim() == 0 else x, p=2.0, dim=0).reshape(x.shape)
+
+
+def tam_upstream(m: torch.Tensor, s: torch.Tensor, x: torch.Tensor, eps1: float):
+    """Upstream TAM. Returns (m_new, s_new); the caller uses m̄ = m_new."""
+    # corr = N₀(m_{t−1}) ⊙ N₀(x)
+    corr = normalize_dim0(m) * normalize_dim0(x)
+    # s ← γ·s + (1−γ)·corr
+    s = s.mul(TAM_DECAY).add(corr, alpha=1.0 - TAM_DECAY)
+    # d = ((1 + s)/2 + ε1) ⊙ x
+    d = ((1.0 + s) / 2.0).add(eps1).mul(x)
+    # m ← β·m + d
+    m = m.mul(TAM_BETA).add(d)
+    return m, s
+
+
+def tam_cosine(m: torch.Tensor, s: torch.Tensor, x: torch.Tensor, eps1: float):
+    """Corrected TAM (paper form): s is a scalar per tensor. Returns (m_new, s_new)."""
+    # c = cos(vec m_{t−1}, vec x) = ⟨m,x⟩ / (max(‖m‖,1e-8)·max(‖x‖,1e-8))
+    cos = F.cosine_similarity(m.reshape(1, -1), x.reshape(1, -1)).reshape(())
+    # s ← γ·s + (1−γ)·c
+    s = s * TAM_DECAY + cos * (1.0 - TAM_DECAY)
+    # d = ((1 + s)/2 + ε1)·x
+    d = ((1.0 + s) / 2.0 + eps1) * x
+    # m ← β·m + (1−β)·d
+    m = m * TAM_BETA + d * (1.0 - TAM_BETA)
+    return m, s

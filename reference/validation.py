@@ -1,0 +1,64 @@
+"""Argument and gradient checks shared by the family's optimizers."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+COMPAT_MODES = ("upstream", "fixed")
+WD_WINDOWS = ("warmup_half", "always")
+
+
+def _number(name, value, *, low=None, high=None, low_open=False, high_open=True):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if value != value:
+        raise ValueError(f"{name} must not be NaN")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+
+
+def _tuple(name, value, length):
+    if not isinstance(value, (tuple, list)) or len(value) != length:
+        raise ValueError(f"{name} must be a sequence of {length} numbers, got {value!r}")
+
+
+def check_automagic_kwargs(d: dict, *, compat: str, wd_until: str) -> None:
+    """Validate the Automagic_CameAMP constructor arguments (clear errors naming the argument)."""
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
+    if wd_until not in WD_WINDOWS:
+        raise ValueError(f"wd_until must be one of {WD_WINDOWS}, got {wd_until!r}")
+    if wd_until != "warmup_half" and compat != "fixed":
+        raise ValueError("wd_until='always' is a correction [I-48]; it needs compat='fixed'")
+    for name in ("lr", "min_lr", "max_lr", "lr_bump", "weight_decay"):
+        _number(name, d[name], low=0.0, high=None)
+    if d["min_lr"] > d["max_lr"]:
+        raise ValueError(f"min_lr ({d['min_lr']}) must not exceed max_lr ({d['max_lr']})")
+    _number("clip_threshold", d["clip_threshold"], low=0.0, low_open=True)
+    _number("eta", d["eta"])
+    if d["eta"] == 0:
+        raise ValueError("eta must be non-zero (ALLoRA uses 1/eta**2)")
+    _number("beta1_decay", d["beta1_decay"], low=0.0, high=1.0, high_open=False)
+    _tuple("betas", d["betas"], 3)
+    for i, b in enumerate(d["betas"]):
+        _number(f"betas[{i}]", b, low=0.0, high=1.0)
+    _tuple("eps", d["eps"], 3)
+    for i, e in enumerate(d["eps"]):
+        _number(f"eps[{i}]", e, low=0.0)
+    w = d["warmup_steps"]
+    if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer, got {w!r}")
+
+
+def check_grad(p: torch.Tensor, owner: str) -> None:
+    """Refuse gradients the family cannot handle, before any state is touched."""
+    if p.grad.is_sparse:
+        raise TypeError(f"{owner} does not support sparse gradients")
+    if p.is_complex() or p.grad.is_complex():
+        raise TypeError(f"{owner} does not support complex parameters; view them as real")
+    if not p.is_floating_point():
+        raise TypeError(f"{owner} needs floating-point parameters, got {p.dtype}")
