@@ -1,0 +1,340 @@
+"""Fast Automagic_CameAMP: same name, kwargs, compat modes and state_dict format as the reference.
+
+Each param group's parameters are packed per (dtype, device) into a flat chunked buffer (bucket.py)
+and stepped by two compiled kernels (automagic_step.py); the compiled graphs depend on the phase
+flags, not on the number or the shapes of the tensors. What differs from `reference`:
+  * parameters become views of the bucket buffer (values, shapes and identities are unchanged);
+  * `optimizer.state` stays empty: per-parameter state is read through `state_dict()`;
+  * reductions are summed in a different order, and bf16 arithmetic is done in fp32 with one rounding
+    per stored value, so results agree to the tolerances in equivalence_tests/tolerances.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from reference.automagic_cameamp import FIXED_EPS, MAGIC_VERSION
+from reference.lr_mask import LR_MAX_INIT, POST_WARMUP_MIN_SCALE
+from reference.persistence import saved_param_map
+from reference.validation import check_automagic_kwargs, check_grad
+
+from . import automagic_step as S
+from .bucket import Bucket
+from .kernels import allora_table, masked_tensor_mean, row_norms
+
+assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
+
+
+class Automagic_CameAMP(torch.optim.Optimizer):
+    """Fused, flat-buffer Automagic_CameAMP. See reference.Automagic_CameAMP for the algorithm."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        min_lr: float = 1e-7,
+        max_lr: float = 1e-3,
+        lr_bump: float = 3e-6,
+        eps=(1e-30, 1e-16, 1e-8),
+        clip_threshold: float = 1.0,
+        betas=(0.8, 0.99, 0.999),
+        eta: float = 2.0,
+        beta1_decay: float = 0.9995,
+        weight_decay: float = 5e-4,
+        warmup_steps: int = 500,
+        context_window: int = 30,
+        edge_threshold: float = 0.6,
+        adaptation_rate: float = 0.25,
+        came: bool = True,
+        full_finetune: bool = False,
+        verbose: bool = False,
+        compat: str = "upstream",
+        wd_until: str = "warmup_half",
+    ):
+        eta = float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else 2.0
+        defaults = dict(
+            lr=lr, min_lr=min_lr, max_lr=max_lr, lr_bump=lr_bump, eps=tuple(eps),
+            clip_threshold=clip_threshold, betas=tuple(betas), eta=eta, beta1_decay=beta1_decay,
+            weight_decay=weight_decay, warmup_steps=warmup_steps, context_window=context_window,
+            edge_threshold=edge_threshold, adaptation_rate=adaptation_rate, came=came,
+            full_finetune=full_finetune,
+        )  # fmt: skip
+        check_automagic_kwargs(defaults, compat=compat, wd_until=wd_until)
+        super().__init__(params, defaults)
+        self.compat, self.wd_until, self.verbose = compat, wd_until, verbose
+        self._buckets: dict[int, list[Bucket]] = {}
+
+    @property
+    def fixed(self) -> bool:
+        return self.compat == "fixed"
+
+    # ------------------------------------------------------------------ buckets
+    def _state_dtype(self, dtype):
+        return torch.float32 if (self.fixed or dtype == torch.float16) else dtype
+
+    def _group_buckets(self, gi: int) -> list[Bucket]:
+        if gi not in self._buckets:
+            by_key: dict = {}
+            for p in self.param_groups[gi]["params"]:
+                if p.numel() > 0:
+                    by_key.setdefault((p.dtype, p.device), []).append(p)
+            self._buckets[gi] = [Bucket(ps, self._state_dtype(dt)) for (dt, _), ps in by_key.items()]
+        return self._buckets[gi]
+
+    def _setting(self, group, key):
+        """[I-25] mask settings come from the constructor upstream, from the group when fixed."""
+        return group[key] if self.fixed else self.defaults[key]
+
+    def _start_lr(self, group) -> float:
+        return group["lr"] if self.fixed else self.defaults["lr"]
+
+    def _start(self, bucket: Bucket, group, new):
+        """Initialise the state of the tensors that take their first step (spec O1 'State')."""
+        start_lr = self._start_lr(group)
+        bucket.allocate(group["came"], self.fixed, start_lr)
+        bucket.ensure_warm_buffers(self.fixed)
+        fills = {"exp_avg": 0, "exp_avg_sq": 0, "exp_avg_res": 0, "s": 0, "lr_mask": start_lr,
+                 "last_polarity": False}  # fmt: skip
+        if new.all():
+            for name, value in fills.items():
+                if bucket.states[name] is not None:
+                    bucket.states[name].fill_(value)
+        else:
+            for i in np.flatnonzero(new):
+                for name, value in fills.items():
+                    buf = bucket.states[name]
+                    if buf is not None:
+                        buf[i if (name == "s" and self.fixed) else bucket.rows(i)] = value
+        bucket.lr_max[new] = group["lr"] if self.fixed else LR_MAX_INIT
+        bucket.avg_lr[new] = start_lr
+        bucket.avg_lr_stale[new] = False
+        if not group["full_finetune"] and any(bucket.layout.is_matrix[i] for i in np.flatnonzero(new)):
+            table = bucket.states["row_scaling"]
+            fresh = allora_table(row_norms(bucket.theta, bucket.idx, table), 1.0 / group["eta"] ** 2)
+            for i in np.flatnonzero(new):
+                if bucket.layout.is_matrix[i]:
+                    rows = bucket.row_scaling_rows(i)
+                    table[rows] = fresh[rows].to(table.dtype)
+        bucket.started |= new
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            self._step_group(gi, group)
+        if self.verbose:
+            print([group["lr"] for group in self.param_groups])
+        return loss
+
+    def _step_group(self, gi, group):
+        buckets = self._group_buckets(gi)
+        has_grads = []
+        for b in buckets:
+            b.check_views()
+            has = np.array([p.grad is not None for p in b.params], dtype=bool)
+            for p in b.params:
+                if p.grad is not None:
+                    check_grad(p, type(self).__name__)
+            has_grads.append(has)
+        if not any(h.any() for h in has_grads):
+            return
+        grads, partials, count = [], [], 0
+        for b, has in zip(buckets, has_grads, strict=True):
+            grad = b.gather_grads(has) if has.any() else None
+            grads.append(grad)
+            if grad is not None:
+                partials.append(S.gradient_partials(grad, b.idx))
+                count += sum(n for n, h in zip(b.layout.numels, has, strict=True) if h)
+        abs_total = sum(a.sum() for a, _ in partials)
+        sq_total = sum(q.sum() for _, q in partials)
+        group_sum = abs_total.to(torch.float32)
+        mu = abs_total / count
+        sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
+        it = iter(partials)
+        for b, has, grad in zip(buckets, has_grads, grads, strict=True):
+            if grad is not None:
+                abs_sum = next(it)[0]
+                self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
+
+    def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum):
+        active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)
+        if not active.any():
+            return
+        new = active & ~b.started
+        if new.any():
+            self._start(b, group, new)
+        W, came, lr = group["warmup_steps"], group["came"], group["lr"]
+        beta1, beta2, beta3 = group["betas"]
+        eps1, eps2, _ = group["eps"]
+        decay = group["beta1_decay"]
+        t = b.step + active
+        if W >= 1 and (active & (t == W)).any():
+            self._forget_warm_state(b, active & (t == W))
+        if b.states["s"] is None and (active & (t < W)).any():
+            b.ensure_warm_buffers(self.fixed)
+
+        seed = active & came & (t == 1)
+        upd = active & ~seed
+        early, warm = t < W / 2, t < W
+        wd_on = (group["weight_decay"] > 0) & (early | (self.fixed and self.wd_until == "always"))
+
+        # lr_max bookkeeping of T8a, on the host
+        shift = np.zeros(len(t))
+        scale = np.ones(len(t))
+        raise_max = upd & (lr > b.lr_max)
+        shift[raise_max & warm] = lr - b.lr_max[raise_max & warm]
+        b.lr_max[raise_max] = lr
+        lower = upd & ~warm & (lr < b.lr_max)
+        scale[lower] = np.maximum(lr / b.lr_max[lower], POST_WARMUP_MIN_SCALE)
+
+        tf = t.astype(np.float64)
+        beta1_t = np.maximum(beta1 * decay**tf, 0.4)
+        alpha = 1.0 * decay**tf
+        per_tensor = np.stack([
+            active, seed, early, warm, beta1_t, 1 - beta1_t, alpha, 1 - alpha,
+            1 - beta3**tf if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
+        ], axis=1).astype(np.float64)  # fmt: skip
+        consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
+                  group["weight_decay"], self._setting(group, "lr_bump"), self._setting(group, "min_lr"),
+                  self._setting(group, "max_lr"), 1.0 / group["eta"] ** 2]  # fmt: skip
+        flags = S.Flags(
+            came=bool(came),
+            fixed=self.fixed,
+            has_seed=bool(seed.any()),
+            has_update=bool(upd.any()),
+            has_early=bool((upd & early).any()),
+            has_late=bool((upd & ~early).any()),
+            has_warm=bool((upd & warm).any()),
+            has_post=bool((upd & ~warm).any()),
+            has_wd=bool((upd & wd_on).any()),
+            has_rho=not group["full_finetune"] and any(b.layout.is_matrix),
+            masked=not active.all(),
+        )
+        st = b.states
+        bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
+                         st["lr_mask"], st["last_polarity"], st["row_scaling"])  # fmt: skip
+        dev = b.device
+        S.fused_step(
+            bufs, b.idx, torch.from_numpy(per_tensor).to(dev), torch.tensor(consts, dtype=torch.float64, device=dev),
+            group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum, flags,
+        )  # fmt: skip
+        b.step = t
+        b.avg_lr_stale |= upd & warm
+        if W >= 1 and (b.step >= W).all():
+            b.drop_warm_buffers()
+
+    def _forget_warm_state(self, b: Bucket, ending):
+        """T27.1: at t == W the warm-up-only state of those tensors is dropped (zeroed here)."""
+        if b.states["s"] is None:
+            return
+        for i in np.flatnonzero(ending):
+            if self.fixed:
+                b.states["s"][i] = 0
+            else:
+                b.states["s"][b.rows(i)] = 0
+            b.states["last_polarity"][b.rows(i)] = False
+
+    # ------------------------------------------------------------------ monitoring
+    def _refresh_avg_lr(self, b: Bucket):
+        if b.avg_lr_stale.any():
+            means = masked_tensor_mean(b.states["lr_mask"], b.idx).cpu().numpy()
+            b.avg_lr[b.avg_lr_stale] = means[b.avg_lr_stale]
+            b.avg_lr_stale[:] = False
+
+    def _get_group_lr(self, group) -> float:
+        """T27.8: mean avg_lr over the group's started parameters, else the constructor lr."""
+        gi = self.param_groups.index(group)
+        values = []
+        for b in self._buckets.get(gi, []):
+            self._refresh_avg_lr(b)
+            values.extend(b.avg_lr[b.started].tolist())
+        return float(torch.mean(torch.tensor(values))) if values else self.defaults["lr"]
+
+    def state_bytes(self) -> int:
+        """Bytes held by optimizer state (not parameters or gradients)."""
+        return sum(b.state_bytes() for bs in self._buckets.values() for b in bs)
+
+    # ------------------------------------------------------------------ persistence
+    def _locate(self):
+        """Parameter → (bucket, index) for every bucketed parameter."""
+        where = {}
+        for gi in range(len(self.param_groups)):
+            for b in self._group_buckets(gi):
+                for i, p in enumerate(b.params):
+                    where[p] = (b, i)
+        return where
+
+    def state_dict(self):
+        sd = super().state_dict()  # param_groups in torch's format; self.state is empty
+        ids = {}
+        for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
+            ids.update(zip(group["params"], saved["params"], strict=True))
+        state = {}
+        for gi, group in enumerate(self.param_groups):
+            for b in self._buckets.get(gi, []):
+                self._refresh_avg_lr(b)
+                for i in np.flatnonzero(b.started):
+                    state[ids[b.params[i]]] = self._export(b, i, group)
+        sd["state"] = dict(sorted(state.items()))
+        sd["magic_version"] = MAGIC_VERSION
+        return sd
+
+    def _export(self, b: Bucket, i: int, group) -> dict:
+        t, W = int(b.step[i]), group["warmup_steps"]
+        out = {"step": t, "lr_max": float(b.lr_max[i]), "lr_mask": b.view("lr_mask", i).clone(),
+               "avg_lr": float(b.avg_lr[i])}  # fmt: skip
+        if W == 0 or t < W:
+            out["last_polarity"] = b.view("last_polarity", i).clone()
+            out["s"] = b.states["s"][i].clone() if self.fixed else b.view("s", i).clone()
+        out["exp_avg"] = b.view("exp_avg", i).clone()
+        if group["came"]:
+            out["exp_avg_sq"] = b.view("exp_avg_sq", i).clone()
+        out["exp_avg_res"] = b.view("exp_avg_res", i).clone()
+        if not group["full_finetune"] and b.layout.is_matrix[i]:
+            out["row_scaling"] = b.states["row_scaling"][b.row_scaling_rows(i)].view(-1, 1).clone()
+        return out
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("magic_version") != MAGIC_VERSION:
+            warnings.warn(
+                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
+                stacklevel=2,
+            )
+        super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+        id_map = saved_param_map(self, state_dict)
+        where = self._locate()
+        for b in {id(b): b for b, _ in where.values()}.values():
+            b.started[:] = False
+        for pid, saved in state_dict["state"].items():
+            b, i = where[id_map[pid]]
+            group = next(g for g in self.param_groups if any(q is b.params[i] for q in g["params"]))
+            self._import(b, i, group, saved)
+
+    def _import(self, b: Bucket, i: int, group, saved: dict):
+        b.allocate(group["came"], self.fixed, self._start_lr(group))
+        b.ensure_warm_buffers(self.fixed)
+        b.step[i], b.lr_max[i] = int(saved["step"]), float(saved["lr_max"])
+        b.avg_lr[i], b.avg_lr_stale[i] = float(saved["avg_lr"]), False
+        for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity"):
+            if b.states[name] is None:
+                continue
+            if name in saved:
+                b.view(name, i).copy_(saved[name])
+            else:
+                b.view(name, i).zero_()
+        if self.fixed:
+            b.states["s"][i] = saved["s"].reshape(()) if "s" in saved else 0
+        elif "s" in saved:
+            b.view("s", i).copy_(saved["s"])
+        else:
+            b.view("s", i).zero_()
+        if "row_scaling" in saved:
+            b.states["row_scaling"][b.row_scaling_rows(i)] = saved["row_scaling"].reshape(-1)
+        b.started[i] = True

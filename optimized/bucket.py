@@ -1,0 +1,109 @@
+"""A bucket: the parameters of one param group that share a dtype and device, in one flat buffer.
+
+The parameters become views of the bucket's `theta` buffer, so the fused step updates them in place.
+Step counters and lr_max live on the host (numpy), which is where they are needed to build the
+per-tensor scalars; nothing is read back from the device during a step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .kernels import index_tensors
+from .layout import CHUNK, build_layout
+
+
+class Bucket:
+    def __init__(self, params, state_dtype):
+        self.params = list(params)
+        first = self.params[0]
+        self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
+        self.layout = build_layout(self.params, self.device)
+        self.idx = index_tensors(self.layout)
+        self.padded = any(n % CHUNK for n in self.layout.numels)
+        self.theta = self.layout.empty(self.dtype, self.device, fill=0)
+        self.views = self.layout.views(self.theta)
+        torch._foreach_copy_(self.views, [p.detach() for p in self.params])
+        for p, view in zip(self.params, self.views, strict=True):
+            p.data = view
+        self.ptrs = [p.data_ptr() for p in self.params]
+        T = len(self.params)
+        self.step = np.zeros(T, dtype=np.int64)
+        self.lr_max = np.zeros(T, dtype=np.float64)
+        self.started = np.zeros(T, dtype=bool)
+        self.avg_lr = np.zeros(T, dtype=np.float64)
+        self.avg_lr_stale = np.zeros(T, dtype=bool)
+        self.states: dict[str, torch.Tensor | None] = {}
+
+    # ------------------------------------------------------------------ storage
+    def allocate(self, came: bool, fixed: bool, start_lr: float):
+        """Create the state buffers (zeros, mask at start_lr) the first time a tensor starts."""
+        if self.states:
+            return
+        L, dt, dev = self.layout, self.state_dtype, self.device
+        self.states = {
+            "exp_avg": L.empty(dt, dev, fill=0),
+            "exp_avg_sq": L.empty(dt, dev, fill=0) if came else None,
+            "exp_avg_res": L.empty(dt, dev, fill=0),
+            "s": torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(dt, dev, 0),
+            "lr_mask": L.empty(torch.float32, dev, fill=start_lr),
+            "last_polarity": L.empty(torch.bool, dev, fill=False),
+            "row_scaling": torch.ones(L.nrows + 1, dtype=dt, device=dev),
+        }
+
+    def ensure_warm_buffers(self, fixed: bool):
+        """[I-22] recreate the warm-up-only buffers (zeros) if they were dropped."""
+        L, dev = self.layout, self.device
+        if self.states["s"] is None:
+            self.states["s"] = (
+                torch.zeros(L.ntensors, dtype=torch.float32, device=dev)
+                if fixed
+                else L.empty(self.state_dtype, dev, 0)
+            )
+        if self.states["last_polarity"] is None:
+            self.states["last_polarity"] = L.empty(torch.bool, dev, fill=False)
+
+    def drop_warm_buffers(self):
+        """T27.1: once every tensor is past warm-up, `s` and `last_polarity` are freed."""
+        self.states["s"] = None
+        self.states["last_polarity"] = None
+
+    def rows(self, i: int) -> slice:
+        return self.layout.row_slice(i)
+
+    def view(self, name: str, i: int) -> torch.Tensor:
+        return self.layout.view(self.states[name], i)
+
+    def row_scaling_rows(self, i: int) -> slice:
+        start = self.layout.row_start[i]
+        return slice(start, start + self.layout.shapes[i][0])
+
+    # ------------------------------------------------------------------ parameters and gradients
+    def check_views(self):
+        """Re-adopt a parameter whose `.data` was replaced (same shape and dtype), else refuse."""
+        for i, p in enumerate(self.params):
+            if p.data_ptr() == self.ptrs[i]:
+                continue
+            if p.dtype != self.dtype or p.device != self.device or tuple(p.shape) != self.layout.shapes[i]:
+                raise ValueError(
+                    "a parameter's dtype, device or shape changed after the optimizer was built; "
+                    "build the optimizer after moving or casting the model"
+                )
+            self.views[i].copy_(p.detach())
+            p.data = self.views[i]
+            self.ptrs[i] = p.data_ptr()
+
+    def gather_grads(self, has_grad) -> torch.Tensor:
+        """The gradients in the bucket's layout (zeros for padding and for tensors without a gradient)."""
+        zero = self.padded or not has_grad.all()
+        grad = self.layout.empty(self.dtype, self.device, fill=0 if zero else None)
+        chosen = [i for i in range(len(self.params)) if has_grad[i]]
+        torch._foreach_copy_([self.views_of(grad, i) for i in chosen], [self.params[i].grad for i in chosen])
+        return grad
+
+    def views_of(self, flat, i):
+        return self.layout.view(flat, i)
+
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states.values() if t is not None)

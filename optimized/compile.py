@@ -1,0 +1,41 @@
+"""torch.compile with one switch: `CAMEAMP_COMPILE=0` (or `set_compile(False)`) runs the same code eagerly."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+_enabled = os.environ.get("CAMEAMP_COMPILE", "1") != "0"
+
+# Each combination of static phase flags is one graph. One training run sees about four, but a
+# process that builds optimizers with many configurations (the test suite) sees more than dynamo's
+# default limit of 8 per function. Shapes never recompile (dynamic=True).
+GRAPH_VARIANT_LIMIT = 256
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_VARIANT_LIMIT)
+
+
+def set_compile(enabled: bool) -> None:
+    """Turn compilation of the fused steps on or off (takes effect at the next call)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def compile_enabled() -> bool:
+    return _enabled
+
+
+def compiled(fn):
+    """Compile `fn` on first use with dynamic shapes, so new buffer sizes do not recompile."""
+    cache = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not _enabled:
+            return fn(*args, **kwargs)
+        if "fn" not in cache:
+            cache["fn"] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return cache["fn"](*args, **kwargs)
+
+    return wrapper

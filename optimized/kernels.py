@@ -1,0 +1,220 @@
+"""Technique kernels on the chunked layout (see layout.py), traced by torch.compile.
+
+Every function takes `[nchunks, CHUNK]` element tensors and `[nchunks, 1]` per-row values (a per-tensor
+scalar broadcast to its rows), computes in float32, and has a readable twin in `reference/`; the
+equivalence tests compare each pair. Per-tensor reductions go through `tensor_sum`, which is a row sum
+plus an index_add over rows, so nothing here loops over tensors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .layout import CHUNK, Layout
+
+
+class Idx(NamedTuple):
+    """The layout's index tensors, as graph inputs (sizes come from their shapes, not Python ints)."""
+
+    chunk_tensor: torch.Tensor  # [N]
+    chunk_valid: torch.Tensor  # [N, 1]
+    chunk_pos0: torch.Tensor  # [N, 1]
+    numel_t: torch.Tensor  # [T] float64
+    col_rest: torch.Tensor  # [N, 1]
+    col_offset: torch.Tensor  # [N, 1]
+    col_template: torch.Tensor  # [ncols + 1] float32: only its size is used
+    row_cols: torch.Tensor  # [N, 1]
+    row_offset: torch.Tensor  # [N, 1]
+
+
+def index_tensors(layout: Layout) -> Idx:
+    device = layout.chunk_tensor.device
+    return Idx(
+        layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
+        layout.col_rest, layout.col_offset, torch.empty(layout.ncols + 1, device=device),
+        layout.row_cols, layout.row_offset,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- segment helpers
+def lanes(idx: Idx) -> torch.Tensor:
+    return torch.arange(CHUNK, device=idx.chunk_valid.device).view(1, CHUNK)
+
+
+def valid_mask(idx: Idx) -> torch.Tensor:
+    """True on real elements, False on padding."""
+    return lanes(idx) < idx.chunk_valid
+
+
+def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Per-tensor sum of a [N, C] tensor, float64, shape [T]."""
+    partial = x.float().sum(dim=1).double()
+    return torch.zeros_like(idx.numel_t).index_add_(0, idx.chunk_tensor, partial)
+
+
+def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Broadcast a per-tensor [T] value to its rows: [N, 1] float32."""
+    return values[idx.chunk_tensor].float().view(-1, 1)
+
+
+def column_sumsq(x: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Σ over dim 0 of x², per element: ‖x[:, j]‖² for the column j of every element. [N, C]."""
+    pos = idx.chunk_pos0 + lanes(idx)
+    col = torch.where(valid_mask(idx), idx.col_offset + pos % idx.col_rest, idx.col_template.shape[0] - 1)
+    sums = torch.zeros_like(idx.col_template).index_add_(0, col.view(-1), x.float().square().view(-1))
+    return sums[col]
+
+
+def row_ids(idx: Idx, table: torch.Tensor) -> torch.Tensor:
+    """Row id of every element of a 2-D tensor; the table's last (dummy) id elsewhere and on padding."""
+    dummy = table.shape[0] - 1
+    pos = idx.chunk_pos0 + lanes(idx)
+    ids = idx.row_offset + torch.div(pos, idx.row_cols, rounding_mode="floor")
+    return torch.where(valid_mask(idx), ids, dummy)
+
+
+def row_norms(theta: torch.Tensor, idx: Idx, table: torch.Tensor) -> torch.Tensor:
+    """‖θ_i,:‖₂ of every row of the 2-D tensors, shaped like `table` ([nrows + 1]; last entry junk)."""
+    ids = row_ids(idx, table).view(-1)
+    sq = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+    return sq.index_add_(0, ids, theta.float().square().view(-1)).sqrt()
+
+
+# ---------------------------------------------------------------- T1a AGR
+def agr(g: torch.Tensor, group_sum: torch.Tensor, eps: float) -> torch.Tensor:
+    """g̃ = g ⊙ (1 − |g|/(S + eps)); with eps = 0 and S = 0, g is returned (upstream-compatible guard)."""
+    g = g.float()
+    out = g * (1 - g.abs() / (group_sum + eps))
+    return out if eps > 0 else torch.where(group_sum == 0, g, out)
+
+
+# ---------------------------------------------------------------- T2 CAME-style scaling
+def rms_clip_divisor(sumsq: torch.Tensor, idx: Idx, clip_threshold: torch.Tensor) -> torch.Tensor:
+    """max(RMS(u)/c, 1) per tensor from Σu², with RMS = ‖u‖/(√n + 1e-10). Shape [T]."""
+    rms = sumsq.sqrt() / (idx.numel_t.sqrt() + 1e-10)
+    return (rms / clip_threshold.double()).clamp(min=1.0)
+
+
+def came_unclipped(gt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """u = g̃ ⊙ rsqrt(v) before clipping."""
+    return gt * v.float().rsqrt()
+
+
+def second_moment(v: torch.Tensor, gt: torch.Tensor, beta2: torch.Tensor, one_minus_beta2, eps1):
+    """v ← β2·v + (1−β2)·(g̃² + ε1)."""
+    return v.float() * beta2 + (gt * gt + eps1) * one_minus_beta2
+
+
+def adopt_clip(gt: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """u = clamp(g̃, −t^{1/4}, t^{1/4}); bound is per row."""
+    return torch.minimum(torch.maximum(gt, -bound), bound)
+
+
+# ---------------------------------------------------------------- T4a TAM
+def tam_upstream(m, s, u, col_norm_m, col_norm_u, eps1):
+    """corr = N₀(m)⊙N₀(u); s ← 0.9s + 0.1corr; m ← 0.9m + ((1+s)/2 + ε1)u. Returns (m, s)."""
+    corr = (m / col_norm_m.clamp(min=1e-12)) * (u / col_norm_u.clamp(min=1e-12))
+    s = s.float() * 0.9 + corr * 0.1
+    d = ((1.0 + s) / 2.0 + eps1) * u
+    return m * 0.9 + d, s
+
+
+def tam_cosine_coefficient(s, dot, norm_m, norm_u):
+    """Corrected TAM, per tensor: s ← 0.9s + 0.1·cos(m, u). Returns s [T]."""
+    cos = dot / (norm_m.clamp(min=1e-8) * norm_u.clamp(min=1e-8))
+    return s.double() * 0.9 + cos * 0.1
+
+
+def tam_cosine(m, u, s_row, eps1):
+    """Corrected TAM update with the per-row s: m ← 0.9m + 0.1·((1+s)/2 + ε1)u."""
+    return m * 0.9 + (((1.0 + s_row) / 2.0 + eps1) * u) * 0.1
+
+
+# ---------------------------------------------------------------- T5 consistency momentum
+def consistency(m, u, beta1_t, one_minus_beta1_t, beta1, one_minus_beta1):
+    """m ← β1_t·m + (1−β1_t)·u; m̄ = β1·m + (1−β1)·u. Returns (m, m̄)."""
+    m = m * beta1_t + u * one_minus_beta1_t
+    return m, m * beta1 + u * one_minus_beta1
+
+
+# ---------------------------------------------------------------- T3 residual
+def residual(r, u, m_bar, beta3, one_minus_beta3, eps2):
+    """r ← β3·r + (1−β3)((u − m̄)² + ε2)."""
+    diff = u - m_bar
+    return r.float() * beta3 + (diff * diff + eps2) * one_minus_beta3
+
+
+def residual_direction(m, r, eps2, bias_correction):
+    """U = m ⊙ (rsqrt(r / bc) + ε2)."""
+    return m * ((r / bias_correction).rsqrt() + eps2)
+
+
+# ---------------------------------------------------------------- T6 Grams
+def grams_blend(update, gt, alpha, one_minus_alpha):
+    """U ← α(|U|⊙sign(g̃)) + (1−α)U; alpha per row."""
+    return alpha * (update.abs() * torch.sign(gt)) + one_minus_alpha * update
+
+
+# ---------------------------------------------------------------- T7a OrthoGrad
+def orthograd(theta, update, idx: Idx):
+    """Per tensor: remove the component of U along θ and restore ‖U‖ (skipped where ‖θ‖ ≤ 1e-30).
+
+    π is rounded to fp32 as the reference computes it, and v − π·w is formed in fp64 and rounded once,
+    which is what the reference's fused `sub(alpha=π)` does. When U ∥ θ (always for one-element
+    tensors) v⊥ is pure rounding error that the rescaling blows up to ‖U‖, so matching that rounding is
+    what keeps the two paths together there.
+    """
+    w = theta.float()
+    ww = tensor_sum(w * w, idx)
+    proj = tensor_sum(w * update, idx).float() / (ww.float() + 1e-30)
+    nu = tensor_sum(update * update, idx).sqrt().float()
+    proj_rows = proj[idx.chunk_tensor].double().view(-1, 1)
+    perp = (update.double() - proj_rows * w.double()).float()
+    scale = nu / (tensor_sum(perp * perp, idx).sqrt().float() + 1e-30)
+    keep = per_row((ww.sqrt() <= 1e-30).double(), idx) > 0
+    return torch.where(keep, update, perp * per_row(scale, idx))
+
+
+def masked_tensor_mean(x: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Per-tensor mean over the real elements (padding excluded), float64 [T]."""
+    return tensor_sum(torch.where(valid_mask(idx), x.float(), 0.0), idx) / idx.numel_t
+
+
+# ---------------------------------------------------------------- T8a LR mask
+def warmup_mask(mask, gt, last_polarity, lr_shift, lr_bump, min_lr, max_lr):
+    """Warm-up mask update. lr_shift is η − lr_max where η > lr_max, else 0 (per row). Returns (M, P)."""
+    polarity = gt > 0
+    bumped = torch.where(last_polarity == polarity, mask + lr_bump, mask - lr_bump) + lr_shift
+    return bumped.clamp(min=min_lr, max=max_lr), polarity
+
+
+def post_warmup_mask(mask, scale):
+    """E = M·max(η/lr_max, 0.1) (scale = 1 where η ≥ lr_max)."""
+    return mask * scale
+
+
+# ---------------------------------------------------------------- T9a ALLoRA
+def allora_table(row_norm: torch.Tensor, eta_term: float) -> torch.Tensor:
+    """ρ = 1/sqrt(‖θ_i‖ + 1/η²) per row; the dummy last entry becomes 1."""
+    rho = 1.0 / torch.sqrt(row_norm + eta_term)
+    return torch.cat([rho[:-1], torch.ones_like(rho[-1:])])
+
+
+def gather_rows(table: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """ρ of every element's row (1 outside 2-D tensors). [N, C] float32."""
+    return table.float()[row_ids(idx, table)]
+
+
+# ---------------------------------------------------------------- T10 adaptive weight decay
+def decay_factor(abs_mean, mu, sigma, eps: float):
+    """ϑ = 2/(1 + exp(−4z)), z = (mean|g| − μ)/(σ + eps); σ = 0 gives ϑ = 1 when eps = 0. [T]."""
+    z = (abs_mean - mu) / (sigma + eps)
+    theta = 2 / (1 + torch.exp(-4.0 * z))
+    return theta if eps > 0 else torch.where(sigma == 0, torch.ones_like(theta), theta)
+
+
+def apply_decay(theta, lr_eff, weight_decay, factor_row):
+    """θ ← θ ⊙ (1 − E·wd·ϑ)."""
+    return theta.float() * (1 - lr_eff * weight_decay * factor_row)
