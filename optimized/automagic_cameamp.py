@@ -199,7 +199,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         alpha = 1.0 * decay**tf
         per_tensor = np.stack([
             active, seed, early, warm, beta1_t, 1 - beta1_t, alpha, 1 - alpha,
-            1 - beta3**tf if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
+            1 / (1 - beta3**tf) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
         ], axis=1).astype(np.float64)  # fmt: skip
         consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
                   group["weight_decay"], self._setting(group, "lr_bump"), self._setting(group, "min_lr"),
@@ -216,15 +216,16 @@ class Automagic_CameAMP(torch.optim.Optimizer):
             has_wd=bool((upd & wd_on).any()),
             has_rho=not group["full_finetune"] and any(b.layout.is_matrix),
             masked=not active.all(),
+            padding_safe=eps1 > 0 and eps2 > 0,
         )
         st = b.states
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
                          st["lr_mask"], st["last_polarity"], st["row_scaling"])  # fmt: skip
         dev = b.device
-        S.fused_step(
-            bufs, b.idx, torch.from_numpy(per_tensor).to(dev), torch.tensor(consts, dtype=torch.float64, device=dev),
-            group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum, flags,
-        )  # fmt: skip
+        per_tensor = torch.from_numpy(per_tensor).to(dev)
+        consts = torch.tensor(consts, dtype=torch.float64, device=dev)
+        stats = (group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum)
+        S.fused_step(bufs, b.idx, per_tensor, consts, *stats, flags)
         b.step = t
         b.avg_lr_stale |= upd & warm
         if W >= 1 and (b.step >= W).all():

@@ -1,13 +1,19 @@
-"""The fused Automagic_CameAMP step over one bucket, in two compiled stages.
+"""The fused Automagic_CameAMP step over one bucket: compiled passes and small per-tensor math between.
 
-stage 1 (`gradient_partials`): per-tensor Σ|g| and Σg², combined per param group on the host side
-    (tensor ops, no sync) into S, μ, σ, since a group may span several buckets (dtypes, devices).
-stage 2 (`fused_step`): everything else, mutating the bucket's buffers in place.
+1. `gradient_partials` (compiled): per-tensor Σ|g| and Σg². The caller combines them per param group
+   into S, μ, σ (a group may span several buckets).
+2. `scaled_partials` (compiled): the reductions of the scaled gradient that the update needs first:
+   Σu² for the RMS clip; in the early phase the TAM correlations (per-tensor ⟨m,u⟩, ‖m‖² when fixed;
+   dim-0 column sums of squares when upstream).
+3. `coefficients` (tiny tensor ops on [T]): the clip divisor, the TAM coefficient s (fixed), the
+   adaptive weight-decay factor, gathered with the host-built per-tensor table into one float32
+   [T, K] table. Doing this outside the element loop keeps per-tensor math out of it.
+4. `main_pass` (compiled): everything element-wise, OrthoGrad's per-tensor reductions, and the
+   in-place writes of θ and every state.
 
-Per-tensor scalars that depend on the step counter (β1_t, δ^t, mask shifts, phase flags) arrive in
-`per_tensor` ([T, NCOLS] float64, built on the host from host-side counters), so no value is read back
-from the device and a changing lr never triggers a recompile. `Flags` are static: each combination
-is one compiled graph, and a run sees a handful (seed, early, late-warm, post).
+`per_tensor` ([T, NCOLS] float64) comes from host-side counters (β1_t, δ^t, mask shifts, phase flags),
+so no value is read back from the device and a changing lr never recompiles. `Flags` are static: each
+combination is one graph per pass, and a run sees a handful (seed, early, late-warm, post).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import torch
 from . import kernels as K
 from .compile import compiled
 
-# columns of the per-tensor scalar table
-ACTIVE, SEED, EARLY, WARM, BETA1_T, ONE_MINUS_BETA1_T, ALPHA, ONE_MINUS_ALPHA, BIAS_CORR, LR_SHIFT, \
-    POST_SCALE, CLIP_BOUND, WD_ON = range(13)  # fmt: skip
+# columns of the per-tensor table (host part, then the device-computed part)
+(ACTIVE, SEED, EARLY, WARM, BETA1_T, ONE_MINUS_BETA1_T, ALPHA, ONE_MINUS_ALPHA, INV_BIAS_CORR, LR_SHIFT,
+ POST_SCALE, CLIP_BOUND, WD_ON) = range(13)  # fmt: skip
 NCOLS = 13
+INV_DIV, TAM_S, WD_FACTOR = range(NCOLS, NCOLS + 3)
 
 # entries of the group constant vector
 (BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BETA3, ONE_MINUS_BETA3, EPS1, EPS2, CLIP, WD, LR_BUMP,
@@ -41,7 +48,8 @@ class Flags(NamedTuple):
     has_post: bool  # t ≥ W: frozen mask
     has_wd: bool
     has_rho: bool
-    masked: bool  # rows must be selected per tensor (inactive tensors or mixed phases)
+    masked: bool  # rows must be selected per tensor (inactive tensors)
+    padding_safe: bool  # ε1, ε2 > 0: padding stays exactly 0 without masks
 
 
 class Buffers(NamedTuple):
@@ -56,59 +64,95 @@ class Buffers(NamedTuple):
     row_scaling: torch.Tensor | None  # [nrows + 1] table
 
 
+def _select(cond, new, old):
+    return new if cond is None else torch.where(cond, new, old)
+
+
+def _and(a, b):
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
 def _gradient_partials(grad: torch.Tensor, idx: K.Idx):
     a = grad.float().abs()
     return K.tensor_sum(a, idx), K.tensor_sum(a * a, idx)
 
 
-def _select(cond, new, old):
-    return new if cond is None else torch.where(cond, new, old)
+def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
+    """g̃ and the scaled gradient before the RMS clip (came) or after the ADOPT clip (came=False)."""
+    gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
+    if f.came:
+        u = K.came_unclipped(gt, b.exp_avg_sq)
+    else:
+        u = K.adopt_clip(gt, K.per_row(per_tensor[:, CLIP_BOUND], idx))
+    return gt, _select(None if f.padding_safe else K.valid_mask(idx), u, 0.0)
 
 
-def _fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma, abs_sum, f: Flags):
+def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
+    """Σu², and the early-phase TAM reductions, all of the *unclipped* u."""
+    _, u = _unclipped(b, idx, per_tensor, consts, group_sum, f)
+    out = {"uu": K.tensor_sum(u * u, idx)}
+    if f.has_early:
+        m = b.exp_avg.float()
+        if f.fixed:
+            out["mu"], out["mm"] = K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx)
+        else:
+            out["col_m"], out["col_u"] = K.column_sums_of_squares(m, idx), K.column_sums_of_squares(u, idx)
+    return out
+
+
+def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma, f: Flags):
+    """Per-tensor [T, NCOLS + 3] float32 table: the host columns plus clip divisor, TAM s, WD factor."""
+    T = per_tensor.shape[0]
+    inv_div = torch.ones(T, dtype=torch.float64, device=per_tensor.device)
+    if f.came and f.has_update:
+        inv_div = 1.0 / K.rms_clip_divisor(partials["uu"], idx, consts[CLIP])
+    tam_s = torch.zeros_like(inv_div)
+    if f.has_early and f.fixed:
+        # cos(m, u) with u = u_raw / div: ⟨m,u⟩ = ⟨m,u_raw⟩/div, ‖u‖ = ‖u_raw‖/div
+        tam_s = K.tam_cosine_coefficient(
+            s, partials["mu"] * inv_div, partials["mm"].sqrt(), partials["uu"].sqrt() * inv_div
+        )
+    factor = torch.ones_like(inv_div)
+    if f.has_wd:
+        factor = K.decay_factor(abs_sum / idx.numel_t, mu, sigma, 1e-12 if f.fixed else 0.0)
+    return torch.cat([per_tensor, torch.stack([inv_div, tam_s, factor], dim=1)], dim=1).float()
+
+
+def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, partials, f: Flags):
     c = consts.float()
-    eps_guard = 1e-12 if f.fixed else 0.0
-    valid = K.valid_mask(idx)
 
     def col(k):
-        return K.per_row(per_tensor[:, k], idx)
+        return coef[idx.chunk_tensor, k].view(-1, 1)
 
     active = col(ACTIVE) > 0 if f.masked else None
     seed = col(SEED) > 0 if (f.has_seed and f.has_update) else None
     upd = active if seed is None else (~seed if active is None else active & ~seed)
     early = col(EARLY) > 0 if (f.has_early and f.has_late) else None
     warm = col(WARM) > 0 if (f.has_warm and f.has_post) else None
+    valid = None if f.padding_safe else K.valid_mask(idx)
 
     theta = b.theta.float()
-    gt = K.agr(b.grad, group_sum.float(), eps_guard)
+    gt, u = _unclipped(b, idx, coef, consts, group_sum, f)
     if f.came:
         v_old = b.exp_avg_sq.float()
         seeded = v_old + (gt * gt + c[EPS1])
-    if not f.has_update:  # every active tensor only seeds v
-        b.exp_avg_sq.copy_(_select(active, seeded, v_old))
-        return
-
-    # T2: scaled gradient u
-    if f.came:
-        u = torch.where(valid, K.came_unclipped(gt, v_old), 0.0)
-        div = K.rms_clip_divisor(K.tensor_sum(u * u, idx), idx, consts[CLIP])
-        u = u / K.per_row(div, idx)
+        if not f.has_update:  # every active tensor only seeds v
+            b.exp_avg_sq.copy_(_select(active, seeded, v_old))
+            return
+        u = u * col(INV_DIV)
         v_new = K.second_moment(v_old, gt, c[BETA2], c[ONE_MINUS_BETA2], c[EPS1])
-    else:
-        u = torch.where(valid, K.adopt_clip(gt, col(CLIP_BOUND)), 0.0)
 
     # T4a / T5: momentum
     m = b.exp_avg.float()
     if f.has_early:
         if f.fixed:
-            s_new = K.tam_cosine_coefficient(
-                b.s, K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx).sqrt(), K.tensor_sum(u * u, idx).sqrt()
-            )
-            m_tam = K.tam_cosine(m, u, K.per_row(s_new, idx), c[EPS1])
+            m_tam = K.tam_cosine(m, u, col(TAM_S), c[EPS1])
         else:
-            m_tam, s_new = K.tam_upstream(
-                m, b.s, u, K.column_sumsq(m, idx).sqrt(), K.column_sumsq(u, idx).sqrt(), c[EPS1]
-            )
+            col_u = K.gather_columns(partials["col_u"], idx).sqrt() * col(INV_DIV)
+            col_m = K.gather_columns(partials["col_m"], idx).sqrt()
+            m_tam, s_new = K.tam_upstream(m, b.s, u, col_m, col_u, c[EPS1])
     if f.has_late:
         m_con, m_bar_con = K.consistency(
             m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1]
@@ -122,8 +166,8 @@ def _fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma
 
     # T3 residual, T6 Grams, T7a OrthoGrad
     r_new = K.residual(b.exp_avg_res, u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
-    update = K.residual_direction(m_new, r_new, c[EPS2], col(BIAS_CORR))
-    update = torch.where(valid, K.grams_blend(update, gt, col(ALPHA), col(ONE_MINUS_ALPHA)), 0.0)
+    update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR))
+    update = _select(valid, K.grams_blend(update, gt, col(ALPHA), col(ONE_MINUS_ALPHA)), 0.0)
     if f.has_early:
         update = _select(early, K.orthograd(theta, update, idx), update)
 
@@ -132,10 +176,10 @@ def _fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma
         mask_warm, polarity = K.warmup_mask(
             b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR]
         )
-    lr_eff = mask_warm if f.has_warm else None
+        lr_eff = mask_warm
     if f.has_post:
-        lr_eff = _select(warm, mask_warm, K.post_warmup_mask(b.lr_mask, col(POST_SCALE))) if f.has_warm else \
-            K.post_warmup_mask(b.lr_mask, col(POST_SCALE))  # fmt: skip
+        mask_post = K.post_warmup_mask(b.lr_mask, col(POST_SCALE))
+        lr_eff = _select(warm, mask_warm, mask_post) if f.has_warm else mask_post
 
     # T9a ALLoRA rows (the table is recomputed from the current rows when fixed)
     if f.has_rho:
@@ -147,8 +191,7 @@ def _fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma
 
     # T10 adaptive weight decay, rounded to the parameter dtype as the in-place upstream op is
     if f.has_wd:
-        factor = K.decay_factor(abs_sum / idx.numel_t, mu, sigma, eps_guard)
-        decayed = K.apply_decay(theta, lr_eff, c[WD], K.per_row(factor, idx)).to(b.theta.dtype).float()
+        decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).float()
         theta = torch.where(col(WD_ON) > 0, decayed, theta)
 
     # θ ← θ − U ⊙ E, and the state writes (rows of inactive or seeding tensors keep their values)
@@ -158,23 +201,26 @@ def _fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma
     if f.came:
         v_store = v_new if seed is None else torch.where(seed, seeded, v_new)
         b.exp_avg_sq.copy_(_select(active, v_store, v_old))
-    if f.has_early:
-        if f.fixed:
-            tensor_upd = per_tensor[:, ACTIVE] * (1 - per_tensor[:, SEED]) * per_tensor[:, EARLY] > 0
-            b.s.copy_(torch.where(tensor_upd, s_new.float(), b.s))
-        else:
-            b.s.copy_(_select(_and(upd, early), s_new, b.s.float()))
+    if f.has_early and not f.fixed:
+        b.s.copy_(_select(_and(upd, early), s_new, b.s.float()))
     if f.has_warm:
         cond = _and(upd, warm)
         b.lr_mask.copy_(_select(cond, mask_warm, b.lr_mask))
         b.polarity.copy_(_select(cond, polarity, b.polarity))
 
 
-def _and(a, b):
-    if a is None:
-        return b
-    return a if b is None else a & b
-
-
 gradient_partials = compiled(_gradient_partials)
-fused_step = compiled(_fused_step)
+scaled_partials = compiled(_scaled_partials)
+main_pass = compiled(_main_pass)
+
+
+def fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma, abs_sum, f: Flags):
+    """One step of one bucket; mutates the buffers in place."""
+    partials = {}
+    if f.has_update and (f.came or f.has_early):
+        partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f)
+    coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f)
+    main_pass(b, idx, coef, consts, group_sum, partials, f)
+    if f.has_early and f.fixed:
+        tensor_upd = per_tensor[:, ACTIVE] * (1 - per_tensor[:, SEED]) * per_tensor[:, EARLY] > 0
+        b.s.copy_(torch.where(tensor_upd, coef[:, TAM_S], b.s))

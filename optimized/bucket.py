@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .kernels import index_tensors
-from .layout import CHUNK, build_layout
+from .layout import build_layout
 
 
 class Bucket:
@@ -21,7 +21,6 @@ class Bucket:
         self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
         self.layout = build_layout(self.params, self.device)
         self.idx = index_tensors(self.layout)
-        self.padded = any(n % CHUNK for n in self.layout.numels)
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])
@@ -35,6 +34,9 @@ class Bucket:
         self.avg_lr = np.zeros(T, dtype=np.float64)
         self.avg_lr_stale = np.zeros(T, dtype=bool)
         self.states: dict[str, torch.Tensor | None] = {}
+        self.grad: torch.Tensor | None = None
+        self.grad_views: list = []
+        self.grad_live = np.zeros(T, dtype=bool)  # which gradient views hold a gradient
 
     # ------------------------------------------------------------------ storage
     def allocate(self, came: bool, fixed: bool, start_lr: float):
@@ -95,15 +97,30 @@ class Bucket:
             self.ptrs[i] = p.data_ptr()
 
     def gather_grads(self, has_grad) -> torch.Tensor:
-        """The gradients in the bucket's layout (zeros for padding and for tensors without a gradient)."""
-        zero = self.padded or not has_grad.all()
-        grad = self.layout.empty(self.dtype, self.device, fill=0 if zero else None)
-        chosen = [i for i in range(len(self.params)) if has_grad[i]]
-        torch._foreach_copy_([self.views_of(grad, i) for i in chosen], [self.params[i].grad for i in chosen])
-        return grad
+        """The gradients in the bucket's layout: zeros on padding and for tensors without a gradient.
 
-    def views_of(self, flat, i):
-        return self.layout.view(flat, i)
+        The buffer persists, and afterwards each `p.grad` *is* its view of it (same values). A
+        backward after `zero_grad(set_to_none=False)` then accumulates straight into the buffer and
+        the next step copies nothing; a fresh gradient (set_to_none=True) is copied in once.
+        """
+        if self.grad is None:
+            self.grad = self.layout.empty(self.dtype, self.device, fill=0)
+            self.grad_views = self.layout.views(self.grad)
+        fresh, targets = [], []
+        for i, p in enumerate(self.params):
+            view = self.grad_views[i]
+            if not has_grad[i]:
+                if self.grad_live[i]:
+                    view.zero_()
+                    self.grad_live[i] = False
+            elif p.grad.data_ptr() != view.data_ptr() or p.grad.shape != view.shape:
+                fresh.append(p.grad)
+                targets.append(view)
+                p.grad = view
+                self.grad_live[i] = True
+        if fresh:
+            torch._foreach_copy_(targets, fresh)
+        return self.grad
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.states.values() if t is not None)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .layout import CHUNK, Layout
+from .layout import CHUNK, NO_ROWS, Layout
 
 
 class Idx(NamedTuple):
@@ -23,9 +23,10 @@ class Idx(NamedTuple):
     chunk_pos0: torch.Tensor  # [N, 1]
     numel_t: torch.Tensor  # [T] float64
     col_rest: torch.Tensor  # [N, 1]
+    col_inv_rest: torch.Tensor  # [N, 1] float64
     col_offset: torch.Tensor  # [N, 1]
     col_template: torch.Tensor  # [ncols + 1] float32: only its size is used
-    row_cols: torch.Tensor  # [N, 1]
+    row_inv_cols: torch.Tensor  # [N, 1] float64: 1 / row length (0 outside 2-D tensors)
     row_offset: torch.Tensor  # [N, 1]
 
 
@@ -33,8 +34,9 @@ def index_tensors(layout: Layout) -> Idx:
     device = layout.chunk_tensor.device
     return Idx(
         layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
-        layout.col_rest, layout.col_offset, torch.empty(layout.ncols + 1, device=device),
-        layout.row_cols, layout.row_offset,
+        layout.col_rest, 1.0 / layout.col_rest.double(), layout.col_offset,
+        torch.empty(layout.ncols + 1, device=device),
+        (1.0 / layout.row_cols.double()).where(layout.row_cols < NO_ROWS, 0.0), layout.row_offset,
     )  # fmt: skip
 
 
@@ -51,7 +53,9 @@ def valid_mask(idx: Idx) -> torch.Tensor:
 def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
     """Per-tensor sum of a [N, C] tensor, float64, shape [T]."""
     partial = x.float().sum(dim=1).double()
-    return torch.zeros_like(idx.numel_t).index_add_(0, idx.chunk_tensor, partial)
+    # one spare slot: inductor (2.13, CPU) fails to generate a scatter into a size-1 output
+    out = torch.zeros(idx.numel_t.shape[0] + 1, dtype=torch.float64, device=partial.device)
+    return out.index_add_(0, idx.chunk_tensor, partial)[:-1]
 
 
 def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
@@ -59,20 +63,37 @@ def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
     return values[idx.chunk_tensor].float().view(-1, 1)
 
 
-def column_sumsq(x: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """Σ over dim 0 of x², per element: ‖x[:, j]‖² for the column j of every element. [N, C]."""
+def column_ids(idx: Idx) -> torch.Tensor:
+    """Dim-0 column id of every element: offset + pos mod (numel/shape[0]), via a float64 reciprocal.
+
+    Padding maps to some column of its tensor; callers only sum values that are 0 there.
+    """
     pos = idx.chunk_pos0 + lanes(idx)
-    col = torch.where(valid_mask(idx), idx.col_offset + pos % idx.col_rest, idx.col_template.shape[0] - 1)
-    sums = torch.zeros_like(idx.col_template).index_add_(0, col.view(-1), x.float().square().view(-1))
-    return sums[col]
+    quotient = torch.floor((pos.double() + 0.5) * idx.col_inv_rest).long()
+    return idx.col_offset + (pos - quotient * idx.col_rest)
+
+
+def column_sums_of_squares(x: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Σ over dim 0 of x², one entry per column of every tensor: [ncols + 1] float32."""
+    sums = torch.zeros_like(idx.col_template)
+    return sums.index_add_(0, column_ids(idx).view(-1), x.float().square().view(-1))
+
+
+def gather_columns(table: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """The column value of every element: [N, C]."""
+    return table[column_ids(idx)]
 
 
 def row_ids(idx: Idx, table: torch.Tensor) -> torch.Tensor:
-    """Row id of every element of a 2-D tensor; the table's last (dummy) id elsewhere and on padding."""
+    """Row id of every element of a 2-D tensor; the table's last (dummy) id elsewhere.
+
+    ⌊pos / cols⌋ is taken as ⌊(pos + ½)·(1/cols)⌋ in float64, exact for pos < 2⁵² (vector int64
+    division does not exist on x86). Padding may map to a neighbouring row; its update is 0 there.
+    """
     dummy = table.shape[0] - 1
-    pos = idx.chunk_pos0 + lanes(idx)
-    ids = idx.row_offset + torch.div(pos, idx.row_cols, rounding_mode="floor")
-    return torch.where(valid_mask(idx), ids, dummy)
+    pos = (idx.chunk_pos0 + lanes(idx)).double()
+    ids = idx.row_offset + torch.floor((pos + 0.5) * idx.row_inv_cols).long()
+    return torch.clamp(ids, max=dummy)
 
 
 def row_norms(theta: torch.Tensor, idx: Idx, table: torch.Tensor) -> torch.Tensor:
@@ -84,9 +105,12 @@ def row_norms(theta: torch.Tensor, idx: Idx, table: torch.Tensor) -> torch.Tenso
 
 # ---------------------------------------------------------------- T1a AGR
 def agr(g: torch.Tensor, group_sum: torch.Tensor, eps: float) -> torch.Tensor:
-    """g̃ = g ⊙ (1 − |g|/(S + eps)); with eps = 0 and S = 0, g is returned (upstream-compatible guard)."""
+    """g̃ = g ⊙ (1 − |g|/(S + eps)); with eps = 0 and S = 0, g is returned (upstream-compatible guard).
+
+    |g|·(1/S) replaces the division (one extra rounding of a tiny α; vector division is slow).
+    """
     g = g.float()
-    out = g * (1 - g.abs() / (group_sum + eps))
+    out = g * (1 - g.abs() * (1.0 / (group_sum + eps)))
     return out if eps > 0 else torch.where(group_sum == 0, g, out)
 
 
@@ -146,9 +170,9 @@ def residual(r, u, m_bar, beta3, one_minus_beta3, eps2):
     return r.float() * beta3 + (diff * diff + eps2) * one_minus_beta3
 
 
-def residual_direction(m, r, eps2, bias_correction):
-    """U = m ⊙ (rsqrt(r / bc) + ε2)."""
-    return m * ((r / bias_correction).rsqrt() + eps2)
+def residual_direction(m, r, eps2, inv_bias_correction):
+    """U = m ⊙ (rsqrt(r / bc) + ε2), given 1/bc per row (exactly 1 upstream)."""
+    return m * ((r * inv_bias_correction).rsqrt() + eps2)
 
 
 # ---------------------------------------------------------------- T6 Grams

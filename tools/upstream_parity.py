@@ -67,7 +67,7 @@ def main():
     for dtype in (torch.float32, torch.bfloat16):
         for name, kw in cases:
             err = run(upstream, args.steps, seed=0, dtype=dtype, **kw)
-            print(f"{str(dtype):15} {name:40} max |Δθ|/max|θ| over {args.steps} steps: {err:.3e}")
+            print(f"{dtype!s:15} {name:40} max |Δθ|/max|θ| over {args.steps} steps: {err:.3e}")
 
 
 if __name__ == "__main__":
