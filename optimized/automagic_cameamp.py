@@ -97,7 +97,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         bucket.allocate(group["came"], self.fixed, start_lr)
         bucket.ensure_warm_buffers(self.fixed)
         fills = {"exp_avg": 0, "exp_avg_sq": 0, "exp_avg_res": 0, "s": 0, "lr_mask": start_lr,
-                 "last_polarity": False}  # fmt: skip
+                 "last_polarity": 0}  # fmt: skip
         if new.all():
             for name, value in fills.items():
                 if bucket.states[name] is not None:
@@ -225,9 +225,11 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         per_tensor = torch.from_numpy(per_tensor).to(dev)
         consts = torch.tensor(consts, dtype=torch.float64, device=dev)
         stats = (group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum)
-        S.fused_step(bufs, b.idx, per_tensor, consts, *stats, flags)
+        S.fused_step(bufs, b.layout, b.idx, per_tensor, consts, *stats, flags, b.scratch)
         b.step = t
         b.avg_lr_stale |= upd & warm
+        if (b.step >= W / 2).all():
+            b.work.clear()  # the early-phase scratch
         if W >= 1 and (b.step >= W).all():
             b.drop_warm_buffers()
 
@@ -240,7 +242,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
                 b.states["s"][i] = 0
             else:
                 b.states["s"][b.rows(i)] = 0
-            b.states["last_polarity"][b.rows(i)] = False
+            b.states["last_polarity"][b.rows(i)] = 0
 
     # ------------------------------------------------------------------ monitoring
     def _refresh_avg_lr(self, b: Bucket):
@@ -261,6 +263,11 @@ class Automagic_CameAMP(torch.optim.Optimizer):
     def state_bytes(self) -> int:
         """Bytes held by optimizer state (not parameters or gradients)."""
         return sum(b.state_bytes() for bs in self._buckets.values() for b in bs)
+
+    def workspace_bytes(self) -> int:
+        """Bytes of persistent work buffers: the gradient buffer (which `p.grad` then points into) and
+        the early-phase scratch."""
+        return sum(b.workspace_bytes() for bs in self._buckets.values() for b in bs)
 
     # ------------------------------------------------------------------ persistence
     def _locate(self):
@@ -292,7 +299,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         out = {"step": t, "lr_max": float(b.lr_max[i]), "lr_mask": b.view("lr_mask", i).clone(),
                "avg_lr": float(b.avg_lr[i])}  # fmt: skip
         if W == 0 or t < W:
-            out["last_polarity"] = b.view("last_polarity", i).clone()
+            out["last_polarity"] = b.view("last_polarity", i).bool()
             out["s"] = b.states["s"][i].clone() if self.fixed else b.view("s", i).clone()
         out["exp_avg"] = b.view("exp_avg", i).clone()
         if group["came"]:

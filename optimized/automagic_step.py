@@ -89,8 +89,9 @@ def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
     return gt, _select(None if f.padding_safe else K.valid_mask(idx), u, 0.0)
 
 
-def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
-    """Σu², and the early-phase TAM reductions, all of the *unclipped* u."""
+def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags, u_out):
+    """Σu², and the early-phase TAM reductions, all of the *unclipped* u (written to u_out for
+    upstream TAM, whose column norms are taken eagerly)."""
     _, u = _unclipped(b, idx, per_tensor, consts, group_sum, f)
     out = {"uu": K.tensor_sum(u * u, idx)}
     if f.has_early:
@@ -98,8 +99,11 @@ def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: F
         if f.fixed:
             out["mu"], out["mm"] = K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx)
         else:
-            out["col_m"], out["col_u"] = K.column_sums_of_squares(m, idx), K.column_sums_of_squares(u, idx)
+            u_out.copy_(u)
     return out
+
+
+
 
 
 def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma, f: Flags):
@@ -120,7 +124,7 @@ def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma
     return torch.cat([per_tensor, torch.stack([inv_div, tam_s, factor], dim=1)], dim=1).float()
 
 
-def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, partials, f: Flags):
+def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: Flags, update_out):
     c = consts.float()
 
     def col(k):
@@ -150,9 +154,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, partials, f: Fla
         if f.fixed:
             m_tam = K.tam_cosine(m, u, col(TAM_S), c[EPS1])
         else:
-            col_u = K.gather_columns(partials["col_u"], idx).sqrt() * col(INV_DIV)
-            col_m = K.gather_columns(partials["col_m"], idx).sqrt()
-            m_tam, s_new = K.tam_upstream(m, b.s, u, col_m, col_u, c[EPS1])
+            m_tam, s_new = K.tam_upstream(m, b.s, u, normaliser, c[EPS1])
     if f.has_late:
         m_con, m_bar_con = K.consistency(
             m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1]
@@ -164,38 +166,24 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, partials, f: Fla
     else:
         m_new, m_bar = m_con, m_bar_con
 
-    # T3 residual, T6 Grams, T7a OrthoGrad
+    # T3 residual, T6 Grams (T7a OrthoGrad runs in its own passes, see fused_step)
     r_new = K.residual(b.exp_avg_res, u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
     update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR))
     update = _select(valid, K.grams_blend(update, gt, col(ALPHA), col(ONE_MINUS_ALPHA)), 0.0)
-    if f.has_early:
-        update = _select(early, K.orthograd(theta, update, idx), update)
 
-    # T8a LR mask
+    # T8a LR mask (with the early phase, E is formed again by the apply pass from the stored mask)
     if f.has_warm:
         mask_warm, polarity = K.warmup_mask(
             b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR]
         )
-        lr_eff = mask_warm
-    if f.has_post:
-        mask_post = K.post_warmup_mask(b.lr_mask, col(POST_SCALE))
-        lr_eff = _select(warm, mask_warm, mask_post) if f.has_warm else mask_post
+    if f.has_rho and f.fixed:  # T9a, corrected: ρ from the current rows
+        b.row_scaling.copy_(K.allora_table(K.row_norms(theta, idx, b.row_scaling), c[ETA_TERM]))
+    if not f.has_early:
+        lr_eff = _effective_lr(b, mask_warm if f.has_warm else None, col, warm, idx, f)
+    if not f.has_early:
+        _apply_update(b, theta, update, lr_eff, col, upd, c, f)
 
-    # T9a ALLoRA rows (the table is recomputed from the current rows when fixed)
-    if f.has_rho:
-        table = b.row_scaling
-        if f.fixed:
-            table = K.allora_table(K.row_norms(theta, idx, table), c[ETA_TERM])
-            b.row_scaling.copy_(table)
-        lr_eff = lr_eff * K.gather_rows(table, idx)
-
-    # T10 adaptive weight decay, rounded to the parameter dtype as the in-place upstream op is
-    if f.has_wd:
-        decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).float()
-        theta = torch.where(col(WD_ON) > 0, decayed, theta)
-
-    # θ ← θ − U ⊙ E, and the state writes (rows of inactive or seeding tensors keep their values)
-    b.theta.copy_(_select(upd, theta - update * lr_eff, b.theta.float()))
+    # state writes (rows of inactive or seeding tensors keep their values)
     b.exp_avg.copy_(_select(upd, m_new, m))
     b.exp_avg_res.copy_(_select(upd, r_new, b.exp_avg_res.float()))
     if f.came:
@@ -207,20 +195,89 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, partials, f: Fla
         cond = _and(upd, warm)
         b.lr_mask.copy_(_select(cond, mask_warm, b.lr_mask))
         b.polarity.copy_(_select(cond, polarity, b.polarity))
+    if f.has_early:  # OrthoGrad needs per-tensor reductions of U first: hand U over
+        update_out.copy_(update)
+
+
+def _effective_lr(b: Buffers, mask_warm, col, warm, idx: K.Idx, f: Flags):
+    """E: the warm-up mask, or the frozen mask rescaled after warm-up (T8a), times ρ (T9a)."""
+    if f.has_post:
+        mask_post = K.post_warmup_mask(b.lr_mask, col(POST_SCALE))
+        lr_eff = _select(warm, mask_warm, mask_post) if f.has_warm else mask_post
+    else:
+        lr_eff = mask_warm
+    if f.has_rho:
+        lr_eff = lr_eff * K.gather_rows(b.row_scaling, idx)
+    return lr_eff
+
+
+def _apply_update(b: Buffers, theta, update, lr_eff, col, upd, c, f: Flags):
+    """T10 adaptive weight decay (rounded to the parameter dtype, as the in-place upstream op is), then
+    θ ← θ − U ⊙ E; rows of inactive or seeding tensors keep their values."""
+    if f.has_wd:
+        decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).float()
+        theta = torch.where(col(WD_ON) > 0, decayed, theta)
+    b.theta.copy_(_select(upd, theta - update * lr_eff, b.theta.float()))
+
+
+def _orthograd_partials(theta, update, idx: K.Idx):
+    return K.orthograd_projection(theta, update, idx)
+
+
+def _perp_sumsq(theta, update, proj, idx: K.Idx):
+    perp = K.orthograd_perp(theta, update, K.per_row(proj, idx))
+    return K.tensor_sum(perp * perp, idx)
+
+
+def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, update, proj, scale, keep, f: Flags):
+    """T7a on the early rows, then the weight decay and θ update (E from the already stored mask)."""
+    c = consts.float()
+
+    def col(k):
+        return coef[idx.chunk_tensor, k].view(-1, 1)
+
+    theta = b.theta.float()
+    orth = K.orthograd_perp(theta, update, K.per_row(proj, idx)) * K.per_row(scale, idx)
+    use = (col(EARLY) > 0) & (K.per_row(keep.double(), idx) == 0)
+    update = torch.where(use, orth, update)
+    active = col(ACTIVE) > 0 if f.masked else None
+    seed = col(SEED) > 0 if (f.has_seed and f.has_update) else None
+    upd = active if seed is None else (~seed if active is None else active & ~seed)
+    warm = col(WARM) > 0 if (f.has_warm and f.has_post) else None
+    lr_eff = _effective_lr(b, b.lr_mask, col, warm, idx, f)
+    _apply_update(b, theta, update, lr_eff, col, upd, c, f)
 
 
 gradient_partials = compiled(_gradient_partials)
 scaled_partials = compiled(_scaled_partials)
 main_pass = compiled(_main_pass)
+orthograd_partials = compiled(_orthograd_partials)
+perp_sumsq = compiled(_perp_sumsq)
+orthograd_apply = compiled(_orthograd_apply)
 
 
-def fused_step(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma, abs_sum, f: Flags):
-    """One step of one bucket; mutates the buffers in place."""
+def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma, abs_sum, f: Flags,
+               scratch):  # fmt: skip
+    """One step of one bucket; mutates the buffers in place.
+
+    `scratch(name)` gives a persistent [N, C] float32 buffer of the bucket: the early phase hands
+    U (and, for upstream TAM, u) between passes through them rather than through fresh allocations,
+    which cost a page fault per 4 KiB on CPU.
+    """
     partials = {}
+    upstream_tam = f.has_update and f.has_early and not f.fixed
+    u_out = scratch("u") if upstream_tam else None
     if f.has_update and (f.came or f.has_early):
-        partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f)
+        partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f, u_out)
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f)
-    main_pass(b, idx, coef, consts, group_sum, partials, f)
+    if upstream_tam:  # dim-0 normalisation, written over u
+        K.column_normaliser(b.exp_avg, u_out, coef[:, INV_DIV].double(), layout, out=u_out)
+    update = scratch("update") if f.has_early and f.has_update else None
+    main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
+    if update is not None:
+        proj, nu, keep = orthograd_partials(b.theta, update, idx)
+        scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx))
+        orthograd_apply(b, idx, coef, consts, update, proj, scale, keep, f)
     if f.has_early and f.fixed:
         tensor_upd = per_tensor[:, ACTIVE] * (1 - per_tensor[:, SEED]) * per_tensor[:, EARLY] > 0
         b.s.copy_(torch.where(tensor_upd, coef[:, TAM_S], b.s))

@@ -16,7 +16,8 @@ from .layout import build_layout
 
 class Bucket:
     def __init__(self, params, state_dtype):
-        self.params = list(params)
+        # same-shape tensors adjacent: column reductions become one dense op per shape class
+        self.params = sorted(params, key=lambda p: (p.dim(), tuple(p.shape)))
         first = self.params[0]
         self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
         self.layout = build_layout(self.params, self.device)
@@ -35,6 +36,7 @@ class Bucket:
         self.avg_lr_stale = np.zeros(T, dtype=bool)
         self.states: dict[str, torch.Tensor | None] = {}
         self.grad: torch.Tensor | None = None
+        self.work: dict[str, torch.Tensor] = {}
         self.grad_views: list = []
         self.grad_live = np.zeros(T, dtype=bool)  # which gradient views hold a gradient
 
@@ -50,7 +52,7 @@ class Bucket:
             "exp_avg_res": L.empty(dt, dev, fill=0),
             "s": torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(dt, dev, 0),
             "lr_mask": L.empty(torch.float32, dev, fill=start_lr),
-            "last_polarity": L.empty(torch.bool, dev, fill=False),
+            "last_polarity": L.empty(torch.uint8, dev, fill=0),  # exported as bool
             "row_scaling": torch.ones(L.nrows + 1, dtype=dt, device=dev),
         }
 
@@ -64,12 +66,18 @@ class Bucket:
                 else L.empty(self.state_dtype, dev, 0)
             )
         if self.states["last_polarity"] is None:
-            self.states["last_polarity"] = L.empty(torch.bool, dev, fill=False)
+            self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)
 
     def drop_warm_buffers(self):
         """T27.1: once every tensor is past warm-up, `s` and `last_polarity` are freed."""
         self.states["s"] = None
         self.states["last_polarity"] = None
+
+    def scratch(self, name: str) -> torch.Tensor:
+        """A persistent float32 work buffer in the bucket layout (see automagic_step.fused_step)."""
+        if name not in self.work:
+            self.work[name] = self.layout.empty(torch.float32, self.device, fill=0)
+        return self.work[name]
 
     def rows(self, i: int) -> slice:
         return self.layout.row_slice(i)
@@ -124,3 +132,8 @@ class Bucket:
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.states.values() if t is not None)
+
+    def workspace_bytes(self) -> int:
+        """Bytes of the persistent gradient buffer and early-phase scratch (not optimizer state)."""
+        bufs = [self.grad, *self.work.values()]
+        return sum(t.numel() * t.element_size() for t in bufs if t is not None)

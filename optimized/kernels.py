@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from .layout import CHUNK, NO_ROWS, Layout
+from .segment_ops import segment_sum
 
 
 class Idx(NamedTuple):
@@ -22,10 +23,6 @@ class Idx(NamedTuple):
     chunk_valid: torch.Tensor  # [N, 1]
     chunk_pos0: torch.Tensor  # [N, 1]
     numel_t: torch.Tensor  # [T] float64
-    col_rest: torch.Tensor  # [N, 1]
-    col_inv_rest: torch.Tensor  # [N, 1] float64
-    col_offset: torch.Tensor  # [N, 1]
-    col_template: torch.Tensor  # [ncols + 1] float32: only its size is used
     row_inv_cols: torch.Tensor  # [N, 1] float64: 1 / row length (0 outside 2-D tensors)
     row_offset: torch.Tensor  # [N, 1]
 
@@ -34,8 +31,6 @@ def index_tensors(layout: Layout) -> Idx:
     device = layout.chunk_tensor.device
     return Idx(
         layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
-        layout.col_rest, 1.0 / layout.col_rest.double(), layout.col_offset,
-        torch.empty(layout.ncols + 1, device=device),
         (1.0 / layout.row_cols.double()).where(layout.row_cols < NO_ROWS, 0.0), layout.row_offset,
     )  # fmt: skip
 
@@ -52,10 +47,7 @@ def valid_mask(idx: Idx) -> torch.Tensor:
 
 def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
     """Per-tensor sum of a [N, C] tensor, float64, shape [T]."""
-    partial = x.float().sum(dim=1).double()
-    # one spare slot: inductor (2.13, CPU) fails to generate a scatter into a size-1 output
-    out = torch.zeros(idx.numel_t.shape[0] + 1, dtype=torch.float64, device=partial.device)
-    return out.index_add_(0, idx.chunk_tensor, partial)[:-1]
+    return segment_sum(x.float().sum(dim=1), idx.chunk_tensor, idx.numel_t)
 
 
 def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
@@ -63,25 +55,32 @@ def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
     return values[idx.chunk_tensor].float().view(-1, 1)
 
 
-def column_ids(idx: Idx) -> torch.Tensor:
-    """Dim-0 column id of every element: offset + pos mod (numel/shape[0]), via a float64 reciprocal.
+def column_normaliser(m: torch.Tensor, u: torch.Tensor, inv_div: torch.Tensor, layout: Layout, out=None):
+    """w = 1 / (max(‖m[:, j]‖, 1e-12) · max(‖u[:, j]‖, 1e-12)) for every element's dim-0 column j, [N, C].
 
-    Padding maps to some column of its tensor; callers only sum values that are 0 there.
+    N₀(m) ⊙ N₀(u) = m·u·w. u is the unclipped scaled gradient, so its column norms are scaled by the
+    per-tensor clip factor inv_div [T]. Runs eagerly: same-shape tensors are adjacent in a bucket, so
+    each shape class is one dense [k, n0, rest] reduction and one broadcast write (no scatter, no
+    per-element index arithmetic, and a cost independent of the number of tensors). `out` may be u
+    itself (each class reads its block before writing it).
     """
-    pos = idx.chunk_pos0 + lanes(idx)
-    quotient = torch.floor((pos.double() + 0.5) * idx.col_inv_rest).long()
-    return idx.col_offset + (pos - quotient * idx.col_rest)
+    if out is None:
+        out = torch.zeros_like(m, dtype=torch.float32)
+    for first, count, shape in layout.shape_classes:
+        n, start = layout.numels[first], layout.chunk_start[first]
+        stop = start + count * (layout.row_slice(first).stop - start)
+        n0 = shape[0] if len(shape) else 1
+        norm_m = torch.linalg.vector_norm(_class_block(m, start, stop, count, n, n0), dim=1, dtype=torch.float32)
+        norm_u = torch.linalg.vector_norm(_class_block(u, start, stop, count, n, n0), dim=1, dtype=torch.float32)
+        norm_u = norm_u * inv_div[first : first + count].float().view(-1, 1)
+        w = 1.0 / (norm_m.clamp(min=1e-12) * norm_u.clamp(min=1e-12))
+        _class_block(out, start, stop, count, n, n0).copy_(w.unsqueeze(1).expand(count, n0, w.shape[1]))
+    return out
 
 
-def column_sums_of_squares(x: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """Σ over dim 0 of x², one entry per column of every tensor: [ncols + 1] float32."""
-    sums = torch.zeros_like(idx.col_template)
-    return sums.index_add_(0, column_ids(idx).view(-1), x.float().square().view(-1))
-
-
-def gather_columns(table: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """The column value of every element: [N, C]."""
-    return table[column_ids(idx)]
+def _class_block(x, start, stop, count, n, n0):
+    """The [count, n0, rest] view of a run of same-shape tensors in a [N, C] buffer."""
+    return x[start:stop].reshape(count, -1)[:, :n].reshape(count, n0, -1)
 
 
 def row_ids(idx: Idx, table: torch.Tensor) -> torch.Tensor:
@@ -137,9 +136,10 @@ def adopt_clip(gt: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- T4a TAM
-def tam_upstream(m, s, u, col_norm_m, col_norm_u, eps1):
-    """corr = N₀(m)⊙N₀(u); s ← 0.9s + 0.1corr; m ← 0.9m + ((1+s)/2 + ε1)u. Returns (m, s)."""
-    corr = (m / col_norm_m.clamp(min=1e-12)) * (u / col_norm_u.clamp(min=1e-12))
+def tam_upstream(m, s, u, normaliser, eps1):
+    """corr = N₀(m)⊙N₀(u) = m·u·w (w from column_normaliser); s ← 0.9s + 0.1corr;
+    m ← 0.9m + ((1+s)/2 + ε1)u. Returns (m, s)."""
+    corr = m * u * normaliser
     s = s.float() * 0.9 + corr * 0.1
     d = ((1.0 + s) / 2.0 + eps1) * u
     return m * 0.9 + d, s
@@ -182,23 +182,35 @@ def grams_blend(update, gt, alpha, one_minus_alpha):
 
 
 # ---------------------------------------------------------------- T7a OrthoGrad
-def orthograd(theta, update, idx: Idx):
-    """Per tensor: remove the component of U along θ and restore ‖U‖ (skipped where ‖θ‖ ≤ 1e-30).
-
-    π is rounded to fp32 as the reference computes it, and v − π·w is formed in fp64 and rounded once,
-    which is what the reference's fused `sub(alpha=π)` does. When U ∥ θ (always for one-element
-    tensors) v⊥ is pure rounding error that the rescaling blows up to ‖U‖, so matching that rounding is
-    what keeps the two paths together there.
-    """
+def orthograd_projection(theta, update, idx: Idx):
+    """Per tensor: π = ⟨w,v⟩/(⟨w,w⟩ + 1e-30) rounded to fp32 as the reference does, ν = ‖v‖, and
+    whether θ is too small to project on (‖θ‖ ≤ 1e-30). Returns (π, ν, keep) [T]."""
     w = theta.float()
     ww = tensor_sum(w * w, idx)
     proj = tensor_sum(w * update, idx).float() / (ww.float() + 1e-30)
-    nu = tensor_sum(update * update, idx).sqrt().float()
-    proj_rows = proj[idx.chunk_tensor].double().view(-1, 1)
-    perp = (update.double() - proj_rows * w.double()).float()
-    scale = nu / (tensor_sum(perp * perp, idx).sqrt().float() + 1e-30)
-    keep = per_row((ww.sqrt() <= 1e-30).double(), idx) > 0
-    return torch.where(keep, update, perp * per_row(scale, idx))
+    return proj, tensor_sum(update * update, idx).sqrt().float(), ww.sqrt() <= 1e-30
+
+
+def orthograd_perp(theta, update, proj_rows):
+    """v⊥ = v − π·w, formed in fp64 and rounded once, as the reference's fused `sub(alpha=π)` does.
+
+    When U ∥ θ (always for one-element tensors) v⊥ is pure rounding error that the rescaling blows up
+    to ‖U‖, so matching that rounding is what keeps the two paths together there.
+    """
+    return (update.double() - proj_rows.double() * theta.float().double()).float()
+
+
+def orthograd_scale(nu, perp_sumsq):
+    """ν / (‖v⊥‖ + 1e-30) per tensor."""
+    return nu / (perp_sumsq.sqrt().float() + 1e-30)
+
+
+def orthograd(theta, update, idx: Idx):
+    """Per tensor: remove the component of U along θ and restore ‖U‖ (skipped where ‖θ‖ ≤ 1e-30)."""
+    proj, nu, keep = orthograd_projection(theta, update, idx)
+    perp = orthograd_perp(theta, update, per_row(proj, idx))
+    scale = orthograd_scale(nu, tensor_sum(perp * perp, idx))
+    return torch.where(per_row(keep.double(), idx) > 0, update, perp * per_row(scale, idx))
 
 
 def masked_tensor_mean(x: torch.Tensor, idx: Idx) -> torch.Tensor:
@@ -208,10 +220,14 @@ def masked_tensor_mean(x: torch.Tensor, idx: Idx) -> torch.Tensor:
 
 # ---------------------------------------------------------------- T8a LR mask
 def warmup_mask(mask, gt, last_polarity, lr_shift, lr_bump, min_lr, max_lr):
-    """Warm-up mask update. lr_shift is η − lr_max where η > lr_max, else 0 (per row). Returns (M, P)."""
-    polarity = gt > 0
-    bumped = torch.where(last_polarity == polarity, mask + lr_bump, mask - lr_bump) + lr_shift
-    return bumped.clamp(min=min_lr, max=max_lr), polarity
+    """Warm-up mask update. lr_shift is η − lr_max where η > lr_max, else 0 (per row). Returns (M, P).
+
+    The polarity is kept as uint8 (0/1) and compared as float: inductor's CPU code for storing bool
+    tensors is ~7× slower than the whole rest of this kernel. It is exported as bool.
+    """
+    polarity = (gt > 0).float()
+    bumped = torch.where(last_polarity.float() == polarity, mask + lr_bump, mask - lr_bump) + lr_shift
+    return bumped.clamp(min=min_lr, max=max_lr), polarity.to(torch.uint8)
 
 
 def post_warmup_mask(mask, scale):

@@ -37,6 +37,7 @@ class Layout:
     nrows: int  # rows of all 2-D tensors; id nrows is the dummy row (scaling 1)
     row_start: list  # first row id of each 2-D tensor (None elsewhere)
     is_matrix: list
+    shape_classes: list  # (first tensor, count, shape) of each run of same-shape tensors
 
     @property
     def ntensors(self) -> int:
@@ -108,4 +109,16 @@ def build_layout(tensors, device) -> Layout:
         nrows=nrows,
         row_start=row_start,
         is_matrix=is_matrix,
+        shape_classes=shape_classes(shapes),
     )
+
+
+def shape_classes(shapes) -> list:
+    """Runs of consecutive equal shapes: [(first index, count, shape), ...]."""
+    runs = []
+    for i, shape in enumerate(shapes):
+        if runs and runs[-1][2] == shape:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1, shape])
+    return [tuple(r) for r in runs]
