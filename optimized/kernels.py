@@ -28,7 +28,6 @@ class Idx(NamedTuple):
 
 
 def index_tensors(layout: Layout) -> Idx:
-    device = layout.chunk_tensor.device
     return Idx(
         layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
         (1.0 / layout.row_cols.double()).where(layout.row_cols < NO_ROWS, 0.0), layout.row_offset,
@@ -70,12 +69,16 @@ def column_normaliser(m: torch.Tensor, u: torch.Tensor, inv_div: torch.Tensor, l
         n, start = layout.numels[first], layout.chunk_start[first]
         stop = start + count * (layout.row_slice(first).stop - start)
         n0 = shape[0] if len(shape) else 1
-        norm_m = torch.linalg.vector_norm(_class_block(m, start, stop, count, n, n0), dim=1, dtype=torch.float32)
-        norm_u = torch.linalg.vector_norm(_class_block(u, start, stop, count, n, n0), dim=1, dtype=torch.float32)
+        norm_m = _column_norm(_class_block(m, start, stop, count, n, n0))
+        norm_u = _column_norm(_class_block(u, start, stop, count, n, n0))
         norm_u = norm_u * inv_div[first : first + count].float().view(-1, 1)
         w = 1.0 / (norm_m.clamp(min=1e-12) * norm_u.clamp(min=1e-12))
         _class_block(out, start, stop, count, n, n0).copy_(w.unsqueeze(1).expand(count, n0, w.shape[1]))
     return out
+
+
+def _column_norm(block):
+    return torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
 
 
 def _class_block(x, start, stop, count, n, n0):

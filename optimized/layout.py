@@ -1,9 +1,9 @@
 """Flat, chunked storage for a list of tensors.
 
 Tensor i occupies `nchunks_i = ceil(numel_i / CHUNK)` rows of a `[nchunks, CHUNK]` buffer, padded with
-zeros. A per-tensor reduction is a row sum followed by an `index_add` over rows, so its cost and its
-compiled graph do not depend on how many tensors share the buffer. Sub-tensor reductions (dim-0
-columns for TAM, rows for ALLoRA) use ids computed from the element's position in its tensor.
+zeros. A per-tensor reduction is a row sum followed by a segment sum over rows, so its cost and its
+compiled graph do not depend on how many tensors share the buffer. ALLoRA's per-row factors are found
+from the element's position in its tensor; dim-0 column norms (TAM) use runs of same-shape tensors.
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ class Layout:
     chunk_valid: torch.Tensor  # [nchunks, 1] int64: number of real elements in the row
     chunk_pos0: torch.Tensor  # [nchunks, 1] int64: position in its tensor of the row's first element
     numel_t: torch.Tensor  # [T] float64: element counts
-    col_rest: torch.Tensor  # [nchunks, 1] int64: numel / shape[0] (dim-0 column count, 1 for 1-D)
-    col_offset: torch.Tensor  # [nchunks, 1] int64: first column id of the row's tensor
-    ncols: int
     row_cols: torch.Tensor  # [nchunks, 1] int64: row length of 2-D tensors (1 elsewhere)
     row_offset: torch.Tensor  # [nchunks, 1] int64: first row id (2-D tensors) or the dummy id
     nrows: int  # rows of all 2-D tensors; id nrows is the dummy row (scaling 1)
@@ -65,13 +62,12 @@ def build_layout(tensors, device) -> Layout:
     shapes = [tuple(t.shape) for t in tensors]
     numels = [t.numel() for t in tensors]
     chunk_start, chunk_tensor, chunk_valid, chunk_pos0 = [], [], [], []
-    col_rest, col_offset, row_cols, row_offset, is_matrix = [], [], [], [], []
-    row = ncols = nrows = 0
+    row_cols, row_offset, is_matrix = [], [], []
+    row = nrows = 0
     row_start = []
     for i, (shape, n) in enumerate(zip(shapes, numels, strict=True)):
         k = max(1, math.ceil(n / CHUNK))
         chunk_start.append(row)
-        rest = n // shape[0] if len(shape) >= 1 and shape[0] > 0 else 1
         matrix = len(shape) == 2
         is_matrix.append(matrix)
         row_start.append(nrows if matrix else None)
@@ -79,12 +75,9 @@ def build_layout(tensors, device) -> Layout:
             chunk_tensor.append(i)
             chunk_valid.append(max(0, min(CHUNK, n - j * CHUNK)))
             chunk_pos0.append(j * CHUNK)
-            col_rest.append(max(rest, 1))
-            col_offset.append(ncols)
             # non-matrix rows: a row length no position reaches, so every element maps to the dummy id
             row_cols.append(shape[1] if matrix and shape[1] > 0 else NO_ROWS)
             row_offset.append(nrows if matrix else -1)  # -1: replaced by the dummy id below
-        ncols += max(rest, 1)
         nrows += shape[0] if matrix else 0
         row += k
 
@@ -101,9 +94,6 @@ def build_layout(tensors, device) -> Layout:
         chunk_valid=col(chunk_valid),
         chunk_pos0=col(chunk_pos0),
         numel_t=torch.tensor(numels, dtype=torch.float64, device=device),
-        col_rest=col(col_rest),
-        col_offset=col(col_offset),
-        ncols=ncols,
         row_cols=col(row_cols),
         row_offset=col(row_offset),
         nrows=nrows,
