@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from reference.orthograd import PARALLEL_TOL
+
 from . import kernels as K
 from .compile import compiled
 
@@ -276,7 +278,7 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor, consts, group_sum, mu
     main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:
         proj, nu, keep = orthograd_partials(b.theta, update, idx)
-        scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx))
+        scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx), PARALLEL_TOL if f.fixed else 0.0)
         orthograd_apply(b, idx, coef, consts, update, proj, scale, keep, f)
     if f.has_early and f.fixed:
         tensor_upd = per_tensor[:, ACTIVE] * (1 - per_tensor[:, SEED]) * per_tensor[:, EARLY] > 0

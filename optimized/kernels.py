@@ -203,16 +203,18 @@ def orthograd_perp(theta, update, proj_rows):
     return (update.double() - proj_rows.double() * theta.float().double()).float()
 
 
-def orthograd_scale(nu, perp_sumsq):
-    """ν / (‖v⊥‖ + 1e-30) per tensor."""
-    return nu / (perp_sumsq.sqrt().float() + 1e-30)
+def orthograd_scale(nu, perp_sumsq, parallel_tol: float = 0.0):
+    """ν / (‖v⊥‖ + 1e-30) per tensor; 0 where ‖v⊥‖ ≤ parallel_tol·ν (U ∥ θ, corrected mode)."""
+    perp_norm = perp_sumsq.sqrt().float()
+    scale = nu / (perp_norm + 1e-30)
+    return scale if parallel_tol == 0 else torch.where(perp_norm <= parallel_tol * nu, 0.0, scale)
 
 
-def orthograd(theta, update, idx: Idx):
+def orthograd(theta, update, idx: Idx, parallel_tol: float = 0.0):
     """Per tensor: remove the component of U along θ and restore ‖U‖ (skipped where ‖θ‖ ≤ 1e-30)."""
     proj, nu, keep = orthograd_projection(theta, update, idx)
     perp = orthograd_perp(theta, update, per_row(proj, idx))
-    scale = orthograd_scale(nu, tensor_sum(perp * perp, idx))
+    scale = orthograd_scale(nu, tensor_sum(perp * perp, idx), parallel_tol)
     return torch.where(per_row(keep.double(), idx) > 0, update, perp * per_row(scale, idx))
 
 

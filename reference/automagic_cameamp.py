@@ -32,6 +32,8 @@ by TAM (upstream raises).
   * [I-28] ρ is recomputed from the current rows every step. (Restricting it to LoRA factors needs
     parameter names; that arrives with the named-parameter construction of the family issue.)
   * [I-48] ``wd_until="always"`` keeps adaptive weight decay on after W/2 (default "warmup_half").
+  * OrthoGrad of an update parallel to θ (every one-element tensor) returns 0 instead of rounding
+    noise rescaled to ‖U‖ (see reference.orthograd; not in upstream-issues.md).
 The first-step seeding (θ does not move at t = 1) and the t < W/2 / t < W phase convention are kept:
 they are well-defined and documented [I-49].
 """
@@ -46,7 +48,7 @@ from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mas
 from .allora import allora_row_scaling
 from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
-from .orthograd import orthograd
+from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
 from .validation import check_automagic_kwargs, check_grad
 
@@ -222,7 +224,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         # T6: Grams blend; T7a: OrthoGrad while early
         update = grams_blend(update, grad, grams_alpha(group["beta1_decay"], t))
         if early:
-            update = orthograd(p, update)
+            update = orthograd(p, update, PARALLEL_TOL if self.fixed else 0.0)
 
         # T8a: LR mask
         lr = group["lr"]

@@ -7,14 +7,22 @@ g⊥ to the norm of g.
 Family variant: applied to the update direction U (not the raw gradient), only while t < W/2.
 This implementation is out of place; upstream overwrites its input, which is harmless in
 Automagic_CameAMP because the input is a fresh tensor [I-06].
+
+Degenerate case (found here, not in upstream-issues.md): when U is parallel to θ, v⊥ is 0 in exact
+arithmetic and the computed v⊥ is rounding noise, which the rescaling blows up to ‖U‖. That always
+happens for one-element tensors, so upstream gives every scalar parameter a full-size step of
+arbitrary sign while t < W/2. `parallel_tol > 0` (the corrected mode) returns 0 when
+‖v⊥‖ ≤ parallel_tol·‖v‖: no radial step, which is what ⊥Grad means.
 """
 
 from __future__ import annotations
 
 import torch
 
+PARALLEL_TOL = 1e-5  # corrected mode: ‖v⊥‖/‖v‖ below this is rounding noise (~80 fp32 ulps)
 
-def orthograd(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+
+def orthograd(theta: torch.Tensor, x: torch.Tensor, parallel_tol: float = 0.0) -> torch.Tensor:
     """Return x with its component along θ removed, rescaled to ‖x‖."""
     # If ‖θ‖₂ ≤ 1e-30 the projection is undefined: return x unchanged
     if float(theta.norm(2)) <= 1e-30:
@@ -27,5 +35,8 @@ def orthograd(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     proj = torch.dot(w, v) / torch.dot(w, w).add(1e-30)
     # v⊥ = v − π·w
     v_perp = v.sub(w, alpha=float(proj))
+    perp_norm = v_perp.norm(2)
+    if parallel_tol > 0 and float(perp_norm) <= parallel_tol * float(nu):
+        return torch.zeros_like(x)
     # result = v⊥ · ν / (‖v⊥‖₂ + 1e-30)
-    return (v_perp * (nu / v_perp.norm(2).add(1e-30))).reshape(x.shape)
+    return (v_perp * (nu / perp_norm.add(1e-30))).reshape(x.shape)

@@ -1,0 +1,230 @@
+"""Technique cases: each reference function against the optimized kernel that computes the same thing.
+
+A case takes a generator and a list of shapes, runs the reference per tensor and the optimized kernel
+on all tensors packed into one chunked buffer, and returns (name, reference, optimized) triples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from optimized import kernels as K
+from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
+from reference.allora import allora_row_scaling
+from reference.consistency_momentum import consistency_momentum, decayed_beta1
+from reference.grams import grams_alpha, grams_blend
+from reference.orthograd import orthograd
+
+from .packing import Packed
+
+
+@dataclass(frozen=True)
+class TechniqueCase:
+    name: str
+    technique: str  # spec id (techniques.md)
+    paper: str  # key in papers/index.json
+    reference: str  # dotted name of the reference function
+    optimized: str  # dotted name of the optimized kernel
+    run: object
+
+
+def _randn(gen, shape, scale=1.0):
+    return torch.randn(shape, generator=gen) * scale
+
+
+def _positive(gen, shape):
+    return torch.rand(shape, generator=gen) + 0.05
+
+
+def run_agr(gen, shapes):
+    grads = [_randn(gen, s) for s in shapes]
+    S = agr.group_abs_sum(grads)
+    P = Packed(grads)
+    out = P.unpack(K.agr(P.pack(grads), S, 0.0))
+    return [("g̃", agr.agr(g, S), o) for g, o in zip(grads, out, strict=True)]
+
+
+def run_came_scale(gen, shapes):
+    grads = [_randn(gen, s) for s in shapes]
+    vs = [_positive(gen, s) * 1e-2 for s in shapes]
+    beta2, eps1, clip = 0.99, 1e-30, 1.0
+    ref = [came_style.scale_v1(g, v, beta2, eps1, clip) for g, v in zip(grads, vs, strict=True)]
+    P = Packed(grads)
+    g, v = P.pack(grads), P.pack(vs, padding=1.0)
+    u = K.came_unclipped(g, v)
+    inv_div = 1.0 / K.rms_clip_divisor(K.tensor_sum(u * u, P.idx), P.idx, torch.tensor(clip, dtype=torch.float64))
+    u = P.unpack(u * K.per_row(inv_div, P.idx))
+    v_new = P.unpack(K.second_moment(v, g, torch.tensor(beta2), 1 - beta2, eps1))
+    out = []
+    for (ru, rv), ou, ov in zip(ref, u, v_new, strict=True):
+        out += [("u", ru, ou), ("v", rv, ov)]
+    return out
+
+
+def run_adopt_clip(gen, shapes):
+    grads = [_randn(gen, s, 3.0) for s in shapes]
+    steps = [int(torch.randint(1, 200, (), generator=gen)) for _ in shapes]
+    P = Packed(grads)
+    out = P.unpack(K.adopt_clip(P.pack(grads), P.rows([t**0.25 for t in steps])))
+    return [("u", came_style.adopt_clip(g, t), o) for g, t, o in zip(grads, steps, out, strict=True)]
+
+
+def run_residual(gen, shapes):
+    us, ms, mbars = ([_randn(gen, s) for s in shapes] for _ in range(3))
+    rs = [_positive(gen, s) * 1e-3 for s in shapes]
+    beta3, eps2 = 0.999, 1e-16
+    P = Packed(us)
+    r = K.residual(P.pack(rs, padding=1.0), P.pack(us), P.pack(mbars), torch.tensor(beta3), 1 - beta3, eps2)
+    U = K.residual_direction(P.pack(ms), r, eps2, P.rows([1.0] * len(shapes)))
+    out = []
+    for u, m, mb, r0, orr, oU in zip(us, ms, mbars, rs, P.unpack(r), P.unpack(U), strict=True):
+        rr = adabelief_residual.update_residual(r0, u, mb, beta3, eps2)
+        out += [("r", rr, orr), ("U", adabelief_residual.residual_direction(m, rr, eps2), oU)]
+    return out
+
+
+def run_tam_upstream(gen, shapes):
+    ms, xs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    ss = [_randn(gen, s, 0.1) for s in shapes]
+    P = Packed(ms)
+    m, x = P.pack(ms), P.pack(xs)
+    w = K.column_normaliser(m, x, torch.ones(len(shapes), dtype=torch.float64), P.layout)
+    om, os_ = K.tam_upstream(m, P.pack(ss), x, w, 1e-30)
+    out = []
+    for m0, s0, x0, a, b in zip(ms, ss, xs, P.unpack(om), P.unpack(os_), strict=True):
+        rm, rs = tam.tam_upstream(m0, s0, x0, 1e-30)
+        out += [("m", rm, a), ("s", rs, b)]
+    return out
+
+
+def run_tam_cosine(gen, shapes):
+    ms, xs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    ss = [torch.rand((), generator=gen) * 2 - 1 for _ in shapes]
+    P = Packed(ms)
+    m, x = P.pack(ms), P.pack(xs)
+    s_new = K.tam_cosine_coefficient(
+        torch.stack(ss), K.tensor_sum(m * x, P.idx), K.tensor_sum(m * m, P.idx).sqrt(),
+        K.tensor_sum(x * x, P.idx).sqrt(),
+    )  # fmt: skip
+    om = P.unpack(K.tam_cosine(m, x, K.per_row(s_new, P.idx), 1e-30))
+    out = []
+    for i, (m0, s0, x0) in enumerate(zip(ms, ss, xs, strict=True)):
+        rm, rs = tam.tam_cosine(m0, s0, x0, 1e-30)
+        out += [("m", rm, om[i]), ("s", rs, s_new[i].float())]
+    return out
+
+
+def run_consistency(gen, shapes):
+    ms, xs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    steps = [int(torch.randint(1, 3000, (), generator=gen)) for _ in shapes]
+    beta1, decay = 0.8, 0.9995
+    b1t = [decayed_beta1(beta1, decay, t) for t in steps]
+    P = Packed(ms)
+    om, omb = K.consistency(P.pack(ms), P.pack(xs), P.rows(b1t), P.rows([1 - b for b in b1t]), beta1, 1 - beta1)
+    out = []
+    for m0, x0, bt, a, b in zip(ms, xs, b1t, P.unpack(om), P.unpack(omb), strict=True):
+        rm, rmb = consistency_momentum(m0, x0, beta1, bt)
+        out += [("m", rm, a), ("m̄", rmb, b)]
+    return out
+
+
+def run_grams(gen, shapes):
+    us, gs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    alphas = [grams_alpha(0.9995, int(torch.randint(1, 3000, (), generator=gen))) for _ in shapes]
+    P = Packed(us)
+    out = P.unpack(K.grams_blend(P.pack(us), P.pack(gs), P.rows(alphas), P.rows([1 - a for a in alphas])))
+    return [("U", grams_blend(u, g, a), o) for u, g, a, o in zip(us, gs, alphas, out, strict=True)]
+
+
+def run_orthograd(gen, shapes):
+    thetas, us = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    P = Packed(thetas)
+    out = P.unpack(K.orthograd(P.pack(thetas), P.pack(us), P.idx))
+    return [("U⊥", orthograd(t, u), o) for t, u, o in zip(thetas, us, out, strict=True)]
+
+
+def run_lr_mask(gen, shapes):
+    grads = [_randn(gen, s) for s in shapes]
+    masks = [torch.full(s, 1e-4) + _randn(gen, s, 1e-5) for s in shapes]
+    pols = [torch.rand(s, generator=gen) > 0.5 for s in shapes]
+    lr, bump, lo, hi = 2e-4, 3e-6, 1e-7, 1e-3
+    lr_maxes = [1e-6 if i % 2 else 3e-4 for i in range(len(shapes))]
+    P = Packed(grads)
+    shift = [lr - m if lr > m else 0.0 for m in lr_maxes]
+    om, op = K.warmup_mask(P.pack(masks), P.pack(grads), P.pack(pols, torch.uint8), P.rows(shift), bump, lo, hi)
+    scale = [max(lr / m, 0.1) if lr < m else 1.0 for m in lr_maxes]
+    opost = K.post_warmup_mask(P.pack(masks), P.rows(scale))
+    out = []
+    for i, (g, m0, p0) in enumerate(zip(grads, masks, pols, strict=True)):
+        agree, rp = lr_mask.polarity_agreement(g, p0)
+        rm, _ = lr_mask.warmup_lr_mask(m0, agree, lr, lr_maxes[i], bump, lo, hi)
+        rpost, _ = lr_mask.post_warmup_lr_mask(m0, lr, lr_maxes[i])
+        out += [("M (warm-up)", rm, P.unpack(om)[i]), ("polarity", rp, P.unpack(op)[i].bool()),
+                ("E (post)", rpost, P.unpack(opost)[i])]  # fmt: skip
+    return out
+
+
+def run_allora(gen, shapes):
+    thetas = [_randn(gen, s) for s in shapes]
+    P = Packed(thetas)
+    theta = P.pack(thetas)
+    table = torch.ones(P.layout.nrows + 1)
+    table = K.allora_table(K.row_norms(theta, P.idx, table), 1.0 / 2.0**2)
+    rho = P.unpack(K.gather_rows(table, P.idx))
+    out = []
+    for t, r in zip(thetas, rho, strict=True):
+        if t.dim() == 2:
+            out.append(("ρ", allora_row_scaling(t, 2.0).expand_as(t), r))
+        else:
+            out.append(("ρ (not 2-D: 1)", torch.ones_like(t), r))
+    return out
+
+
+def run_adaptive_wd(gen, shapes):
+    grads = [_randn(gen, s, float(torch.rand((), generator=gen)) + 0.1) for s in shapes]
+    thetas = [_randn(gen, s) for s in shapes]
+    lrs = [torch.full(s, 1e-3) for s in shapes]
+    mu, sigma = adaptive_weight_decay.group_abs_stats(grads)
+    P = Packed(grads)
+    abs_mean = K.tensor_sum(P.pack(grads).abs(), P.idx) / P.idx.numel_t
+    factor = K.decay_factor(abs_mean, mu.double(), sigma.double(), 0.0)
+    decayed = P.unpack(K.apply_decay(P.pack(thetas), P.pack(lrs), 0.05, K.per_row(factor, P.idx)))
+    out = []
+    for i, (g, t, e) in enumerate(zip(grads, thetas, lrs, strict=True)):
+        rf = adaptive_weight_decay.decay_factor(g, mu, sigma)
+        out += [("ϑ", rf, factor[i].float()),
+                ("θ", adaptive_weight_decay.apply_weight_decay(t, e, 0.05, rf), decayed[i])]  # fmt: skip
+    return out
+
+
+def _case(name, technique, paper, ref, opt, run):
+    return TechniqueCase(name, technique, paper, ref, opt, run)
+
+
+TECHNIQUE_CASES = [
+    _case("AGR (group sum)", "T1a", "agr", "reference.agr.agr", "optimized.kernels.agr", run_agr),
+    _case("CAME-style scaling + RMS clip (V1)", "T2", "adafactor", "reference.came_style.scale_v1",
+          "optimized.kernels.came_unclipped", run_came_scale),
+    _case("ADOPT clip (came=False)", "T2", "adopt", "reference.came_style.adopt_clip",
+          "optimized.kernels.adopt_clip", run_adopt_clip),
+    _case("AdaBelief residual", "T3", "adabelief", "reference.adabelief_residual.update_residual",
+          "optimized.kernels.residual", run_residual),
+    _case("TAM (upstream, dim-0 product)", "T4a", "tam", "reference.tam.tam_upstream",
+          "optimized.kernels.tam_upstream", run_tam_upstream),
+    _case("TAM (fixed, scalar cosine)", "T4a", "tam", "reference.tam.tam_cosine",
+          "optimized.kernels.tam_cosine", run_tam_cosine),
+    _case("Consistency momentum", "T5", "consistency", "reference.consistency_momentum.consistency_momentum",
+          "optimized.kernels.consistency", run_consistency),
+    _case("Grams blend", "T6", "grams", "reference.grams.grams_blend", "optimized.kernels.grams_blend",
+          run_grams),
+    _case("OrthoGrad", "T7a", "orthograd", "reference.orthograd.orthograd", "optimized.kernels.orthograd",
+          run_orthograd),
+    _case("Automagic LR mask", "T8a", "automagic", "reference.lr_mask.warmup_lr_mask",
+          "optimized.kernels.warmup_mask", run_lr_mask),
+    _case("ALLoRA row scaling", "T9a", "allora", "reference.allora.allora_row_scaling",
+          "optimized.kernels.allora_table", run_allora),
+    _case("Adaptive weight decay", "T10", "adadecay", "reference.adaptive_weight_decay.decay_factor",
+          "optimized.kernels.decay_factor", run_adaptive_wd),
+]  # fmt: skip

@@ -1,0 +1,88 @@
+"""Every tolerance of the equivalence suite, in one table.
+
+Error metric (`scaled_error`): max |optimized − reference| / max |reference| over one tensor, the
+worst over all tensors of a case. It is relative to the tensor's scale, so elements near zero do not
+dominate. Each entry gives the bound, why it is not zero, and the worst error observed when it was
+set (`python -m equivalence_tests.verify` prints the current values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    bound: float
+    reason: str
+    observed: str
+
+
+# Pure technique kernels, fp32 inputs, one application.
+TECHNIQUE_FP32 = Tolerance(
+    bound=2e-6,
+    reason="multiplication by a reciprocal instead of division (AGR α, the RMS clip, bias correction), "
+    "and per-tensor sums taken in another order (fp32 rows of 256, then fp64)",
+    observed="3.5e-7 (adaptive weight decay ϑ), fixed-seed registry shapes (2026-11-22)",
+)
+
+# Whole optimizer, one step from identical state, fp32 parameters (lockstep).
+LOCKSTEP_FP32 = Tolerance(
+    bound=5e-6,
+    reason="round-off of the kernels above, through one step; exp_avg_res is the worst: (u − m̄)² loses "
+    "relative accuracy where u ≈ m̄",
+    observed="2.3e-6 (exp_avg_res) on the registry cases (2026-11-22)",
+)
+
+# Whole optimizer, bf16 parameters and (upstream mode) bf16 states, lockstep.
+LOCKSTEP_BF16 = Tolerance(
+    bound=0.12,
+    reason="upstream rounds to bf16 after every operation (8 significant bits); the fused kernel "
+    "computes in fp32 and rounds once per stored value. Where a result is the difference of terms "
+    "~10× larger (a one-element momentum, m = β1_t·m + (1−β1_t)·u), the terms' rounding is ~10 ulps of "
+    "the result: 13 ulps were seen on the 0-d parameter; multi-element tensors stay near 2.8e-2",
+    observed="9.0e-2 (exp_avg of the 0-d parameter, full_finetune case, upstream) (2026-11-22)",
+)
+
+# Whole optimizer, free-running for 2×W steps (W = 20), fp32.
+FREE_RUNNING_FP32 = Tolerance(
+    bound=1e-6,
+    reason="lockstep round-off accumulates over the run (up to 40 steps, every phase); the discrete "
+    "polarity and clip decisions did not flip in the calibration runs",
+    observed="1.25e-7 (2026-11-22)",
+)
+
+# Whole optimizer, free-running, bf16 parameters.
+FREE_RUNNING_BF16 = Tolerance(
+    bound=3e-2,
+    reason="bf16 rounding differences (see LOCKSTEP_BF16) accumulate over the run; parameters are "
+    "compared, and a parameter is one bf16 ulp (3.9e-3 relative) from its neighbour value",
+    observed="1.0e-2 (odd W=9 case, upstream) (2026-11-22)",
+)
+
+
+def lockstep_tolerance(dtype: torch.dtype) -> Tolerance:
+    return LOCKSTEP_BF16 if dtype == torch.bfloat16 else LOCKSTEP_FP32
+
+
+def free_running_tolerance(dtype: torch.dtype) -> Tolerance:
+    return FREE_RUNNING_BF16 if dtype == torch.bfloat16 else FREE_RUNNING_FP32
+
+
+def scaled_error(reference, optimized) -> float:
+    """max |a − b| / max |a| for one tensor (exact match of booleans and integers; NaN must match NaN)."""
+    a, b = reference.detach(), optimized.detach()
+    if not a.is_floating_point():
+        return 0.0 if torch.equal(a, b.to(a.dtype)) else float("inf")
+    if a.numel() == 0:
+        return 0.0
+    a64, b64 = a.double(), b.double()
+    if not torch.equal(a64.isnan(), b64.isnan()):
+        return float("inf")
+    a64, b64 = a64.nan_to_num(0.0), b64.nan_to_num(0.0)
+    diff = float((a64 - b64).abs().max())
+    if diff == 0.0:
+        return 0.0
+    return diff / max(float(a64.abs().max()), 1e-30)
