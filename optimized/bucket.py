@@ -46,10 +46,12 @@ class Bucket:
         if self.states:
             return
         L, dt, dev = self.layout, self.state_dtype, self.device
+        # v and r start at 1 so their padding is positive even when real elements are loaded rather
+        # than seeded: the kernels rely on 0·rsqrt(v) = 0 there (automagic_step.Flags.padding_safe)
         self.states = {
             "exp_avg": L.empty(dt, dev, fill=0),
-            "exp_avg_sq": L.empty(dt, dev, fill=0) if came else None,
-            "exp_avg_res": L.empty(dt, dev, fill=0),
+            "exp_avg_sq": L.empty(dt, dev, fill=1) if came else None,
+            "exp_avg_res": L.empty(dt, dev, fill=1),
             "s": torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(dt, dev, 0),
             "lr_mask": L.empty(torch.float32, dev, fill=start_lr),
             "last_polarity": L.empty(torch.uint8, dev, fill=0),  # exported as bool
