@@ -1,0 +1,48 @@
+"""papers/index.json is complete: every technique module is mapped and every mapped name exists."""
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import papers
+import reference
+
+from .technique_cases import TECHNIQUE_CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRASTRUCTURE = {"validation", "persistence"}  # shared helpers, not techniques
+FIELDS = ("key", "technique", "title", "authors", "year", "venue", "url", "implemented", "deviations",
+          "reference", "optimized", "test", "notebook")  # fmt: skip
+
+
+def resolve(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("entry", papers.load(), ids=lambda e: e["key"])
+def test_entry_is_complete_and_every_name_exists(entry):
+    for field in FIELDS:
+        assert entry.get(field), f"{entry['key']}: empty {field}"
+    for dotted in entry["reference"] + entry["optimized"]:
+        assert callable(resolve(dotted)), dotted
+    path, _, func = entry["test"].partition("::")
+    assert func in (ROOT / path).read_text(), entry["test"]
+    assert (ROOT / entry["notebook"]).is_file(), entry["notebook"]
+    if entry.get("case"):
+        assert entry["case"] in {c.name for c in TECHNIQUE_CASES}, entry["case"]
+
+
+def test_every_technique_module_is_mapped():
+    mapped = {name.split(".")[1] for e in papers.load() for name in e["reference"]}
+    modules = {m.name for m in pkgutil.iter_modules(reference.__path__)} - INFRASTRUCTURE
+    assert modules <= mapped, f"reference modules without a papers/ entry: {sorted(modules - mapped)}"
+
+
+def test_every_technique_case_names_an_indexed_paper():
+    keys = set(papers.by_key())
+    for case in TECHNIQUE_CASES:
+        assert case.paper in keys, case.name
+        assert callable(resolve(case.reference)) and callable(resolve(case.optimized)), case.name

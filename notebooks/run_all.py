@@ -1,0 +1,48 @@
+"""Execute every notebook (jupytext percent-format .py) in a fresh kernel; fail on the first error.
+
+Executed copies go to reports/notebooks/. Usage: python -m notebooks.run_all [name ...]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = ROOT / "reports" / "notebooks"
+SKIP = {"run_all.py", "__init__.py"}
+
+
+def notebooks(names=()):
+    paths = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP)
+    return [p for p in paths if not names or p.stem in names]
+
+
+def execute(path: Path) -> float:
+    nb = jupytext.read(path)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    OUT.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, OUT / f"{path.stem}.ipynb")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    paths = notebooks(sys.argv[1:])
+    for path in paths:
+        print(f"notebook {path.stem:28} {execute(path):6.1f} s", flush=True)
+    print(f"{len(paths)} passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
