@@ -38,6 +38,9 @@ OPTIMIZER_CASES = [
     OptimizerCase("weight_decay 1e-2, W=20", {"lr": 1e-4, "warmup_steps": 20, "weight_decay": 1e-2}),
     OptimizerCase("odd W=9, lr 1e-3", {"lr": 1e-3, "warmup_steps": 9}, steps=20),
     OptimizerCase("came=False, W=12", {"lr": 1e-4, "warmup_steps": 12, "came": False}, steps=26),
+    # bf16 parameters of magnitude ~0.5 only move when a step exceeds one bf16 ulp (~2e-3)
+    OptimizerCase("lr 1e-2, max_lr 5e-2, W=10", {"lr": 1e-2, "max_lr": 5e-2, "lr_bump": 1e-4, "warmup_steps": 10},
+                  steps=22),
     OptimizerCase(
         "full_finetune, clip 0.5, betas, eps",
         {"lr": 3e-4, "warmup_steps": 10, "full_finetune": True, "clip_threshold": 0.5,

@@ -35,7 +35,6 @@ def execute(path: Path) -> float:
 
 
 def main() -> int:
-    os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     paths = notebooks(sys.argv[1:])
     for path in paths:

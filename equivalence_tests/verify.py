@@ -1,0 +1,120 @@
+"""The verification report (`make verify`): optimized path vs reference, one row per technique and per
+optimizer configuration, printed and written to reports/verification.md. Exits 1 if any row fails.
+
+Set UPSTREAM_AUTOMAGIC=path/to/library/automagic_cameamp.py (hinablue/sd-scripts @ 863c5b5) to add the
+reference-vs-upstream rows (tools/upstream_parity.py); the file is not part of this repository.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import papers
+
+from .harness import OPTIMIZER_CASES, free_running, lockstep
+from .technique_cases import TECHNIQUE_CASES
+from .tolerances import TECHNIQUE_FP32, free_running_tolerance, lockstep_tolerance, scaled_error
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE_SETS = [
+    [(), (37,), (16, 768), (768, 16)],
+    [(8, 4, 3, 3), (5, 7), (1,), (300,)],
+    [(64, 16), (16, 64), (3,)],
+]
+SEEDS = range(3)
+
+
+def technique_rows():
+    index = papers.by_key()
+    rows = []
+    for case in TECHNIQUE_CASES:
+        worst_abs = worst_rel = 0.0
+        for shapes in SHAPE_SETS:
+            for seed in SEEDS:
+                for _, ref, opt in case.run(torch.Generator().manual_seed(seed), shapes):
+                    worst_rel = max(worst_rel, scaled_error(ref, opt))
+                    if ref.numel():
+                        worst_abs = max(worst_abs, float((ref.double() - opt.double()).abs().max()))
+        paper = index[case.paper]
+        title = paper["title"].split(" (later")[0].split(":")[0]
+        source = f"{title} ({paper['arxiv'] or 'code'})"
+        rows.append([f"{case.technique} {case.name}", source, worst_abs, worst_rel, TECHNIQUE_FP32.bound])
+    return rows
+
+
+def optimizer_rows():
+    rows = []
+    for case in OPTIMIZER_CASES:
+        for compat in ("upstream", "fixed"):
+            for dtype in (torch.float32, torch.bfloat16):
+                dt = str(dtype).replace("torch.", "")
+                lock = lockstep(case, dtype, compat)
+                name = f"O1 Automagic_CameAMP {compat} {dt} [{case.name}]"
+                rows.append([f"{name} lockstep (worst: {max(lock, key=lock.get)})", "optimizers.md O1", None,
+                             max(lock.values()), lockstep_tolerance(dtype).bound])  # fmt: skip
+                rows.append([f"{name} free-running {case.steps} steps", "optimizers.md O1", None,
+                             free_running(case, dtype, compat), free_running_tolerance(dtype).bound])  # fmt: skip
+    return rows
+
+
+def upstream_rows():
+    path = os.environ.get("UPSTREAM_AUTOMAGIC")
+    if not path:
+        return []
+    from tools.upstream_parity import load_upstream, run
+
+    if not torch.cuda.is_available():
+        torch.cuda.synchronize = lambda *a, **k: None
+    upstream = load_upstream(path)
+    rows = []
+    for kw in ({}, {"warmup_steps": 20}):
+        for dtype in (torch.float32, torch.bfloat16):
+            err = run(upstream, 1000, 0, dtype, **kw)
+            rows.append([f"reference(compat=upstream) vs upstream, 1000 steps {kw or 'defaults'} {dtype}",
+                         "hinablue/sd-scripts@863c5b5", None, err, 0.0])  # fmt: skip
+    return rows
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:.2e}"
+
+
+def main() -> int:
+    start = time.perf_counter()
+    rows = technique_rows() + optimizer_rows() + upstream_rows()
+    header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
+    table = [header, ["---"] * len(header)]
+    failures = 0
+    for name, source, abs_err, rel_err, tol in rows:
+        ok = rel_err <= tol
+        failures += not ok
+        table.append([name, source, fmt(abs_err), fmt(rel_err), fmt(tol), "pass" if ok else "FAIL"])
+    lines = ["| " + " | ".join(r) + " |" for r in table]
+    notes = [
+        "",
+        "Errors are max |optimized − reference| over each tensor, relative to the tensor's max |reference| "
+        "(equivalence_tests/tolerances.py says why each tolerance is what it is).",
+        "Lockstep: both step from identical state each step; free-running: no re-sync. One-element "
+        "parameters in upstream mode are left out while t < W/2 (upstream OrthoGrad is undefined there; "
+        "see reference/orthograd.py).",
+        f"torch {torch.__version__}, compiled fast path: {os.environ.get('CAMEAMP_COMPILE', '1') != '0'}, "
+        f"{time.perf_counter() - start:.0f} s.",
+    ]
+    if not os.environ.get("UPSTREAM_AUTOMAGIC"):
+        notes.append("Upstream parity rows not run: set UPSTREAM_AUTOMAGIC to the upstream file.")
+    report = "# Verification report\n\n" + "\n".join(lines + notes) + "\n"
+    print(report)
+    out = ROOT / "reports" / "verification.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(report, encoding="utf-8")
+    print(f"{len(rows) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
