@@ -170,9 +170,8 @@ def run_allora(gen, shapes):
     thetas = [_randn(gen, s) for s in shapes]
     P = Packed(thetas)
     theta = P.pack(thetas)
-    table = torch.ones(P.layout.nrows + 1)
-    table = K.allora_table(K.row_norms(theta, P.idx, table), 1.0 / 2.0**2)
-    rho = P.unpack(K.gather_rows(table, P.idx))
+    table = K.allora_table(K.row_norms(theta, P.layout), 1.0 / 2.0**2)
+    rho = P.unpack(K.expand_rows(table, P.layout, P.layout.empty(torch.float32, "cpu")))
     out = []
     for t, r in zip(thetas, rho, strict=True):
         if t.dim() == 2:

@@ -113,11 +113,12 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         bucket.avg_lr_stale[new] = False
         if not group["full_finetune"] and any(bucket.layout.is_matrix[i] for i in np.flatnonzero(new)):
             table = bucket.states["row_scaling"]
-            fresh = allora_table(row_norms(bucket.theta, bucket.idx, table), 1.0 / group["eta"] ** 2)
+            fresh = allora_table(row_norms(bucket.theta, bucket.layout), 1.0 / group["eta"] ** 2)
             for i in np.flatnonzero(new):
                 if bucket.layout.is_matrix[i]:
                     rows = bucket.row_scaling_rows(i)
                     table[rows] = fresh[rows].to(table.dtype)
+            bucket.row_factor_stale = True
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
@@ -219,8 +220,13 @@ class Automagic_CameAMP(torch.optim.Optimizer):
             padding_safe=eps1 > 0 and eps2 > 0,
         )
         st = b.states
+        if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step
+            st["row_scaling"].copy_(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2))
+            b.row_factor_stale = True
+        if flags.has_rho and b.row_factor_stale:
+            b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
-                         st["lr_mask"], st["last_polarity"], st["row_scaling"])  # fmt: skip
+                         st["lr_mask"], st["last_polarity"], b.row_factor)  # fmt: skip
         dev = b.device
         per_tensor = torch.from_numpy(per_tensor).to(dev)
         consts = torch.tensor(consts, dtype=torch.float64, device=dev)
@@ -345,4 +351,5 @@ class Automagic_CameAMP(torch.optim.Optimizer):
             b.view("s", i).zero_()
         if "row_scaling" in saved:
             b.states["row_scaling"][b.row_scaling_rows(i)] = saved["row_scaling"].reshape(-1)
+            b.row_factor_stale = True
         b.started[i] = True

@@ -63,7 +63,7 @@ class Buffers(NamedTuple):
     s: torch.Tensor | None  # [N, C] upstream; [T] fixed
     lr_mask: torch.Tensor
     polarity: torch.Tensor | None
-    row_scaling: torch.Tensor | None  # [nrows + 1] table
+    row_factor: torch.Tensor | None  # ρ of every element's row (ALLoRA), [N, C] float32
 
 
 def _select(cond, new, old):
@@ -178,8 +178,6 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         mask_warm, polarity = K.warmup_mask(
             b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR]
         )
-    if f.has_rho and f.fixed:  # T9a, corrected: ρ from the current rows
-        b.row_scaling.copy_(K.allora_table(K.row_norms(theta, idx, b.row_scaling), c[ETA_TERM]))
     if not f.has_early:
         lr_eff = _effective_lr(b, mask_warm if f.has_warm else None, col, warm, idx, f)
     if not f.has_early:
@@ -209,7 +207,7 @@ def _effective_lr(b: Buffers, mask_warm, col, warm, idx: K.Idx, f: Flags):
     else:
         lr_eff = mask_warm
     if f.has_rho:
-        lr_eff = lr_eff * K.gather_rows(b.row_scaling, idx)
+        lr_eff = lr_eff * b.row_factor
     return lr_eff
 
 

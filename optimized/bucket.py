@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .kernels import index_tensors
+from .kernels import expand_rows, index_tensors
 from .layout import build_layout
 
 
@@ -37,6 +37,8 @@ class Bucket:
         self.states: dict[str, torch.Tensor | None] = {}
         self.grad: torch.Tensor | None = None
         self.work: dict[str, torch.Tensor] = {}
+        self.row_factor: torch.Tensor | None = None  # ALLoRA ρ per element (see kernels.expand_rows)
+        self.row_factor_stale = True
         self.grad_views: list = []
         self.grad_live = np.zeros(T, dtype=bool)  # which gradient views hold a gradient
 
@@ -80,6 +82,13 @@ class Bucket:
         if name not in self.work:
             self.work[name] = self.layout.empty(torch.float32, self.device, fill=0)
         return self.work[name]
+
+    def refresh_row_factor(self):
+        """Expand the ALLoRA table to every element (after it changed)."""
+        if self.row_factor is None:
+            self.row_factor = self.layout.empty(torch.float32, self.device)
+        expand_rows(self.states["row_scaling"], self.layout, self.row_factor)
+        self.row_factor_stale = False
 
     def rows(self, i: int) -> slice:
         return self.layout.row_slice(i)
@@ -136,6 +145,6 @@ class Bucket:
         return sum(t.numel() * t.element_size() for t in self.states.values() if t is not None)
 
     def workspace_bytes(self) -> int:
-        """Bytes of the persistent gradient buffer and early-phase scratch (not optimizer state)."""
-        bufs = [self.grad, *self.work.values()]
+        """Bytes of the persistent gradient buffer, ALLoRA's per-element ρ and the early-phase scratch."""
+        bufs = [self.grad, self.row_factor, *self.work.values()]
         return sum(t.numel() * t.element_size() for t in bufs if t is not None)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .layout import CHUNK, NO_ROWS, Layout
+from .layout import CHUNK, Layout
 from .segment_ops import segment_sum
 
 
@@ -23,14 +23,11 @@ class Idx(NamedTuple):
     chunk_valid: torch.Tensor  # [N, 1]
     chunk_pos0: torch.Tensor  # [N, 1]
     numel_t: torch.Tensor  # [T] float64
-    row_inv_cols: torch.Tensor  # [N, 1] float64: 1 / row length (0 outside 2-D tensors)
-    row_offset: torch.Tensor  # [N, 1]
 
 
 def index_tensors(layout: Layout) -> Idx:
     return Idx(
         layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
-        (1.0 / layout.row_cols.double()).where(layout.row_cols < NO_ROWS, 0.0), layout.row_offset,
     )  # fmt: skip
 
 
@@ -84,25 +81,6 @@ def _column_norm(block):
 def _class_block(x, start, stop, count, n, n0):
     """The [count, n0, rest] view of a run of same-shape tensors in a [N, C] buffer."""
     return x[start:stop].reshape(count, -1)[:, :n].reshape(count, n0, -1)
-
-
-def row_ids(idx: Idx, table: torch.Tensor) -> torch.Tensor:
-    """Row id of every element of a 2-D tensor; the table's last (dummy) id elsewhere.
-
-    ⌊pos / cols⌋ is taken as ⌊(pos + ½)·(1/cols)⌋ in float64, exact for pos < 2⁵² (vector int64
-    division does not exist on x86). Padding may map to a neighbouring row; its update is 0 there.
-    """
-    dummy = table.shape[0] - 1
-    pos = (idx.chunk_pos0 + lanes(idx)).double()
-    ids = idx.row_offset + torch.floor((pos + 0.5) * idx.row_inv_cols).long()
-    return torch.clamp(ids, max=dummy)
-
-
-def row_norms(theta: torch.Tensor, idx: Idx, table: torch.Tensor) -> torch.Tensor:
-    """‖θ_i,:‖₂ of every row of the 2-D tensors, shaped like `table` ([nrows + 1]; last entry junk)."""
-    ids = row_ids(idx, table).view(-1)
-    sq = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
-    return sq.index_add_(0, ids, theta.float().square().view(-1)).sqrt()
 
 
 # ---------------------------------------------------------------- T1a AGR
@@ -247,9 +225,35 @@ def allora_table(row_norm: torch.Tensor, eta_term: float) -> torch.Tensor:
     return torch.cat([rho[:-1], torch.ones_like(rho[-1:])])
 
 
-def gather_rows(table: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """ρ of every element's row (1 outside 2-D tensors). [N, C] float32."""
-    return table.float()[row_ids(idx, table)]
+def _matrix_classes(layout: Layout):
+    """(first tensor, count, shape, first row, end row) of each run of same-shape 2-D tensors."""
+    for first, count, shape in layout.shape_classes:
+        if len(shape) == 2:
+            start = layout.chunk_start[first]
+            stop = start + count * (layout.row_slice(first).stop - start)
+            yield first, count, shape, start, stop
+
+
+def row_norms(theta: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """‖θ_i,:‖₂ of every row of the 2-D tensors: [nrows + 1] float32 (last entry: dummy, 0). Eager and
+    dense: one [k, rows, cols] reduction per run of same-shape matrices."""
+    out = torch.zeros(layout.nrows + 1, dtype=torch.float32, device=theta.device)
+    for first, count, shape, start, stop in _matrix_classes(layout):
+        block = _class_block(theta, start, stop, count, shape[0] * shape[1], shape[0])
+        row0 = layout.row_start[first]
+        out[row0 : row0 + count * shape[0]] = torch.linalg.vector_norm(block, dim=2, dtype=torch.float32).reshape(-1)
+    return out
+
+
+def expand_rows(table: torch.Tensor, layout: Layout, out: torch.Tensor) -> torch.Tensor:
+    """Write ρ of every element's row into `out` ([N, C] float32; 1 outside 2-D tensors). Eager: one
+    broadcast write per run of same-shape matrices, so the fused step multiplies instead of gathering."""
+    out.fill_(1.0)
+    for first, count, shape, start, stop in _matrix_classes(layout):
+        row0 = layout.row_start[first]
+        rho = table[row0 : row0 + count * shape[0]].float().view(count, shape[0], 1)
+        _class_block(out, start, stop, count, shape[0] * shape[1], shape[0]).copy_(rho.expand(-1, -1, shape[1]))
+    return out
 
 
 # ---------------------------------------------------------------- T10 adaptive weight decay

@@ -2,8 +2,8 @@
 
 Tensor i occupies `nchunks_i = ceil(numel_i / CHUNK)` rows of a `[nchunks, CHUNK]` buffer, padded with
 zeros. A per-tensor reduction is a row sum followed by a segment sum over rows, so its cost and its
-compiled graph do not depend on how many tensors share the buffer. ALLoRA's per-row factors are found
-from the element's position in its tensor; dim-0 column norms (TAM) use runs of same-shape tensors.
+compiled graph do not depend on how many tensors share the buffer. Row and dim-0 column reductions (ALLoRA,
+TAM) work on runs of same-shape tensors, which buckets keep adjacent.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 CHUNK = 256  # elements per row; padding per tensor is < CHUNK
-NO_ROWS = 1 << 62
 
 
 @dataclass
@@ -29,9 +28,7 @@ class Layout:
     chunk_valid: torch.Tensor  # [nchunks, 1] int64: number of real elements in the row
     chunk_pos0: torch.Tensor  # [nchunks, 1] int64: position in its tensor of the row's first element
     numel_t: torch.Tensor  # [T] float64: element counts
-    row_cols: torch.Tensor  # [nchunks, 1] int64: row length of 2-D tensors (1 elsewhere)
-    row_offset: torch.Tensor  # [nchunks, 1] int64: first row id (2-D tensors) or the dummy id
-    nrows: int  # rows of all 2-D tensors; id nrows is the dummy row (scaling 1)
+    nrows: int  # rows of all 2-D tensors; id nrows is the dummy row
     row_start: list  # first row id of each 2-D tensor (None elsewhere)
     is_matrix: list
     shape_classes: list  # (first tensor, count, shape) of each run of same-shape tensors
@@ -62,7 +59,7 @@ def build_layout(tensors, device) -> Layout:
     shapes = [tuple(t.shape) for t in tensors]
     numels = [t.numel() for t in tensors]
     chunk_start, chunk_tensor, chunk_valid, chunk_pos0 = [], [], [], []
-    row_cols, row_offset, is_matrix = [], [], []
+    is_matrix = []
     row = nrows = 0
     row_start = []
     for i, (shape, n) in enumerate(zip(shapes, numels, strict=True)):
@@ -75,16 +72,12 @@ def build_layout(tensors, device) -> Layout:
             chunk_tensor.append(i)
             chunk_valid.append(max(0, min(CHUNK, n - j * CHUNK)))
             chunk_pos0.append(j * CHUNK)
-            # non-matrix rows: a row length no position reaches, so every element maps to the dummy id
-            row_cols.append(shape[1] if matrix and shape[1] > 0 else NO_ROWS)
-            row_offset.append(nrows if matrix else -1)  # -1: replaced by the dummy id below
         nrows += shape[0] if matrix else 0
         row += k
 
     def col(values):
         return torch.tensor(values, dtype=torch.int64, device=device).view(-1, 1)
 
-    row_offset = [nrows if r < 0 else r for r in row_offset]
     return Layout(
         shapes=shapes,
         numels=numels,
@@ -94,8 +87,6 @@ def build_layout(tensors, device) -> Layout:
         chunk_valid=col(chunk_valid),
         chunk_pos0=col(chunk_pos0),
         numel_t=torch.tensor(numels, dtype=torch.float64, device=device),
-        row_cols=col(row_cols),
-        row_offset=col(row_offset),
         nrows=nrows,
         row_start=row_start,
         is_matrix=is_matrix,
