@@ -46,11 +46,12 @@ import torch
 
 from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
 from .allora import allora_row_scaling
+from .config import AutomagicConfig
 from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
-from .validation import check_automagic_kwargs, check_grad
+from .validation import check_grad
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
@@ -59,43 +60,12 @@ FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream
 class Automagic_CameAMP(torch.optim.Optimizer):
     """Readable reference of Automagic_CameAMP. Keyword arguments and defaults are upstream's."""
 
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-6,
-        min_lr: float = 1e-7,
-        max_lr: float = 1e-3,
-        lr_bump: float = 3e-6,
-        eps=(1e-30, 1e-16, 1e-8),
-        clip_threshold: float = 1.0,
-        betas=(0.8, 0.99, 0.999),
-        eta: float = 2.0,
-        beta1_decay: float = 0.9995,
-        weight_decay: float = 5e-4,
-        warmup_steps: int = 500,
-        context_window: int = 30,
-        edge_threshold: float = 0.6,
-        adaptation_rate: float = 0.25,
-        came: bool = True,
-        full_finetune: bool = False,
-        verbose: bool = False,
-        compat: str = "upstream",
-        wd_until: str = "warmup_half",
-    ):
-        # upstream: eta is forced to 2.0 when it is not an int/float
-        eta = float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else 2.0
-        defaults = dict(
-            lr=lr, min_lr=min_lr, max_lr=max_lr, lr_bump=lr_bump, eps=tuple(eps),
-            clip_threshold=clip_threshold, betas=tuple(betas), eta=eta, beta1_decay=beta1_decay,
-            weight_decay=weight_decay, warmup_steps=warmup_steps, context_window=context_window,
-            edge_threshold=edge_threshold, adaptation_rate=adaptation_rate, came=came,
-            full_finetune=full_finetune,
-        )  # fmt: skip
-        check_automagic_kwargs(defaults, compat=compat, wd_until=wd_until)
+    def __init__(self, params, **kwargs):
+        """Keyword arguments and defaults: reference.config.AutomagicConfig (upstream's)."""
+        config = AutomagicConfig(**kwargs)
+        defaults = config.group_defaults()
         super().__init__(params, defaults)
-        self.compat = compat
-        self.wd_until = wd_until
-        self.verbose = verbose
+        self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
         self._step = 0  # upstream attribute: the last processed parameter's t (not saved)
 
     # ------------------------------------------------------------------ helpers
