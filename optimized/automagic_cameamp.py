@@ -1,7 +1,7 @@
 """Fast Automagic_CameAMP: same name, kwargs, compat modes and state_dict format as the reference.
 
 Each param group's parameters are packed per (dtype, device) into a flat chunked buffer (bucket.py)
-and stepped by two compiled kernels (automagic_step.py); the compiled graphs depend on the phase
+and stepped by a few compiled passes (automagic_step.py); the compiled graphs depend on the phase
 flags, not on the number or the shapes of the tensors. What differs from `reference`:
   * parameters become views of the bucket buffer (values, shapes and identities are unchanged);
   * `optimizer.state` stays empty: per-parameter state is read through `state_dict()`;
