@@ -12,7 +12,7 @@ import reference
 from .technique_cases import TECHNIQUE_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
-INFRASTRUCTURE = {"validation", "persistence", "config"}  # shared helpers, not techniques
+INFRASTRUCTURE = {"validation", "persistence", "config", "automagic_base"}  # shared helpers, not techniques
 FIELDS = ("key", "technique", "title", "authors", "year", "venue", "url", "implemented", "deviations",
           "reference", "optimized", "test", "notebook")  # fmt: skip
 

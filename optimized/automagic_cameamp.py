@@ -11,14 +11,11 @@ flags, not on the number or the shapes of the tensors. What differs from `refere
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
-from reference.automagic_cameamp import FIXED_EPS, MAGIC_VERSION
-from reference.config import AutomagicConfig
-from reference.lr_mask import LR_MAX_INIT, POST_WARMUP_MIN_SCALE
+from reference.automagic_base import FIXED_EPS, AutomagicBase
+from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
 from reference.validation import check_grad
 
@@ -29,25 +26,14 @@ from .kernels import allora_table, masked_tensor_mean, row_norms
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
 
 
-class Automagic_CameAMP(torch.optim.Optimizer):
+class Automagic_CameAMP(AutomagicBase):
     """Fused, flat-buffer Automagic_CameAMP. See reference.Automagic_CameAMP for the algorithm."""
 
     def __init__(self, params, **kwargs):
-        """Keyword arguments and defaults: reference.config.AutomagicConfig (upstream's)."""
-        config = AutomagicConfig(**kwargs)
-        defaults = config.group_defaults()
-        super().__init__(params, defaults)
-        self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
+        super().__init__(params, **kwargs)
         self._buckets: dict[int, list[Bucket]] = {}
 
-    @property
-    def fixed(self) -> bool:
-        return self.compat == "fixed"
-
     # ------------------------------------------------------------------ buckets
-    def _state_dtype(self, dtype):
-        return torch.float32 if (self.fixed or dtype == torch.float16) else dtype
-
     def _group_buckets(self, gi: int) -> list[Bucket]:
         if gi not in self._buckets:
             by_key: dict = {}
@@ -56,13 +42,6 @@ class Automagic_CameAMP(torch.optim.Optimizer):
                     by_key.setdefault((p.dtype, p.device), []).append(p)
             self._buckets[gi] = [Bucket(ps, self._state_dtype(dt)) for (dt, _), ps in by_key.items()]
         return self._buckets[gi]
-
-    def _setting(self, group, key):
-        """[I-25] mask settings come from the constructor upstream, from the group when fixed."""
-        return group[key] if self.fixed else self.defaults[key]
-
-    def _start_lr(self, group) -> float:
-        return group["lr"] if self.fixed else self.defaults["lr"]
 
     def _start(self, bucket: Bucket, group, new):
         """Initialise the state of the tensors that take their first step (spec O1 'State')."""
@@ -81,7 +60,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
                     buf = bucket.states[name]
                     if buf is not None:
                         buf[i if (name == "s" and self.fixed) else bucket.rows(i)] = value
-        bucket.lr_max[new] = group["lr"] if self.fixed else LR_MAX_INIT
+        bucket.lr_max[new] = self._start_lr_max(group)
         bucket.avg_lr[new] = start_lr
         bucket.avg_lr_stale[new] = False
         if not group["full_finetune"] and any(bucket.layout.is_matrix[i] for i in np.flatnonzero(new)):
@@ -176,8 +155,8 @@ class Automagic_CameAMP(torch.optim.Optimizer):
             1 / (1 - beta3**tf) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
         ], axis=1).astype(np.float64)  # fmt: skip
         consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
-                  group["weight_decay"], self._setting(group, "lr_bump"), self._setting(group, "min_lr"),
-                  self._setting(group, "max_lr"), 1.0 / group["eta"] ** 2]  # fmt: skip
+                  group["weight_decay"], self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
+                  self._mask_setting(group, "max_lr"), 1.0 / group["eta"] ** 2]  # fmt: skip
         flags = S.Flags(
             came=bool(came),
             fixed=self.fixed,
@@ -258,8 +237,8 @@ class Automagic_CameAMP(torch.optim.Optimizer):
                     where[p] = (b, i)
         return where
 
-    def state_dict(self):
-        sd = super().state_dict()  # param_groups in torch's format; self.state is empty
+    def _state_dict(self):
+        sd = super()._state_dict()  # param_groups in torch's format; self.state is empty
         ids = {}
         for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
             ids.update(zip(group["params"], saved["params"], strict=True))
@@ -270,7 +249,6 @@ class Automagic_CameAMP(torch.optim.Optimizer):
                 for i in np.flatnonzero(b.started):
                     state[ids[b.params[i]]] = self._export(b, i, group)
         sd["state"] = dict(sorted(state.items()))
-        sd["magic_version"] = MAGIC_VERSION
         return sd
 
     def _export(self, b: Bucket, i: int, group) -> dict:
@@ -288,13 +266,8 @@ class Automagic_CameAMP(torch.optim.Optimizer):
             out["row_scaling"] = b.states["row_scaling"][b.row_scaling_rows(i)].view(-1, 1).clone()
         return out
 
-    def load_state_dict(self, state_dict):
-        if state_dict.get("magic_version") != MAGIC_VERSION:
-            warnings.warn(
-                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
-                stacklevel=2,
-            )
-        super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+    def _load_state_dict(self, state_dict):
+        super()._load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
         id_map = saved_param_map(self, state_dict)
         where = self._locate()
         for b in {id(b): b for b, _ in where.values()}.values():

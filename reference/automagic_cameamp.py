@@ -40,48 +40,24 @@ they are well-defined and documented [I-49].
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
 from .allora import allora_row_scaling
-from .config import AutomagicConfig
+from .automagic_base import FIXED_EPS, AutomagicBase
 from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
 from .validation import check_grad
 
-MAGIC_VERSION = 1
-FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
 
-
-class Automagic_CameAMP(torch.optim.Optimizer):
+class Automagic_CameAMP(AutomagicBase):
     """Readable reference of Automagic_CameAMP. Keyword arguments and defaults are upstream's."""
 
     def __init__(self, params, **kwargs):
-        """Keyword arguments and defaults: reference.config.AutomagicConfig (upstream's)."""
-        config = AutomagicConfig(**kwargs)
-        defaults = config.group_defaults()
-        super().__init__(params, defaults)
-        self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
+        super().__init__(params, **kwargs)
         self._step = 0  # upstream attribute: the last processed parameter's t (not saved)
-
-    # ------------------------------------------------------------------ helpers
-    @property
-    def fixed(self) -> bool:
-        return self.compat == "fixed"
-
-    def _mask_setting(self, group, key):
-        """[I-25] min_lr / max_lr / lr_bump come from the constructor upstream, from the group when fixed."""
-        return group[key] if self.fixed else self.defaults[key]
-
-    def _state_dtype(self, p):
-        """[I-24] states follow the parameter dtype upstream (fp16 → fp32); always fp32 when fixed."""
-        if self.fixed or p.dtype == torch.float16:
-            return torch.float32
-        return p.dtype
 
     def _wd_active(self, group, t: int) -> bool:
         if group["weight_decay"] <= 0:
@@ -90,10 +66,10 @@ class Automagic_CameAMP(torch.optim.Optimizer):
 
     def _init_state(self, p, group):
         state = self.state[p]
-        dtype = self._state_dtype(p)
-        start_lr = group["lr"] if self.fixed else self.defaults["lr"]
+        dtype = self._state_dtype(p.dtype)
+        start_lr = self._start_lr(group)
         state["step"] = 0
-        state["lr_max"] = group["lr"] if self.fixed else lr_mask.LR_MAX_INIT
+        state["lr_max"] = self._start_lr_max(group)
         state["lr_mask"] = torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device)
         state["avg_lr"] = float(start_lr)
         state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
@@ -144,7 +120,7 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         state = self.state[p]
         if len(state) == 0:
             self._init_state(p, group)
-        dtype = self._state_dtype(p)
+        dtype = self._state_dtype(p.dtype)
         eps_guard = FIXED_EPS if self.fixed else 0.0
         raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
         grad = agr.agr(raw_grad, group_sum, eps=eps_guard).to(dtype)  # T1a
@@ -228,19 +204,8 @@ class Automagic_CameAMP(torch.optim.Optimizer):
         p.add_(-update.mul(lr_eff))
 
     # ------------------------------------------------------------------ persistence, monitoring
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["magic_version"] = MAGIC_VERSION
-        return sd
-
-    def load_state_dict(self, state_dict):
-        if state_dict.get("magic_version") != MAGIC_VERSION:
-            warnings.warn(
-                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
-                stacklevel=2,
-            )
-        state_dict = {k: v for k, v in state_dict.items() if k != "magic_version"}
-        super().load_state_dict(state_dict)
+    def _load_state_dict(self, state_dict):
+        super()._load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict)
 
     def _get_group_lr(self, group) -> float:

@@ -1,0 +1,61 @@
+"""What both implementations of Automagic_CameAMP share: construction from AutomagicConfig, the settings
+that depend on `compat`, and the `magic_version` of the state_dict (spec optimizers.md O1)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .config import AutomagicConfig
+from .lr_mask import LR_MAX_INIT
+
+MAGIC_VERSION = 1
+FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
+
+
+class AutomagicBase(torch.optim.Optimizer):
+    def __init__(self, params, **kwargs):
+        """Keyword arguments and defaults: reference.config.AutomagicConfig (upstream's)."""
+        config = AutomagicConfig(**kwargs)
+        super().__init__(params, config.group_defaults())
+        self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
+
+    @property
+    def fixed(self) -> bool:
+        return self.compat == "fixed"
+
+    def _mask_setting(self, group, key):
+        """[I-25] min_lr / max_lr / lr_bump come from the constructor upstream, from the group when fixed."""
+        return group[key] if self.fixed else self.defaults[key]
+
+    def _start_lr(self, group) -> float:
+        """[I-25] the LR mask starts at the constructor lr upstream, at the group lr when fixed."""
+        return group["lr"] if self.fixed else self.defaults["lr"]
+
+    def _start_lr_max(self, group) -> float:
+        """[I-26] lr_max starts at 1e-6 upstream (doubling the first mask), at the group lr when fixed."""
+        return group["lr"] if self.fixed else LR_MAX_INIT
+
+    def _state_dtype(self, dtype):
+        """[I-24] states follow the parameter dtype upstream (fp16 → fp32); always fp32 when fixed."""
+        return torch.float32 if (self.fixed or dtype == torch.float16) else dtype
+
+    def state_dict(self):
+        sd = self._state_dict()
+        sd["magic_version"] = MAGIC_VERSION
+        return sd
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("magic_version") != MAGIC_VERSION:
+            warnings.warn(
+                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
+                stacklevel=2,
+            )
+        self._load_state_dict({k: v for k, v in state_dict.items() if k != "magic_version"})
+
+    def _state_dict(self):
+        return super().state_dict()
+
+    def _load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
