@@ -4,12 +4,13 @@
    into S, μ, σ (a group may span several buckets).
 2. `scaled_partials` (compiled): the reductions of the scaled gradient that the update needs first:
    Σu² for the RMS clip; in the early phase the TAM correlations (per-tensor ⟨m,u⟩, ‖m‖² when fixed;
-   dim-0 column sums of squares when upstream).
+   upstream: u itself, whose dim-0 column norms are then taken eagerly, kernels.column_normaliser).
 3. `coefficients` (tiny tensor ops on [T]): the clip divisor, the TAM coefficient s (fixed), the
    adaptive weight-decay factor, gathered with the host-built per-tensor table into one float32
    [T, K] table. Doing this outside the element loop keeps per-tensor math out of it.
-4. `main_pass` (compiled): everything element-wise, OrthoGrad's per-tensor reductions, and the
-   in-place writes of θ and every state.
+4. `main_pass` (compiled): everything element-wise and the in-place writes of θ and every state. In
+   the early phase it stops before θ and hands U over; OrthoGrad's per-tensor reductions and the θ
+   update follow as three more small passes (`orthograd_partials`, `perp_sumsq`, `orthograd_apply`).
 
 `per_tensor` ([T, NCOLS] float64) comes from host-side counters (β1_t, δ^t, mask shifts, phase flags),
 so no value is read back from the device and a changing lr never recompiles. `Flags` are static: each

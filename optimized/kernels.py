@@ -3,7 +3,9 @@
 Every function takes `[nchunks, CHUNK]` element tensors and `[nchunks, 1]` per-row values (a per-tensor
 scalar broadcast to its rows), computes in float32, and has a readable twin in `reference/`; the
 equivalence tests compare each pair. Per-tensor reductions go through `tensor_sum`, which is a row sum
-plus an index_add over rows, so nothing here loops over tensors.
+plus a segment sum over rows, so nothing here loops over tensors. Row and dim-0 column quantities
+(ALLoRA, upstream TAM) are computed eagerly per run of same-shape tensors (`column_normaliser`,
+`row_norms`, `expand_rows`): dense reductions and broadcast writes instead of per-element gathers.
 """
 
 from __future__ import annotations
