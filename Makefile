@@ -34,7 +34,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check reference optimized equivalence_tests papers tools
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) reports/*.md reports/*.png

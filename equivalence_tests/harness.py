@@ -39,12 +39,20 @@ OPTIMIZER_CASES = [
     OptimizerCase("odd W=9, lr 1e-3", {"lr": 1e-3, "warmup_steps": 9}, steps=20),
     OptimizerCase("came=False, W=12", {"lr": 1e-4, "warmup_steps": 12, "came": False}, steps=26),
     # bf16 parameters of magnitude ~0.5 only move when a step exceeds one bf16 ulp (~2e-3)
-    OptimizerCase("lr 1e-2, max_lr 5e-2, W=10", {"lr": 1e-2, "max_lr": 5e-2, "lr_bump": 1e-4, "warmup_steps": 10},
-                  steps=22),
+    OptimizerCase(
+        "lr 1e-2, max_lr 5e-2, W=10", {"lr": 1e-2, "max_lr": 5e-2, "lr_bump": 1e-4, "warmup_steps": 10}, steps=22
+    ),
     OptimizerCase(
         "full_finetune, clip 0.5, betas, eps",
-        {"lr": 3e-4, "warmup_steps": 10, "full_finetune": True, "clip_threshold": 0.5,
-         "betas": (0.7, 0.95, 0.99), "eps": (1e-20, 1e-12, 1e-8), "beta1_decay": 0.99},
+        {
+            "lr": 3e-4,
+            "warmup_steps": 10,
+            "full_finetune": True,
+            "clip_threshold": 0.5,
+            "betas": (0.7, 0.95, 0.99),
+            "eps": (1e-20, 1e-12, 1e-8),
+            "beta1_decay": 0.99,
+        },
         steps=22,
     ),
 ]

@@ -75,6 +75,7 @@ def test_missing_gradients_empty_groups_and_zero_size(cls):
 
 def test_missing_gradients_match_between_implementations():
     """A parameter without a gradient is skipped (its counter does not advance) identically."""
+
     def run(cls):
         gen = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((6, 5), (9,), (3, 3))]
@@ -113,6 +114,7 @@ def test_param_groups_with_their_own_lr_and_a_scheduler():
 def test_gradients_kept_between_steps_accumulate_in_place():
     """zero_grad(set_to_none=False) + backward writes into the optimizer's gradient buffer; the results
     equal those of fresh gradients (set_to_none=True)."""
+
     def run(set_to_none):
         torch.manual_seed(2)
         model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))

@@ -26,8 +26,10 @@ torch.manual_seed(3)
 update = torch.randn(10000)
 grad = torch.randn(10000)
 steps = range(1, 6000, 50)
-agree = [float((torch.sign(grams_blend(update, grad, grams_alpha(0.9995, t))) == torch.sign(grad)).float().mean())
-         for t in steps]
+agree = [
+    float((torch.sign(grams_blend(update, grad, grams_alpha(0.9995, t))) == torch.sign(grad)).float().mean())
+    for t in steps
+]
 plt.plot(steps, agree)
 plt.xlabel("step t")
 plt.ylabel("share of update signs equal to sign(g̃)")

@@ -106,9 +106,6 @@ def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: F
     return out
 
 
-
-
-
 def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma, f: Flags):
     """Per-tensor [T, NCOLS + 3] float32 table: the host columns plus clip divisor, TAM s, WD factor."""
     T = per_tensor.shape[0]
@@ -159,9 +156,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         else:
             m_tam, s_new = K.tam_upstream(m, b.s, u, normaliser, c[EPS1])
     if f.has_late:
-        m_con, m_bar_con = K.consistency(
-            m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1]
-        )
+        m_con, m_bar_con = K.consistency(m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1])
     if f.has_early and f.has_late:
         m_new, m_bar = torch.where(early, m_tam, m_con), torch.where(early, m_tam, m_bar_con)
     elif f.has_early:
@@ -176,9 +171,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
 
     # T8a LR mask (with the early phase, E is formed again by the apply pass from the stored mask)
     if f.has_warm:
-        mask_warm, polarity = K.warmup_mask(
-            b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR]
-        )
+        mask_warm, polarity = K.warmup_mask(b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
     if not f.has_early:
         lr_eff = _effective_lr(b, mask_warm if f.has_warm else None, col, warm, idx, f)
     if not f.has_early:

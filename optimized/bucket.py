@@ -65,9 +65,7 @@ class Bucket:
         L, dev = self.layout, self.device
         if self.states["s"] is None:
             self.states["s"] = (
-                torch.zeros(L.ntensors, dtype=torch.float32, device=dev)
-                if fixed
-                else L.empty(self.state_dtype, dev, 0)
+                torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(self.state_dtype, dev, 0)
             )
         if self.states["last_polarity"] is None:
             self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)

@@ -74,9 +74,7 @@ class Automagic_CameAMP(AutomagicBase):
         state["avg_lr"] = float(start_lr)
         state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
         state["exp_avg"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-        state["s"] = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(
-            p, dtype=dtype
-        )
+        state["s"] = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(p, dtype=dtype)
         if group["came"]:
             state["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
         state["exp_avg_res"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
@@ -212,4 +210,3 @@ class Automagic_CameAMP(AutomagicBase):
         """T27.8: mean of the params' avg_lr, or the constructor lr when none has one yet."""
         values = [self.state[p]["avg_lr"] for p in group["params"] if "avg_lr" in self.state[p]]
         return float(torch.mean(torch.tensor(values))) if values else self.defaults["lr"]
-
