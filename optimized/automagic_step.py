@@ -166,7 +166,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
 
     # T3 residual, T6 Grams (T7a OrthoGrad runs in its own passes, see fused_step)
     r_new = K.residual(b.exp_avg_res, u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
-    update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR))
+    update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR) if f.fixed else None)
     update = _select(valid, K.grams_blend(update, gt, col(ALPHA), col(ONE_MINUS_ALPHA)), 0.0)
 
     # T8a LR mask (with the early phase, E is formed again by the apply pass from the stored mask)

@@ -92,8 +92,9 @@ def agr(g: torch.Tensor, group_sum: torch.Tensor, eps: float) -> torch.Tensor:
     |g|·(1/S) replaces the division (one extra rounding of a tiny α; vector division is slow).
     """
     g = g.float()
-    out = g * (1 - g.abs() * (1.0 / (group_sum + eps)))
-    return out if eps > 0 else torch.where(group_sum == 0, g, out)
+    # S = 0 (upstream guard): 1/S taken as 0, so g̃ = g exactly, with no per-element select
+    inv_sum = 1.0 / (group_sum + eps) if eps > 0 else torch.where(group_sum == 0, 0.0, 1.0 / group_sum)
+    return g * (1 - g.abs() * inv_sum)
 
 
 # ---------------------------------------------------------------- T2 CAME-style scaling
@@ -153,9 +154,10 @@ def residual(r, u, m_bar, beta3, one_minus_beta3, eps2):
     return r.float() * beta3 + (diff * diff + eps2) * one_minus_beta3
 
 
-def residual_direction(m, r, eps2, inv_bias_correction):
-    """U = m ⊙ (rsqrt(r / bc) + ε2), given 1/bc per row (exactly 1 upstream)."""
-    return m * ((r * inv_bias_correction).rsqrt() + eps2)
+def residual_direction(m, r, eps2, inv_bias_correction=None):
+    """U = m ⊙ (rsqrt(r / bc) + ε2), given 1/bc per row (None: no bias correction, as upstream)."""
+    r = r if inv_bias_correction is None else r * inv_bias_correction
+    return m * (r.rsqrt() + eps2)
 
 
 # ---------------------------------------------------------------- T6 Grams
