@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import warnings
 
 import torch
 
@@ -26,6 +28,11 @@ def compile_enabled() -> bool:
     return _enabled
 
 
+def _have_cxx() -> bool:
+    """Inductor's CPU backend needs a C++ compiler; CUDA graphs are compiled by Triton instead."""
+    return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+
+
 def compiled(fn):
     """Compile `fn` on first use. Shapes are 'automatic dynamic': a dimension that changes between calls
     (the number of rows of a bucket, the number of tensors) becomes symbolic after one recompile, while
@@ -37,6 +44,11 @@ def compiled(fn):
         if not _enabled:
             return fn(*args, **kwargs)
         if "fn" not in cache:
+            if not _have_cxx():
+                warnings.warn("no C++ compiler found: the fused step runs uncompiled (same results, slower)",
+                              stacklevel=2)  # fmt: skip
+                set_compile(False)
+                return fn(*args, **kwargs)
             cache["fn"] = torch.compile(fn, dynamic=None, fullgraph=True)
         return cache["fn"](*args, **kwargs)
 
