@@ -74,17 +74,9 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step_groups(self):
         for gi, group in enumerate(self.param_groups):
             self._step_group(gi, group)
-        if self.verbose:
-            print([group["lr"] for group in self.param_groups])
-        return loss
 
     def _step_group(self, gi, group):
         buckets = self._group_buckets(gi)

@@ -41,6 +41,21 @@ class AutomagicBase(torch.optim.Optimizer):
         """[I-24] states follow the parameter dtype upstream (fp16 → fp32); always fp32 when fixed."""
         return torch.float32 if (self.fixed or dtype == torch.float16) else dtype
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step; the closure runs with grad enabled (the S1 classes do), its loss is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step_groups()
+        if self.verbose:
+            print([group["lr"] for group in self.param_groups])
+        return loss
+
+    def _step_groups(self):
+        raise NotImplementedError
+
     def state_dict(self):
         sd = self._state_dict()
         sd["magic_version"] = MAGIC_VERSION

@@ -86,13 +86,7 @@ class Automagic_CameAMP(AutomagicBase):
         return [g.float() if (self.fixed or g.dtype == torch.float16) else g for g in grads]
 
     # ------------------------------------------------------------------ step
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
+    def _step_groups(self):
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not with_grad:
@@ -109,10 +103,6 @@ class Automagic_CameAMP(AutomagicBase):
                 mu, sigma = adaptive_weight_decay.group_abs_stats(grads)
             for p in updating:
                 self._step_param(p, group, group_sum, mu, sigma)
-
-        if self.verbose:
-            print([group["lr"] for group in self.param_groups])
-        return loss
 
     def _step_param(self, p, group, group_sum, mu, sigma):
         state = self.state[p]
