@@ -57,9 +57,8 @@ class Automagic_CameAMP(AutomagicBase):
         else:
             for i in np.flatnonzero(new):
                 for name, value in fills.items():
-                    buf = bucket.states[name]
-                    if buf is not None:
-                        buf[i if (name == "s" and self.fixed) else bucket.rows(i)] = value
+                    if bucket.states[name] is not None:
+                        bucket.states[name][bucket.slot(name, i)] = value
         bucket.lr_max[new] = self._start_lr_max(group)
         bucket.avg_lr[new] = start_lr
         bucket.avg_lr_stale[new] = False
@@ -90,23 +89,20 @@ class Automagic_CameAMP(AutomagicBase):
             has_grads.append(has)
         if not any(h.any() for h in has_grads):
             return
-        grads, partials, count = [], [], 0
+        # (bucket, has_grad, gradient buffer, per-tensor Σ|g|, per-tensor Σg²) of the buckets with gradients
+        work = []
         for b, has in zip(buckets, has_grads, strict=True):
-            grad = b.gather_grads(has) if has.any() else None
-            grads.append(grad)
-            if grad is not None:
-                partials.append(S.gradient_partials(grad, b.idx))
-                count += sum(n for n, h in zip(b.layout.numels, has, strict=True) if h)
-        abs_total = sum(a.sum() for a, _ in partials)
-        sq_total = sum(q.sum() for _, q in partials)
+            if has.any():
+                grad = b.gather_grads(has)
+                work.append((b, has, grad, *S.gradient_partials(grad, b.idx)))
+        count = sum(n for b, has, *_ in work for n, h in zip(b.layout.numels, has, strict=True) if h)
+        abs_total = sum(abs_sum.sum() for *_, abs_sum, _ in work)
+        sq_total = sum(sq_sum.sum() for *_, sq_sum in work)
         group_sum = abs_total.to(torch.float32)
         mu = abs_total / count
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
-        it = iter(partials)
-        for b, has, grad in zip(buckets, has_grads, grads, strict=True):
-            if grad is not None:
-                abs_sum = next(it)[0]
-                self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
+        for b, has, grad, abs_sum, _ in work:
+            self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
 
     def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum):
         active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)
@@ -188,11 +184,8 @@ class Automagic_CameAMP(AutomagicBase):
         if b.states["s"] is None:
             return
         for i in np.flatnonzero(ending):
-            if self.fixed:
-                b.states["s"][i] = 0
-            else:
-                b.states["s"][b.rows(i)] = 0
-            b.states["last_polarity"][b.rows(i)] = 0
+            for name in ("s", "last_polarity"):
+                b.states[name][b.slot(name, i)] = 0
 
     # ------------------------------------------------------------------ monitoring
     def _refresh_avg_lr(self, b: Bucket):
@@ -274,19 +267,14 @@ class Automagic_CameAMP(AutomagicBase):
         b.ensure_warm_buffers(self.fixed)
         b.step[i], b.lr_max[i] = int(saved["step"]), float(saved["lr_max"])
         b.avg_lr[i], b.avg_lr_stale[i] = float(saved["avg_lr"]), False
-        for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity"):
+        for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity", "s"):
             if b.states[name] is None:
                 continue
+            target = b.states[name][i] if b.states[name].dim() == 1 else b.view(name, i)
             if name in saved:
-                b.view(name, i).copy_(saved[name])
+                target.copy_(saved[name].reshape(target.shape))
             else:
-                b.view(name, i).zero_()
-        if self.fixed:
-            b.states["s"][i] = saved["s"].reshape(()) if "s" in saved else 0
-        elif "s" in saved:
-            b.view("s", i).copy_(saved["s"])
-        else:
-            b.view("s", i).zero_()
+                target.zero_()
         if "row_scaling" in saved:
             b.states["row_scaling"][b.row_scaling_rows(i)] = saved["row_scaling"].reshape(-1)
             b.row_factor_stale = True

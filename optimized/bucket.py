@@ -54,21 +54,22 @@ class Bucket:
             "exp_avg": L.empty(dt, dev, fill=0),
             "exp_avg_sq": L.empty(dt, dev, fill=1) if came else None,
             "exp_avg_res": L.empty(dt, dev, fill=1),
-            "s": torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(dt, dev, 0),
+            "s": None,
             "lr_mask": L.empty(torch.float32, dev, fill=start_lr),
-            "last_polarity": L.empty(torch.uint8, dev, fill=0),  # exported as bool
+            "last_polarity": None,
             "row_scaling": torch.ones(L.nrows + 1, dtype=dt, device=dev),
         }
+        self.ensure_warm_buffers(fixed)
 
     def ensure_warm_buffers(self, fixed: bool):
-        """[I-22] recreate the warm-up-only buffers (zeros) if they were dropped."""
+        """Create the warm-up-only buffers (zeros), again if they were dropped [I-22]."""
         L, dev = self.layout, self.device
         if self.states["s"] is None:
             self.states["s"] = (
                 torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(self.state_dtype, dev, 0)
             )
         if self.states["last_polarity"] is None:
-            self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)
+            self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)  # exported as bool
 
     def drop_warm_buffers(self):
         """T27.1: once every tensor is past warm-up, `s` and `last_polarity` are freed."""
@@ -90,6 +91,10 @@ class Bucket:
 
     def rows(self, i: int) -> slice:
         return self.layout.row_slice(i)
+
+    def slot(self, name: str, i: int):
+        """Index of tensor i in a state buffer: its rows, or i itself for per-tensor state (fixed-mode s)."""
+        return i if self.states[name].dim() == 1 else self.rows(i)
 
     def view(self, name: str, i: int) -> torch.Tensor:
         return self.layout.view(self.states[name], i)

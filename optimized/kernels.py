@@ -23,13 +23,12 @@ class Idx(NamedTuple):
 
     chunk_tensor: torch.Tensor  # [N]
     chunk_valid: torch.Tensor  # [N, 1]
-    chunk_pos0: torch.Tensor  # [N, 1]
     numel_t: torch.Tensor  # [T] float64
 
 
 def index_tensors(layout: Layout) -> Idx:
     return Idx(
-        layout.chunk_tensor, layout.chunk_valid, layout.chunk_pos0, layout.numel_t,
+        layout.chunk_tensor, layout.chunk_valid, layout.numel_t,
     )  # fmt: skip
 
 

@@ -26,7 +26,6 @@ class Layout:
     nchunks: int
     chunk_tensor: torch.Tensor  # [nchunks] int64: tensor index of each row
     chunk_valid: torch.Tensor  # [nchunks, 1] int64: number of real elements in the row
-    chunk_pos0: torch.Tensor  # [nchunks, 1] int64: position in its tensor of the row's first element
     numel_t: torch.Tensor  # [T] float64: element counts
     nrows: int  # rows of all 2-D tensors; id nrows is the dummy row
     row_start: list  # first row id of each 2-D tensor (None elsewhere)
@@ -58,7 +57,7 @@ class Layout:
 def build_layout(tensors, device) -> Layout:
     shapes = [tuple(t.shape) for t in tensors]
     numels = [t.numel() for t in tensors]
-    chunk_start, chunk_tensor, chunk_valid, chunk_pos0 = [], [], [], []
+    chunk_start, chunk_tensor, chunk_valid = [], [], []
     is_matrix = []
     row = nrows = 0
     row_start = []
@@ -71,7 +70,6 @@ def build_layout(tensors, device) -> Layout:
         for j in range(k):
             chunk_tensor.append(i)
             chunk_valid.append(max(0, min(CHUNK, n - j * CHUNK)))
-            chunk_pos0.append(j * CHUNK)
         nrows += shape[0] if matrix else 0
         row += k
 
@@ -85,7 +83,6 @@ def build_layout(tensors, device) -> Layout:
         nchunks=row,
         chunk_tensor=torch.tensor(chunk_tensor, dtype=torch.int64, device=device),
         chunk_valid=col(chunk_valid),
-        chunk_pos0=col(chunk_pos0),
         numel_t=torch.tensor(numels, dtype=torch.float64, device=device),
         nrows=nrows,
         row_start=row_start,
