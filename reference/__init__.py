@@ -1,8 +1,24 @@
 """Readable, paper-by-paper reference implementations of the Automagic_CameAMP family.
 
-Each module implements one technique and cites its source; `Automagic_CameAMP` composes them.
+Each technique module implements one technique and cites its source; the optimizer classes compose
+them. `registry.create_optimizer` builds any of them by its sd-scripts name.
 """
 
 from .automagic_cameamp import Automagic_CameAMP
+from .automagic_cameamp_8bit import Automagic_CameAMP8bit
+from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
+from .contextual_lr import ContextualOptimizationModule
+from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
+from .registry import create_optimizer, get_optimizer_class
 
-__all__ = ["Automagic_CameAMP"]
+__all__ = [
+    "Automagic_CameAMP",
+    "Automagic_CameAMP8bit",
+    "Automagic_CameAMP_COptim",
+    "Automagic_CameAMP_COptim8bit",
+    "ContextualOptimizationModule",
+    "CustomAdamW",
+    "HinaAdamWOptimizer",
+    "create_optimizer",
+    "get_optimizer_class",
+]

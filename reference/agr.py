@@ -35,3 +35,18 @@ def agr(grad: torch.Tensor, group_sum: torch.Tensor, eps: float = 0.0) -> torch.
     alpha = grad.abs() / (group_sum + eps)
     # g̃ = g ⊙ (1 − α)
     return grad * (1 - alpha)
+
+
+def agr_hina(grad: torch.Tensor) -> torch.Tensor:
+    """HinaAdamW's per-tensor "AGR" (spec T1b): g̃ = g·(1 + |Σg|/‖g‖₂); 0-d or ‖g‖ = 0: unchanged.
+
+    Not the paper's AGR: it amplifies g by a factor in [1, 1 + √n] instead of shrinking dominant
+    elements [I-40].
+    """
+    if grad.dim() == 0:
+        return grad
+    norm = grad.norm()
+    if float(norm) <= 0:
+        return grad
+    # c = |Σ_i g_i| / ‖g‖₂;  g̃ = g·(1 + c)
+    return grad * (1.0 + grad.sum().abs() / norm)

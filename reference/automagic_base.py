@@ -15,10 +15,13 @@ FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream
 
 
 class AutomagicBase(torch.optim.Optimizer):
+    config_class = AutomagicConfig
+
     def __init__(self, params, **kwargs):
-        """Keyword arguments and defaults: reference.config.AutomagicConfig (upstream's)."""
-        config = AutomagicConfig(**kwargs)
+        """Keyword arguments and defaults: `config_class` (reference.config.AutomagicConfig: upstream's)."""
+        config = self.config_class(**kwargs)
         super().__init__(params, config.group_defaults())
+        self.config = config
         self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
 
     @property

@@ -160,22 +160,7 @@ class Automagic_CameAMP(AutomagicBase):
         if early:
             update = orthograd(p, update, PARALLEL_TOL if self.fixed else 0.0)
 
-        # T8a: LR mask
-        lr = group["lr"]
-        if t < W:
-            polarity = state.get("last_polarity")
-            if polarity is None:  # [I-22]
-                polarity = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-            agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
-            lr_eff, state["lr_max"] = lr_mask.warmup_lr_mask(
-                state["lr_mask"], agree, lr, state["lr_max"],
-                self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
-                self._mask_setting(group, "max_lr"),
-            )  # fmt: skip
-            state["lr_mask"] = lr_eff
-            state["avg_lr"] = float(lr_eff.mean())
-        else:
-            lr_eff, state["lr_max"] = lr_mask.post_warmup_lr_mask(state["lr_mask"], lr, state["lr_max"])
+        lr_eff = self._lr_mask(state, group, grad, t)  # T8a
 
         # T9a: ALLoRA rows (recomputed from the current rows when fixed [I-28])
         if "row_scaling" in state:
@@ -190,6 +175,38 @@ class Automagic_CameAMP(AutomagicBase):
 
         # θ ← θ − U ⊙ E
         p.add_(-update.mul(lr_eff))
+
+    def _lr_mask(self, state, group, grad, t):
+        """T8a: the warm-up update of the mask (stored) or the post-warm-up scaling (not stored). Returns E."""
+        lr = group["lr"]
+        mask = self._load(state, "lr_mask")
+        if t >= group["warmup_steps"]:
+            lr_eff, state["lr_max"] = lr_mask.post_warmup_lr_mask(mask, lr, state["lr_max"])
+            return lr_eff
+        polarity = state.get("last_polarity")
+        if polarity is None:  # [I-22] recreated on demand after a resume with a larger W
+            polarity = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
+        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
+        new, state["lr_max"] = lr_mask.warmup_lr_mask(
+            mask, agree, lr, state["lr_max"], self._mask_setting(group, "lr_bump"),
+            self._mask_setting(group, "min_lr"), self._mask_setting(group, "max_lr"),
+        )  # fmt: skip
+        self._store(state, "lr_mask", new)
+        state["avg_lr"] = float(new.mean())
+        return new
+
+    # State access; the 8-bit classes (reference.state_8bit) store some keys quantised.
+    def _load(self, state, key):
+        return state[key]
+
+    def _store(self, state, key, value):
+        state[key] = value
+
+    def _has(self, state, key):
+        return key in state
+
+    def _drop(self, state, key):
+        state.pop(key, None)
 
     # ------------------------------------------------------------------ persistence, monitoring
     def _load_state_dict(self, state_dict):

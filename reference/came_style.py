@@ -44,6 +44,18 @@ def scale_v1(grad, exp_avg_sq, beta2: float, eps1: float, clip_threshold: float)
     return u, v
 
 
+def scale_v2(grad, exp_avg_sq, beta2: float, eps1: float, clip_threshold: float):
+    """V2 (Automagic_CameAMP8bit, COptim, COptim8bit): v is updated first, no first-step skip.
+
+    Returns (u, v_new); u has the gradient's dtype, as upstream's in-place `grad.clone().mul_(...)`.
+    """
+    # v_t = β2·v_{t−1} + (1−β2)·(g̃² + ε1)
+    v = exp_avg_sq.mul(beta2).add(grad.pow(2) + eps1, alpha=1 - beta2)
+    # u = g̃ ⊙ rsqrt(v_t),  u ← u / max(RMS(u)/c, 1)
+    u = clip_by_rms((grad * v.rsqrt()).to(grad.dtype), clip_threshold)
+    return u, v
+
+
 def adopt_clip(grad: torch.Tensor, step: int) -> torch.Tensor:
     """came=False path: u = clamp(g̃, −t^{1/4}, t^{1/4})   (ADOPT clip schedule; spec T2)."""
     bound = step**0.25

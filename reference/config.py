@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 
 from .validation import check_automagic_kwargs
 
-# Settings that live outside the param groups
-CONSTRUCTOR_ONLY = ("verbose", "compat", "wd_until")
-
 
 @dataclass
 class AutomagicConfig:
+    # Settings that live outside the param groups
+    CONSTRUCTOR_ONLY = ("verbose", "compat", "wd_until")
+
     lr: float = 1e-6
     min_lr: float = 1e-7
     max_lr: float = 1e-3
@@ -45,4 +45,23 @@ class AutomagicConfig:
 
     def group_defaults(self) -> dict:
         """The param-group defaults: every setting except the constructor-only ones."""
-        return {k: v for k, v in asdict(self).items() if k not in CONSTRUCTOR_ONLY}
+        return {k: v for k, v in asdict(self).items() if k not in self.CONSTRUCTOR_ONLY}
+
+
+@dataclass
+class COptimConfig(AutomagicConfig):
+    """Automagic_CameAMP_COptim(8bit): the O1 table plus the C-Optim settings (spec O4, O5)."""
+
+    CONSTRUCTOR_ONLY = (*AutomagicConfig.CONSTRUCTOR_ONLY, "momentum_scales", "preset", "seed")
+
+    momentum_scales: tuple = (1, 5, 20, 100)  # T17; upstream COptim rejects this kwarg [I-37]
+    preset: str = "code_s1"  # T16.8 constant set of the contextual multiplier
+    seed: int = 0  # the module's own RNG for the stagnation branch [I-31]
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.momentum_scales = tuple(self.momentum_scales)
+        if not self.momentum_scales or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.momentum_scales
+        ):
+            raise ValueError(f"momentum_scales must be positive integers, got {self.momentum_scales!r}")

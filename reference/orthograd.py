@@ -40,3 +40,15 @@ def orthograd(theta: torch.Tensor, x: torch.Tensor, parallel_tol: float = 0.0) -
         return torch.zeros_like(x)
     # result = v⊥ · ν / (‖v⊥‖₂ + 1e-30)
     return (v_perp * (nu / perp_norm.add(1e-30))).reshape(x.shape)
+
+
+def project_out(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """HinaAdamW's orthogonal gradient (spec T7c): g − (⟨θ,g⟩/⟨θ,θ⟩)·θ for θ.ndim ≥ 2, no rescaling."""
+    if theta.dim() < 2:
+        return grad
+    w, g = theta.reshape(-1), grad.reshape(-1)
+    ww = torch.dot(w, w)
+    if float(ww) <= 0:
+        return grad
+    # g⊥ = g − (⟨w,g⟩/⟨w,w⟩)·w
+    return (g - (torch.dot(w, g) / ww) * w).reshape(grad.shape)

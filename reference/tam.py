@@ -48,3 +48,19 @@ def tam_cosine(m: torch.Tensor, s: torch.Tensor, x: torch.Tensor, eps1: float):
     # m ← β·m + (1−β)·d
     m = m * TAM_BETA + d * (1.0 - TAM_BETA)
     return m, s
+
+
+def tam_damping(m: torch.Tensor, grad: torch.Tensor, alignment, tam_beta: float, bias_correction: float = 1.0):
+    """HinaAdamW's "TAM damping" (spec T4e). Returns (factor (1 + Â)/2, A_new).
+
+    a = ⟨m_t, g̃⟩/(‖m_t‖‖g̃‖) (0 if a norm is 0);  A ← τβ·A + (1−τβ)·a;  Â = A / bias_correction.
+    Upstream (bias_correction = 1) starts A at 0, so the factor is ≈ 1/2 for the first ~1/(1−τβ) steps
+    [I-41]; the corrected mode divides by 1 − τβ^t.
+    """
+    m_norm, g_norm = m.norm(), grad.norm()
+    if float(m_norm) > 0 and float(g_norm) > 0:
+        a = torch.dot(m.reshape(-1), grad.reshape(-1)) / (m_norm * g_norm)
+    else:
+        a = 0.0
+    alignment = tam_beta * alignment + (1 - tam_beta) * a
+    return (1 + alignment / bias_correction) / 2, alignment

@@ -1,0 +1,272 @@
+"""Automagic_CameAMP_COptim and Automagic_CameAMP_COptim8bit (spec optimizers.md O4, O5).
+
+Upstream: `hinablue/sd-scripts`, `library/automagic_cameamp.py` @ 863c5b5 (the last commit with them).
+
+COptim is Automagic_CameAMP with:
+  * CAME-style scaling V2 (no first-step skip)                                    T2 V2
+  * multi-scale momenta μ_k ← 0.9μ_k + 0.1g̃ every k steps, and their 1/k-weighted
+    mean C as the momentum's input in place of u (u still feeds the residual)      T17
+  * the contextual multiplier Λ and the edge factor: E ← E·Λ·ef after the LR mask  T16.6, T16.7
+The context (reference.contextual_lr) learns only from losses. Upstream feeds it only when `step()`
+gets a closure, which sd-scripts never passes, so there Λ ≡ 1.2 (code_s1) and edge ≡ False [I-02].
+Here `step(closure=None, loss=None)` also takes the loss directly, or `observe_loss(loss)` before
+`step()`; without a loss the behaviour is upstream's. The gradient signal of the context is upstream's
+RMS of per-tensor gradient norms (a positive scalar, so gc ≡ 1 [I-36]); in fixed mode it is the vector
+of per-tensor gradient means, whose consecutive cosines measure whether the gradient keeps its direction.
+
+``compat="upstream"``: upstream numerics. Λ and the edge flag are evaluated per group, as upstream;
+the stagnation branch draws from the module's own seeded generator [I-31]; the histories, counters and
+generator are saved in the state_dict (upstream saves none of them [I-11c]). `momentum_scales` is
+accepted (upstream COptim rejects it [I-37]).
+``compat="fixed"``: the corrections of Automagic_CameAMP(compat="fixed"), plus: Λ and edge are computed
+once per step and cached, so monitoring calls consume no randomness [I-31]; the vector gradient
+signal above [I-36].
+
+COptim8bit: upstream raises at the first step in every configuration [I-12, I-13], so it has no
+upstream numerics. Both modes implement the intended definition (spec O5 b): COptim's numerics in that
+mode, with `exp_avg`, `exp_avg_sq`, `exp_avg_res`, `s`, `lr_mask`, `momentum_scale_k` and `row_scaling`
+stored as blockwise 8-bit codes (reference.state_8bit), no fp32 copies, the end-of-warm-up cleanup,
+and every state (8-bit pairs and the context) saved and restored. The literal helper semantics
+(torque via `torch.cross`, adaptive β1, relative mask) are not implemented: upstream never ran them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import adabelief_residual, adaptive_weight_decay, agr, came_style, tam
+from .allora import allora_row_scaling
+from .automagic_base import FIXED_EPS
+from .automagic_cameamp import Automagic_CameAMP
+from .config import COptimConfig
+from .consistency_momentum import consistency_momentum, decayed_beta1
+from .contextual_lr import ContextualOptimizationModule
+from .grams import grams_alpha, grams_blend
+from .orthograd import PARALLEL_TOL, orthograd
+from .state_8bit import Blockwise8bitStates
+from .validation import check_grad
+
+MULTISCALE_BETA = 0.9  # T17, hard-coded upstream
+MODULE_DEFAULTS = {"context_window": 50, "edge_threshold": 0.9, "adaptation_rate": 0.1}  # [I-19]
+
+
+class Automagic_CameAMP_COptim(Automagic_CameAMP):
+    """Readable reference of Automagic_CameAMP_COptim. Keyword arguments: the O1 table plus
+    `momentum_scales`, `preset` (T16.8 constant set) and `seed` (the context's generator)."""
+
+    config_class = COptimConfig
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        # upstream builds the module from the kwargs actually passed, not from the group defaults [I-19]
+        module_kwargs = {k: kwargs.get(k, v) for k, v in MODULE_DEFAULTS.items()}
+        if "edge_threshold" in kwargs or "adaptation_rate" in kwargs:
+            warnings.warn("edge_threshold and adaptation_rate have no effect (as upstream) [I-37]", stacklevel=2)
+        self.c_optim = ContextualOptimizationModule(
+            **module_kwargs, preset=self.config.preset, seed=self.config.seed, cache_multiplier=self.fixed
+        )
+        self.momentum_scales = list(self.config.momentum_scales)
+        self._pending_loss = None
+
+    def _storage_dtype(self, p):
+        return self._state_dtype(p.dtype)
+
+    def _init_state(self, p, group):
+        state = self.state[p]
+        dtype = self._storage_dtype(p)
+        start_lr = self._start_lr(group)
+        zeros = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        state["step"] = 0
+        state["lr_max"] = self._start_lr_max(group)
+        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
+        state["avg_lr"] = float(start_lr)
+        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+        self._store(state, "exp_avg", zeros)
+        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros)
+        if group["came"]:
+            self._store(state, "exp_avg_sq", zeros)
+        self._store(state, "exp_avg_res", zeros)
+        if not group["full_finetune"] and p.dim() == 2:
+            self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
+        state["edge_case_count"] = 0
+        state["contextual_lr_multiplier"] = 1.0
+        for k in self.momentum_scales:  # T17
+            self._store(state, f"momentum_scale_{k}", zeros)
+            state[f"momentum_count_{k}"] = 0
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        """One step. The loss for the context comes from the closure (run with grad enabled), from
+        `loss=`, or from an earlier `observe_loss()`; the closure's loss is returned."""
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None:
+            loss, self._pending_loss = self._pending_loss, None
+        if loss is not None:
+            self._observe_context(float(loss))
+        self._step_groups()
+        if self.verbose:
+            print(f"Lr: {[group['lr'] for group in self.param_groups]}")
+        return loss if closure is not None else None
+
+    def observe_loss(self, loss) -> None:
+        """Give the context this step's loss without a closure (used by the next `step()`)."""
+        self._pending_loss = float(loss)
+
+    def _observe_context(self, loss: float) -> None:
+        """T16.2: the gradient signal, the loss and the last group's lr go into the context."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        if self.fixed:  # [I-36] a vector signal: the mean gradient of each tensor
+            signal = torch.stack(
+                [g.float().mean() if g.numel() else g.new_zeros((), dtype=torch.float32) for g in grads]
+            )
+        else:  # r = sqrt(mean_q ‖g_q‖²)
+            norms = [g.norm().item() for g in grads]
+            signal = torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)
+        self.c_optim.update_context(signal, loss, self.param_groups[-1]["lr"])
+
+    def _step_groups(self):
+        context = self._context() if self.fixed else None  # once per step when fixed [I-31]
+        for group in self.param_groups:
+            multiplier, edge = context or self._context()  # upstream: per group, even without grads
+            with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
+            if not with_grad:
+                continue
+            for p in with_grad:
+                check_grad(p, type(self).__name__)
+            grads = self._stats_grads([p.grad for p in with_grad])
+            group_sum = agr.group_abs_sum(grads)  # T1a
+            updating = [p for p in with_grad if p.requires_grad]
+            mu = sigma = None
+            if any(self._wd_active(group, self.state[p].get("step", 0) + 1) for p in updating):
+                mu, sigma = adaptive_weight_decay.group_abs_stats(grads)  # T10 [I-07]
+            for p in updating:
+                self._step_param(p, group, group_sum, mu, sigma, multiplier, edge)
+
+    def _context(self):
+        return self.c_optim.compute_contextual_lr_multiplier(), self.c_optim.detect_edge_case()
+
+    def _step_param(self, p, group, group_sum, mu, sigma, multiplier, edge):
+        state = self.state[p]
+        if len(state) == 0:
+            self._init_state(p, group)
+        dtype = self._storage_dtype(p)
+        eps_guard = FIXED_EPS if self.fixed else 0.0
+        raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
+        grad = agr.agr(raw_grad, group_sum, eps=eps_guard).to(dtype)  # T1a
+
+        state["step"] += 1
+        t = state["step"]
+        self._step = t
+        W = group["warmup_steps"]
+
+        # T17: μ_k ← 0.9·μ_k + 0.1·g̃ when t mod k == 0
+        for k in self.momentum_scales:
+            if t % k == 0:
+                mu_k = self._load(state, f"momentum_scale_{k}")
+                self._store(
+                    state, f"momentum_scale_{k}", mu_k.mul(MULTISCALE_BETA).add(grad, alpha=1 - MULTISCALE_BETA)
+                )
+                state[f"momentum_count_{k}"] += 1
+
+        # T16.7: edge factor
+        if edge:
+            state["edge_case_count"] += 1
+            edge_factor = self.c_optim.edge_factor()
+        else:
+            edge_factor = 1.0
+            state["edge_case_count"] = max(0, state["edge_case_count"] - 1)
+
+        if t == W:  # T27.1
+            self._drop(state, "s")
+            state.pop("last_polarity", None)
+
+        beta1, beta2, beta3 = group["betas"]
+        eps1, eps2, _ = group["eps"]
+        early = t < W / 2
+
+        # T2 V2
+        if group["came"]:
+            u, v = came_style.scale_v2(grad, self._load(state, "exp_avg_sq"), beta2, eps1, group["clip_threshold"])
+            self._store(state, "exp_avg_sq", v)
+        else:
+            u = came_style.adopt_clip(grad, t)
+
+        # T17: C = Σ_{k: c_k>0} μ_k/k / Σ 1/k, the momentum's input
+        active = [k for k in self.momentum_scales if state[f"momentum_count_{k}"] > 0]
+        if active:
+            weighted = [self._load(state, f"momentum_scale_{k}") * (1.0 / k) for k in active]
+            contextual = sum(weighted) / sum(1.0 / k for k in active)
+        else:
+            contextual = u
+
+        # T4a / T5: momentum with input C
+        m = self._load(state, "exp_avg")
+        if early:
+            if self._has(state, "s"):
+                s = self._load(state, "s")
+            else:  # [I-22]
+                s = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(m)
+            m, s = (tam.tam_cosine if self.fixed else tam.tam_upstream)(m, s, contextual, eps1)
+            self._store(state, "s", s)
+            m_bar = m
+        else:
+            m, m_bar = consistency_momentum(m, contextual, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
+        self._store(state, "exp_avg", m)
+
+        # T3: residual with u
+        r = adabelief_residual.update_residual(self._load(state, "exp_avg_res"), u, m_bar, beta3, eps2)
+        self._store(state, "exp_avg_res", r)
+        update = adabelief_residual.residual_direction(m, r, eps2, 1 - beta3**t if self.fixed else 1.0)
+
+        # T6, T7a
+        update = grams_blend(update, grad, grams_alpha(group["beta1_decay"], t))
+        if early:
+            update = orthograd(p, update, PARALLEL_TOL if self.fixed else 0.0)
+
+        # T8a: LR mask, then the contextual factor
+        lr_eff = self._lr_mask(state, group, grad, t)
+        lr_eff = lr_eff * multiplier * edge_factor
+        state["contextual_lr_multiplier"] = multiplier * edge_factor
+
+        # T9a
+        if self._has(state, "row_scaling"):
+            if self.fixed:  # [I-28]
+                self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
+            lr_eff = lr_eff * self._load(state, "row_scaling").to(dtype)
+
+        # T10, then θ ← θ − U ⊙ E
+        if self._wd_active(group, t):
+            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=eps_guard)
+            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
+        p.add_(-update.mul(lr_eff))
+
+    # ------------------------------------------------------------------ persistence
+    def _state_dict(self):
+        sd = super()._state_dict()
+        sd["c_optim_state"] = self.c_optim.context_state()
+        sd["momentum_scales"] = list(self.momentum_scales)
+        return sd
+
+    def _load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        context = state_dict.pop("c_optim_state", None)
+        scales = state_dict.pop("momentum_scales", None)
+        if scales is not None and list(scales) != self.momentum_scales:
+            raise ValueError(f"state_dict momentum_scales {list(scales)} differ from {self.momentum_scales}")
+        super()._load_state_dict(state_dict)
+        if context is not None:
+            self.c_optim.load_context_state(context)
+
+
+class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim):
+    """COptim with blockwise 8-bit states: the intended definition of spec O5 (b), in both modes."""
+
+    def _storage_dtype(self, p):
+        return torch.float32

@@ -1,0 +1,24 @@
+"""Selective Projection Decay (spec T11).
+
+Paper: Tian, Chen, Kira et al., "Rethinking Weight Decay for Robust Fine-Tuning of Foundation
+Models", NeurIPS 2024, arXiv:2411.01713, Algorithm 1 (SPD): only when c_t = −⟨g_t, θ_t − θ_0⟩ < 0,
+θ_{t+1} = θ̃ − λ·r_t·(θ̃ − θ_0) with θ̃ the plain update and
+r_t = hardtanh((‖θ̃ − θ_0‖ − ‖θ_t − θ_0‖)/‖θ̃ − θ_0‖, 0, 1).
+
+HinaAdamW variant (T11d): not selective (applied every step), after the update and the decoupled weight
+decay, with r = ‖θ − θ_0‖/‖θ‖ and the step scaled by the group lr: θ ← θ − η·λ·r·(θ − θ_0) [I-40].
+The anchor θ_0 is the parameter at optimizer construction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def spd_hina_penalty(theta: torch.Tensor, anchor: torch.Tensor, spd_lambda: float):
+    """λ·r·(θ − θ0) with r = ‖θ − θ0‖/‖θ‖ (r = 0 when ‖θ‖ = 0). The caller subtracts η times this."""
+    diff = theta - anchor
+    theta_norm = theta.norm()
+    # r = ‖θ − θ0‖ / ‖θ‖
+    ratio = diff.norm() / theta_norm if float(theta_norm) > 0 else 0
+    return spd_lambda * ratio * diff

@@ -1,0 +1,63 @@
+"""Per-parameter optimizer states kept as blockwise 8-bit codes (spec T19a, O2 "State", O5 b).
+
+A class that mixes this in reads a state with `_load(state, key)` (fp32, dequantised) and writes it
+with `_store(state, key, value)` (quantised), for the keys in `QUANTIZED`. A quantised key `k` lives in
+the state as `k_q` (uint8 codes) and `k_q_scale` (fp32 block absmax), upstream's key names; the values
+are plain tensors, so `state_dict()` loads with `weights_only=True` [I-11e]. The state_dict also carries
+the code table and block size, and `magic8_version = 2`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import blockwise_8bit
+
+MAGIC8_VERSION = 2
+
+
+class Blockwise8bitStates:
+    QUANTIZED = ("lr_mask", "exp_avg", "exp_avg_sq", "exp_avg_res", "s", "row_scaling")
+
+    def _quantized(self, key, value) -> bool:
+        """Tensors of these keys are stored 8-bit; a 0-d value (fixed-mode TAM s) stays fp32."""
+        return (key in self.QUANTIZED or key.startswith("momentum_scale_")) and value.dim() > 0
+
+    def _load(self, state, key) -> torch.Tensor:
+        if f"{key}_q" in state:
+            return blockwise_8bit.dequantize(state[f"{key}_q"], state[f"{key}_q_scale"])
+        return state[key]
+
+    def _store(self, state, key, value: torch.Tensor) -> None:
+        if self._quantized(key, value):
+            state[f"{key}_q"], state[f"{key}_q_scale"] = blockwise_8bit.quantize(value)
+        else:
+            state[key] = value
+
+    def _has(self, state, key) -> bool:
+        return f"{key}_q" in state or key in state
+
+    def _drop(self, state, key) -> None:
+        for name in (f"{key}_q", f"{key}_q_scale", key):
+            state.pop(name, None)
+
+    def state_dict(self):
+        sd = self._state_dict()
+        sd["magic8_version"] = MAGIC8_VERSION
+        sd["quant_code"] = blockwise_8bit.code_table()
+        sd["quant_blocksize"] = blockwise_8bit.BLOCKSIZE
+        return sd
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("magic8_version", 0) < MAGIC8_VERSION:
+            warnings.warn("loaded a state dict without magic8_version=2; 8-bit states may be missing", stacklevel=2)
+        code = state_dict.get("quant_code")
+        if code is not None and not torch.equal(code.cpu(), blockwise_8bit.code_table()):
+            raise ValueError("state_dict['quant_code'] differs from this version's 8-bit code table")
+        blocksize = state_dict.get("quant_blocksize", blockwise_8bit.BLOCKSIZE)
+        if blocksize != blockwise_8bit.BLOCKSIZE:
+            raise ValueError(f"state_dict['quant_blocksize'] is {blocksize}, expected {blockwise_8bit.BLOCKSIZE}")
+        extra = ("magic8_version", "quant_code", "quant_blocksize")
+        self._load_state_dict({k: v for k, v in state_dict.items() if k not in extra})
