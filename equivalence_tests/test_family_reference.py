@@ -43,10 +43,11 @@ def kwargs_for(cls, compat):
     return {"lr": 1e-3, "warmup_steps": 8, "weight_decay": 1e-2, "compat": compat}
 
 
-def run(cls, compat, steps, params=None, opt=None):
+def run(cls, compat, steps, params=None, opt=None, start=0):
+    """Steps start..steps−1 (the C-Optim classes get a falling loss)."""
     params = params or make_params()
     opt = opt or cls(params, **kwargs_for(cls, compat))
-    for i in range(steps):
+    for i in range(start, steps):
         feed(params, i)
         opt.step(loss=1.0 / (i + 1)) if "COptim" in cls.__name__ else opt.step()
     return params, opt
@@ -59,19 +60,22 @@ def roundtrip(state_dict):
     return torch.load(buffer, weights_only=True)
 
 
+def resume_runs(cls, compat, steps=12, stop=5):
+    """(params after `steps` straight steps, params after `stop` steps + save (weights_only) + load into
+    a new optimizer + the rest); the run crosses W/2 and W."""
+    straight, _ = run(cls, compat, steps)
+    params, opt = run(cls, compat, stop)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    new = cls(resumed, **kwargs_for(cls, compat))
+    new.load_state_dict(roundtrip(opt.state_dict()))  # HinaAdamW's SPD anchors come from the checkpoint
+    run(cls, compat, steps, resumed, new, start=stop)
+    return straight, resumed
+
+
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 @pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.__name__)
 def test_resume_is_bit_identical(cls, compat):
-    """N steps == k steps, save (weights_only), load into a new optimizer, N − k steps; crosses W/2 and W."""
-    straight, _ = run(cls, compat, 12)
-    params, opt = run(cls, compat, 5)
-    saved = roundtrip(opt.state_dict())
-    resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    new = cls(resumed, **kwargs_for(cls, compat))
-    new.load_state_dict(saved)  # HinaAdamW's SPD anchors come from the checkpoint, not from `resumed`
-    for i in range(5, 12):
-        feed(resumed, i)
-        new.step(loss=1.0 / (i + 1)) if "COptim" in cls.__name__ else new.step()
+    straight, resumed = resume_runs(cls, compat)
     for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
         assert torch.isfinite(a).all()

@@ -69,14 +69,7 @@ def family_rows():
     rows = []
     for cls in fam.FAMILY:
         for compat in ("upstream", "fixed"):
-            straight, _ = fam.run(cls, compat, 12)
-            params, opt = fam.run(cls, compat, 5)
-            resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
-            new = cls(resumed, **fam.kwargs_for(cls, compat))
-            new.load_state_dict(fam.roundtrip(opt.state_dict()))
-            for i in range(5, 12):
-                fam.feed(resumed, i)
-                new.step(loss=1.0 / (i + 1)) if "COptim" in cls.__name__ else new.step()
+            straight, resumed = fam.resume_runs(cls, compat)
             err = max(float((a - b).abs().max()) for a, b in zip(straight, resumed, strict=True))
             finite = all(bool(torch.isfinite(a).all()) for a in straight)
             name = f"{cls.__name__} {compat}: 5 steps + save/load + 7 == 12 steps" + ("" if finite else " (NaN!)")

@@ -88,6 +88,7 @@ class Automagic_CameAMP(AutomagicBase):
     # ------------------------------------------------------------------ step
     def _step_groups(self):
         for group in self.param_groups:
+            context = self._group_context()
             with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not with_grad:
                 continue
@@ -102,28 +103,68 @@ class Automagic_CameAMP(AutomagicBase):
             if any(self._wd_active(group, self.state[p].get("step", 0) + 1) for p in updating):
                 mu, sigma = adaptive_weight_decay.group_abs_stats(grads)
             for p in updating:
-                self._step_param(p, group, group_sum, mu, sigma)
+                self._step_param(p, group, group_sum, mu, sigma, *context)
 
-    def _step_param(self, p, group, group_sum, mu, sigma):
+    def _group_context(self) -> tuple:
+        """Extra per-group arguments of `_step_param`, evaluated even for a group without gradients
+        (C-Optim: the contextual multiplier and the edge flag)."""
+        return ()
+
+    def _work_dtype(self, p):
+        """The dtype of g̃ and of the step's arithmetic: the state dtype [I-24]."""
+        return self._state_dtype(p.dtype)
+
+    @property
+    def _eps_guard(self) -> float:
+        """[I-05] denominator guard of AGR and adaptive weight decay: none upstream."""
+        return FIXED_EPS if self.fixed else 0.0
+
+    def _begin_param(self, p, group, group_sum):
+        """The family's common start: lazy init, g̃ (T1a), t += 1, and at t == W the warm-up-only
+        state is dropped (T27.1). Returns (state, raw g, g̃, t)."""
         state = self.state[p]
         if len(state) == 0:
             self._init_state(p, group)
-        dtype = self._state_dtype(p.dtype)
-        eps_guard = FIXED_EPS if self.fixed else 0.0
         raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
-        grad = agr.agr(raw_grad, group_sum, eps=eps_guard).to(dtype)  # T1a
-
+        grad = agr.agr(raw_grad, group_sum, eps=self._eps_guard).to(self._work_dtype(p))  # T1a
         state["step"] += 1
         t = state["step"]
         self._step = t
-        W = group["warmup_steps"]
-        if t == W:  # T27.1: warm-up-only state is dropped at the end of warm-up
-            state.pop("s", None)
+        if t == group["warmup_steps"]:
+            self._drop(state, "s")
             state.pop("last_polarity", None)
+        return state, raw_grad, grad, t
 
-        beta1, beta2, beta3 = group["betas"]
+    def _momentum(self, state, x, group, t):
+        """T4a TAM while t < W/2 (m̄ = m), else T5 consistency momentum, with input x. Stores m (and s).
+        Returns (m, m̄)."""
+        beta1 = group["betas"][0]
+        m = self._load(state, "exp_avg")
+        if t < group["warmup_steps"] / 2:
+            if self._has(state, "s"):
+                s = self._load(state, "s")
+            else:  # [I-22] recreated on demand after a resume with a larger W
+                s = m.new_zeros(()) if self.fixed else torch.zeros_like(m)
+            m, s = (tam.tam_cosine if self.fixed else tam.tam_upstream)(m, s, x, group["eps"][0])
+            self._store(state, "s", s)
+            m_bar = m
+        else:
+            m, m_bar = consistency_momentum(m, x, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
+        self._store(state, "exp_avg", m)
+        return m, m_bar
+
+    def _apply_update(self, p, group, update, lr_eff, raw_grad, mu, sigma, t):
+        """T10 adaptive weight decay θ ← θ(1 − E·wd·ϑ) where active, then θ ← θ − U ⊙ E."""
+        if self._wd_active(group, t):
+            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=self._eps_guard)
+            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
+        p.add_(-update.mul(lr_eff))
+
+    def _step_param(self, p, group, group_sum, mu, sigma):
+        state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
+        _, beta2, beta3 = group["betas"]
         eps1, eps2, _ = group["eps"]
-        early = t < W / 2
+        early = t < group["warmup_steps"] / 2
 
         # T2: second-moment scaling (V1) or the ADOPT clip
         if group["came"]:
@@ -136,18 +177,7 @@ class Automagic_CameAMP(AutomagicBase):
         else:
             u = came_style.adopt_clip(grad, t)
 
-        # T4a / T5: momentum
-        m = state["exp_avg"]
-        if early:
-            s = state.get("s")
-            if s is None:  # [I-22] recreated on demand after a resume with a larger W
-                s = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(m)
-            tam_fn = tam.tam_cosine if self.fixed else tam.tam_upstream
-            m, state["s"] = tam_fn(m, s, u, eps1)
-            m_bar = m
-        else:
-            m, m_bar = consistency_momentum(m, u, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
-        state["exp_avg"] = m
+        m, m_bar = self._momentum(state, u, group, t)  # T4a / T5
 
         # T3: AdaBelief residual
         r = adabelief_residual.update_residual(state["exp_avg_res"], u, m_bar, beta3, eps2)
@@ -165,16 +195,10 @@ class Automagic_CameAMP(AutomagicBase):
         # T9a: ALLoRA rows (recomputed from the current rows when fixed [I-28])
         if "row_scaling" in state:
             if self.fixed:
-                state["row_scaling"] = allora_row_scaling(p.detach().to(dtype), group["eta"])
+                state["row_scaling"] = allora_row_scaling(p.detach().to(self._work_dtype(p)), group["eta"])
             lr_eff = lr_eff * state["row_scaling"]
 
-        # T10: adaptive weight decay, applied before the update
-        if self._wd_active(group, t):
-            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=eps_guard)
-            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
-
-        # θ ← θ − U ⊙ E
-        p.add_(-update.mul(lr_eff))
+        self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E
 
     def _lr_mask(self, state, group, grad, t):
         """T8a: the warm-up update of the mask (stored) or the post-warm-up scaling (not stored). Returns E."""

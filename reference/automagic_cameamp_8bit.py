@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
+from . import adabelief_residual, came_style, lr_mask
 from .allora import allora_row_scaling
-from .automagic_base import FIXED_EPS
 from .automagic_cameamp import Automagic_CameAMP
-from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
 from .state_8bit import Blockwise8bitStates
@@ -60,26 +58,10 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
             self._store(state, "row_scaling", allora_row_scaling(p.detach(), group["eta"]))
 
     def _step_param(self, p, group, group_sum, mu, sigma):
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        eps_guard = FIXED_EPS if self.fixed else 0.0
-        raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
-        grad = agr.agr(raw_grad, group_sum, eps=eps_guard)  # T1a
-        if self.fixed:
-            grad = grad.float()
-
-        state["step"] += 1
-        t = state["step"]
-        self._step = t
-        W = group["warmup_steps"]
-        if t == W:  # T27.1
-            self._drop(state, "s")
-            state.pop("last_polarity", None)
-
-        beta1, beta2, beta3 = group["betas"]
+        state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
+        _, beta2, beta3 = group["betas"]
         eps1, eps2, _ = group["eps"]
-        early = t < W / 2
+        early = t < group["warmup_steps"] / 2
 
         # T2 V2: second-moment scaling (or the ADOPT clip)
         if group["came"]:
@@ -90,19 +72,7 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
         else:
             u = came_style.adopt_clip(grad, t)
 
-        # T4a / T5: momentum from the de-quantised m
-        m = self._load(state, "exp_avg")
-        if early:
-            if self._has(state, "s"):
-                s = self._load(state, "s")
-            else:  # [I-22] recreated on demand after a resume with a larger W
-                s = torch.zeros((), device=p.device) if self.fixed else torch.zeros_like(m)
-            m, s = (tam.tam_cosine if self.fixed else tam.tam_upstream)(m, s, u, eps1)
-            self._store(state, "s", s)
-            m_bar = m
-        else:
-            m, m_bar = consistency_momentum(m, u, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
-        self._store(state, "exp_avg", m)
+        m, m_bar = self._momentum(state, u, group, t)  # T4a / T5, from the de-quantised m
 
         # T3: residual; upstream uses the stored (always zero) r and never stores the new one [I-08]
         r = adabelief_residual.update_residual(self._load(state, "exp_avg_res"), u, m_bar, beta3, eps2)
@@ -127,11 +97,7 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
             rho = self._load(state, "row_scaling")
             lr_eff = lr_eff * (rho if self.fixed else rho.to(p.dtype))
 
-        # T10: adaptive weight decay, then θ ← θ − U ⊙ E
-        if self._wd_active(group, t):
-            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=eps_guard)
-            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
-        p.add_(-update.mul(lr_eff))
+        self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E
 
     def _lr_mask(self, state, group, grad, t):
         """T8b upstream; Automagic_CameAMP's T8a when fixed [I-10]. The mask is stored 8-bit. Returns E."""

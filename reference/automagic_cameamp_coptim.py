@@ -18,8 +18,8 @@ of per-tensor gradient means, whose consecutive cosines measure whether the grad
 the stagnation branch draws from the module's own seeded generator [I-31]; the histories, counters and
 generator are saved in the state_dict (upstream saves none of them [I-11c]). `momentum_scales` is
 accepted (upstream COptim rejects it [I-37]).
-``compat="fixed"``: the corrections of Automagic_CameAMP(compat="fixed"), plus: Λ and edge are computed
-once per step and cached, so monitoring calls consume no randomness [I-31]; the vector gradient
+``compat="fixed"``: the corrections of Automagic_CameAMP(compat="fixed"), plus: Λ is computed once per observed
+loss and cached, so every group gets the same Λ and monitoring consumes no randomness [I-31]; the vector gradient
 signal above [I-36].
 
 COptim8bit: upstream raises at the first step in every configuration [I-12, I-13], so it has no
@@ -36,17 +36,14 @@ import warnings
 
 import torch
 
-from . import adabelief_residual, adaptive_weight_decay, agr, came_style, tam
+from . import adabelief_residual, came_style
 from .allora import allora_row_scaling
-from .automagic_base import FIXED_EPS
 from .automagic_cameamp import Automagic_CameAMP
 from .config import COptimConfig
-from .consistency_momentum import consistency_momentum, decayed_beta1
 from .contextual_lr import ContextualOptimizationModule
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
 from .state_8bit import Blockwise8bitStates
-from .validation import check_grad
 
 MULTISCALE_BETA = 0.9  # T17, hard-coded upstream
 MODULE_DEFAULTS = {"context_window": 50, "edge_threshold": 0.9, "adaptation_rate": 0.1}  # [I-19]
@@ -70,12 +67,9 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         self.momentum_scales = list(self.config.momentum_scales)
         self._pending_loss = None
 
-    def _storage_dtype(self, p):
-        return self._state_dtype(p.dtype)
-
     def _init_state(self, p, group):
         state = self.state[p]
-        dtype = self._storage_dtype(p)
+        dtype = self._work_dtype(p)
         start_lr = self._start_lr(group)
         zeros = torch.zeros(p.shape, dtype=dtype, device=p.device)
         state["step"] = 0
@@ -131,40 +125,13 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
             signal = torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)
         self.c_optim.update_context(signal, loss, self.param_groups[-1]["lr"])
 
-    def _step_groups(self):
-        context = self._context() if self.fixed else None  # once per step when fixed [I-31]
-        for group in self.param_groups:
-            multiplier, edge = context or self._context()  # upstream: per group, even without grads
-            with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
-            if not with_grad:
-                continue
-            for p in with_grad:
-                check_grad(p, type(self).__name__)
-            grads = self._stats_grads([p.grad for p in with_grad])
-            group_sum = agr.group_abs_sum(grads)  # T1a
-            updating = [p for p in with_grad if p.requires_grad]
-            mu = sigma = None
-            if any(self._wd_active(group, self.state[p].get("step", 0) + 1) for p in updating):
-                mu, sigma = adaptive_weight_decay.group_abs_stats(grads)  # T10 [I-07]
-            for p in updating:
-                self._step_param(p, group, group_sum, mu, sigma, multiplier, edge)
-
-    def _context(self):
+    def _group_context(self):
+        """(Λ, edge), per group as upstream; in fixed mode the module caches Λ, so every group gets the
+        same values and no randomness is consumed [I-31]."""
         return self.c_optim.compute_contextual_lr_multiplier(), self.c_optim.detect_edge_case()
 
     def _step_param(self, p, group, group_sum, mu, sigma, multiplier, edge):
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        dtype = self._storage_dtype(p)
-        eps_guard = FIXED_EPS if self.fixed else 0.0
-        raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
-        grad = agr.agr(raw_grad, group_sum, eps=eps_guard).to(dtype)  # T1a
-
-        state["step"] += 1
-        t = state["step"]
-        self._step = t
-        W = group["warmup_steps"]
+        state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
 
         # T17: μ_k ← 0.9·μ_k + 0.1·g̃ when t mod k == 0
         for k in self.momentum_scales:
@@ -183,13 +150,9 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
             edge_factor = 1.0
             state["edge_case_count"] = max(0, state["edge_case_count"] - 1)
 
-        if t == W:  # T27.1
-            self._drop(state, "s")
-            state.pop("last_polarity", None)
-
-        beta1, beta2, beta3 = group["betas"]
+        _, beta2, beta3 = group["betas"]
         eps1, eps2, _ = group["eps"]
-        early = t < W / 2
+        early = t < group["warmup_steps"] / 2
 
         # T2 V2
         if group["came"]:
@@ -206,19 +169,7 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         else:
             contextual = u
 
-        # T4a / T5: momentum with input C
-        m = self._load(state, "exp_avg")
-        if early:
-            if self._has(state, "s"):
-                s = self._load(state, "s")
-            else:  # [I-22]
-                s = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(m)
-            m, s = (tam.tam_cosine if self.fixed else tam.tam_upstream)(m, s, contextual, eps1)
-            self._store(state, "s", s)
-            m_bar = m
-        else:
-            m, m_bar = consistency_momentum(m, contextual, beta1, decayed_beta1(beta1, group["beta1_decay"], t))
-        self._store(state, "exp_avg", m)
+        m, m_bar = self._momentum(state, contextual, group, t)  # T4a / T5 with input C
 
         # T3: residual with u
         r = adabelief_residual.update_residual(self._load(state, "exp_avg_res"), u, m_bar, beta3, eps2)
@@ -237,15 +188,12 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
 
         # T9a
         if self._has(state, "row_scaling"):
+            dtype = self._work_dtype(p)
             if self.fixed:  # [I-28]
                 self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
             lr_eff = lr_eff * self._load(state, "row_scaling").to(dtype)
 
-        # T10, then θ ← θ − U ⊙ E
-        if self._wd_active(group, t):
-            factor = adaptive_weight_decay.decay_factor(raw_grad, mu, sigma, eps=eps_guard)
-            p.mul_(1 - lr_eff * group["weight_decay"] * factor)
-        p.add_(-update.mul(lr_eff))
+        self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E
 
     # ------------------------------------------------------------------ persistence
     def _state_dict(self):
@@ -268,5 +216,5 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
 class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim):
     """COptim with blockwise 8-bit states: the intended definition of spec O5 (b), in both modes."""
 
-    def _storage_dtype(self, p):
+    def _work_dtype(self, p):
         return torch.float32

@@ -15,15 +15,22 @@ state and are saved once per state_dict (`code_table()`, `BLOCKSIZE`).
 
 from __future__ import annotations
 
+import functools
+
 import bitsandbytes.functional as bnb_functional
 import torch
 
 BLOCKSIZE = 4096  # upstream `_quantize_tensor(x, blocksize=4096)`
 
 
-def code_table(device="cpu") -> torch.Tensor:
-    """The signed dynamic tree code (256 values in [−1, 1]) bitsandbytes uses by default."""
+@functools.cache
+def _code_table(device) -> torch.Tensor:
     return bnb_functional.create_dynamic_map(signed=True).to(device=device, dtype=torch.float32)
+
+
+def code_table(device="cpu") -> torch.Tensor:
+    """The signed dynamic tree code (256 values in [−1, 1]) bitsandbytes uses by default (a fresh copy)."""
+    return _code_table(torch.device(device)).clone()
 
 
 def quantize(x: torch.Tensor, blocksize: int = BLOCKSIZE):
@@ -40,7 +47,6 @@ def dequantize(codes: torch.Tensor, absmax: torch.Tensor, blocksize: int = BLOCK
     if codes.numel() == 0:
         return torch.zeros(codes.shape, dtype=torch.float32, device=codes.device)
     # x̂_i = code[q_i] · N_b, written out rather than through bitsandbytes so it needs no QuantState
-    code = code_table(codes.device)
-    flat = code[codes.reshape(-1).long()]
+    flat = _code_table(codes.device)[codes.reshape(-1).long()]
     block_of = torch.arange(flat.numel(), device=codes.device) // blocksize
     return (flat * absmax[block_of]).reshape(codes.shape)
