@@ -66,20 +66,24 @@ class Automagic_CameAMP(AutomagicBase):
 
     def _init_state(self, p, group):
         state = self.state[p]
-        dtype = self._state_dtype(p.dtype)
+        dtype = self._work_dtype(p)
         start_lr = self._start_lr(group)
+
+        def zeros():  # a fresh tensor per state, so no two states alias
+            return torch.zeros(p.shape, dtype=dtype, device=p.device)
+
         state["step"] = 0
         state["lr_max"] = self._start_lr_max(group)
-        state["lr_mask"] = torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device)
+        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
         state["avg_lr"] = float(start_lr)
         state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-        state["exp_avg"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-        state["s"] = torch.zeros((), dtype=dtype, device=p.device) if self.fixed else torch.zeros_like(p, dtype=dtype)
+        self._store(state, "exp_avg", zeros())
+        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros())
         if group["came"]:
-            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
-        state["exp_avg_res"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+            self._store(state, "exp_avg_sq", zeros())
+        self._store(state, "exp_avg_res", zeros())
         if not group["full_finetune"] and p.dim() == 2:
-            state["row_scaling"] = allora_row_scaling(p.detach().to(dtype), group["eta"])
+            self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
 
     def _stats_grads(self, grads):
         """Gradients as used by the group statistics (fp32 where the states are fp32)."""

@@ -68,26 +68,13 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         self._pending_loss = None
 
     def _init_state(self, p, group):
+        super()._init_state(p, group)  # the O1 state
         state = self.state[p]
         dtype = self._work_dtype(p)
-        start_lr = self._start_lr(group)
-        zeros = torch.zeros(p.shape, dtype=dtype, device=p.device)
-        state["step"] = 0
-        state["lr_max"] = self._start_lr_max(group)
-        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
-        state["avg_lr"] = float(start_lr)
-        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-        self._store(state, "exp_avg", zeros)
-        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros)
-        if group["came"]:
-            self._store(state, "exp_avg_sq", zeros)
-        self._store(state, "exp_avg_res", zeros)
-        if not group["full_finetune"] and p.dim() == 2:
-            self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
         state["edge_case_count"] = 0
         state["contextual_lr_multiplier"] = 1.0
         for k in self.momentum_scales:  # T17
-            self._store(state, f"momentum_scale_{k}", zeros)
+            self._store(state, f"momentum_scale_{k}", torch.zeros(p.shape, dtype=dtype, device=p.device))
             state[f"momentum_count_{k}"] = 0
 
     # ------------------------------------------------------------------ step
