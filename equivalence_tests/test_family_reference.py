@@ -21,6 +21,8 @@ FAMILY = [
     reference.Automagic_CameAMP8bit,
     reference.Automagic_CameAMP_COptim,
     reference.Automagic_CameAMP_COptim8bit,
+    reference.Automagic_CameAMP_Improved,
+    reference.Automagic_CameAMP_8Bit,
     reference.HinaAdamWOptimizer,
 ]
 SHAPES = [(24, 16), (16, 24), (300,), (2, 3, 3, 3)]

@@ -2,7 +2,10 @@
 optimizer configuration, printed and written to reports/verification.md. Exits 1 if any row fails.
 
 Set UPSTREAM_AUTOMAGIC=path/to/library/automagic_cameamp.py (hinablue/sd-scripts @ 863c5b5) to add the
-reference-vs-upstream rows (tools/upstream_parity.py); the file is not part of this repository.
+reference-vs-upstream rows (tools/upstream_parity.py), and UPSTREAM_IMPROVED=path/to/library/
+automagic_cameamp_improved.py (@ 803cb56) for Automagic_CameAMP_Improved's (tools/upstream_improved_parity.py)
+and UPSTREAM_S2O=the same file @ 0b433bc for seed 004's Automagic_CameAMP_8Bit (tools/upstream_s2o_parity.py);
+the files are not part of this repository.
 """
 
 from __future__ import annotations
@@ -78,16 +81,21 @@ def family_rows():
 
 
 def upstream_rows():
-    path = os.environ.get("UPSTREAM_AUTOMAGIC")
-    if not path:
-        return []
-    from tools import upstream_parity
+    from tools import upstream_improved_parity, upstream_parity, upstream_s2o_parity
 
     steps = int(os.environ.get("UPSTREAM_STEPS", "1000"))
-    return [
-        [f"reference(compat=upstream) vs upstream {tag}, {steps} steps", "hinablue/sd-scripts@863c5b5", None, err, 0.0]
-        for tag, err in upstream_parity.rows(upstream_parity.load_upstream(path), steps)
-    ]
+    rows = []
+    for env, tool, commit in (("UPSTREAM_AUTOMAGIC", upstream_parity, "863c5b5"),
+                              ("UPSTREAM_IMPROVED", upstream_improved_parity, "803cb56"),
+                              ("UPSTREAM_S2O", upstream_s2o_parity, "0b433bc")):  # fmt: skip
+        path = os.environ.get(env)
+        if path:
+            rows += [
+                [f"reference(compat=upstream) vs upstream {tag}, {steps} steps", f"hinablue/sd-scripts@{commit}",
+                 None, err, 0.0]
+                for tag, err in tool.rows(upstream_parity.load_upstream(path), steps)
+            ]  # fmt: skip
+    return rows
 
 
 def fmt(x):
@@ -115,11 +123,12 @@ def main() -> int:
         f"torch {torch.__version__}, compiled fast path: {os.environ.get('CAMEAMP_COMPILE', '1') != '0'}, "
         f"{time.perf_counter() - start:.0f} s.",
     ]
-    if not os.environ.get("UPSTREAM_AUTOMAGIC"):
-        notes.append("Upstream parity rows not run: set UPSTREAM_AUTOMAGIC to the upstream file.")
+    if not (os.environ.get("UPSTREAM_AUTOMAGIC") or os.environ.get("UPSTREAM_IMPROVED")):
+        notes.append("Upstream parity rows not run: set UPSTREAM_AUTOMAGIC / UPSTREAM_IMPROVED to the upstream files.")
     notes.append(
         "The family's other reference classes are compared with upstream by tools/upstream_parity.py "
-        "(8bit, COptim) and tools/upstream_hina_parity.py (HinaAdamW); COptim8bit has no upstream numerics "
+        "(8bit, COptim), tools/upstream_improved_parity.py (Improved) and tools/upstream_hina_parity.py "
+        "(HinaAdamW); COptim8bit has no upstream numerics "
         "(upstream raises at step 1). Their fast paths are issue 5."
     )
     report = "# Verification report\n\n" + "\n".join(lines + notes) + "\n"

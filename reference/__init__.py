@@ -6,7 +6,9 @@ them. `registry.create_optimizer` builds any of them by its sd-scripts name.
 
 from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
+from .automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
+from .automagic_cameamp_improved import Automagic_CameAMP_Improved
 from .contextual_lr import ContextualOptimizationModule
 from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 from .registry import create_optimizer, get_optimizer_class
@@ -14,8 +16,10 @@ from .registry import create_optimizer, get_optimizer_class
 __all__ = [
     "Automagic_CameAMP",
     "Automagic_CameAMP8bit",
+    "Automagic_CameAMP_8Bit",
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
+    "Automagic_CameAMP_Improved",
     "ContextualOptimizationModule",
     "CustomAdamW",
     "HinaAdamWOptimizer",

@@ -16,13 +16,15 @@ FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream
 
 class AutomagicBase(torch.optim.Optimizer):
     config_class = AutomagicConfig
+    magic_version = MAGIC_VERSION  # the state_dict's version key (Improved: 2)
 
     def __init__(self, params, **kwargs):
         """Keyword arguments and defaults: `config_class` (reference.config.AutomagicConfig: upstream's)."""
         config = self.config_class(**kwargs)
         super().__init__(params, config.group_defaults())
         self.config = config
-        self.compat, self.wd_until, self.verbose = config.compat, config.wd_until, config.verbose
+        self.compat, self.verbose = config.compat, config.verbose
+        self.wd_until = getattr(config, "wd_until", "warmup_half")
 
     @property
     def fixed(self) -> bool:
@@ -53,21 +55,25 @@ class AutomagicBase(torch.optim.Optimizer):
                 loss = closure()
         self._step_groups()
         if self.verbose:
-            print([group["lr"] for group in self.param_groups])
+            self._report()
         return loss
+
+    def _report(self):
+        """What `verbose=True` prints after each step (upstream: the group lrs)."""
+        print([group["lr"] for group in self.param_groups])
 
     def _step_groups(self):
         raise NotImplementedError
 
     def state_dict(self):
         sd = self._state_dict()
-        sd["magic_version"] = MAGIC_VERSION
+        sd["magic_version"] = self.magic_version
         return sd
 
     def load_state_dict(self, state_dict):
-        if state_dict.get("magic_version") != MAGIC_VERSION:
+        if state_dict.get("magic_version") != self.magic_version:
             warnings.warn(
-                "loaded a state dict without magic_version=1; the LR mask may not be synchronised",
+                f"loaded a state dict without magic_version={self.magic_version}; the LR mask may not be synchronised",
                 stacklevel=2,
             )
         self._load_state_dict({k: v for k, v in state_dict.items() if k != "magic_version"})

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+V3_BETA2 = 0.999  # hard-coded by the Improved classes
+
 
 def rms(x: torch.Tensor) -> torch.Tensor:
     """RMS(x) = ‖x‖₂ / (√n + 1e-10)   (spec §0)."""
@@ -23,6 +25,23 @@ def rms(x: torch.Tensor) -> torch.Tensor:
 def clip_by_rms(u: torch.Tensor, clip_threshold: float) -> torch.Tensor:
     """u ← u / max(RMS(u)/c, 1)   (Adafactor Sec. 6, update clipping; spec T2 V1/V2)."""
     return u / (rms(u) / clip_threshold).clamp(min=1.0)
+
+
+def clip_by_rms_improved(u: torch.Tensor, clip_threshold: float) -> torch.Tensor:
+    """Improved (S2) form: u ← u·c / max(RMS(u), 1). Equal to `clip_by_rms` only when c = 1 [I-20]."""
+    return u.mul(clip_threshold / rms(u).clamp(min=1.0))
+
+
+def scale_v3(grad, exp_avg_sq, eps1: float, clip_threshold: float, improved_clip: bool = True):
+    """V3 (Improved classes): β2 = 0.999 hard-coded, v updated first. Returns (u, v_new).
+
+    ``improved_clip`` selects S2's clip form [I-20]; False is the usual u/max(RMS/c, 1) (S2o, fixed).
+    """
+    # v_t = 0.999·v_{t−1} + 0.001·(g̃² + ε1)
+    v = exp_avg_sq.mul(V3_BETA2).add(grad.pow(2).add(eps1), alpha=1 - V3_BETA2)
+    # u = g̃ ⊙ rsqrt(v_t), clipped by RMS
+    u = grad * v.rsqrt()
+    return (clip_by_rms_improved(u, clip_threshold) if improved_clip else clip_by_rms(u, clip_threshold)), v
 
 
 def seed_second_moment(grad: torch.Tensor, eps1: float) -> torch.Tensor:

@@ -16,14 +16,18 @@ import ast
 
 from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
+from .automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
+from .automagic_cameamp_improved import Automagic_CameAMP_Improved
 from .hina_adamw import HinaAdamWOptimizer
 
 OPTIMIZERS = {
     "automagic_cameamp": Automagic_CameAMP,
     "automagic_cameamp8bit": Automagic_CameAMP8bit,
+    "automagic_cameamp_8bit": Automagic_CameAMP_8Bit,  # seed 004
     "automagic_cameamp_coptim": Automagic_CameAMP_COptim,
     "automagic_cameamp_coptim8bit": Automagic_CameAMP_COptim8bit,
+    "automagic_cameamp_improved": Automagic_CameAMP_Improved,
     "hinaadamwoptimizer": HinaAdamWOptimizer,
     "hinaadamwoptimizer8bit": HinaAdamWOptimizer,
     "customadamw": HinaAdamWOptimizer,

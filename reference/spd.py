@@ -22,3 +22,28 @@ def spd_hina_penalty(theta: torch.Tensor, anchor: torch.Tensor, spd_lambda: floa
     # r = ‖θ − θ0‖ / ‖θ‖
     ratio = diff.norm() / theta_norm if float(theta_norm) > 0 else 0
     return spd_lambda * ratio * diff
+
+
+def projection_ratio(new_theta: torch.Tensor, theta: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """r = hardtanh((‖θ̃ − θ0‖ − ‖θ − θ0‖)/(‖θ̃ − θ0‖ + 1e-8), 0, 1)   (Algorithm 1's r_t, guarded)."""
+    curr, prev = torch.norm(new_theta - anchor), torch.norm(theta - anchor)
+    return torch.nn.functional.hardtanh((curr - prev) / (curr + 1e-8), 0.0, 1.0)
+
+
+def spd_condition(grad: torch.Tensor, theta: torch.Tensor, anchor=None) -> torch.Tensor:
+    """c = −⟨g, θ − θ0⟩ (anchor None: −⟨g, θ⟩, the Improved S2 condition [I-29])."""
+    return -torch.sum(grad * (theta if anchor is None else theta - anchor))
+
+
+def spd_step(theta: torch.Tensor, update: torch.Tensor, anchor: torch.Tensor, decay) -> torch.Tensor:
+    """θ̃ = θ − U;  θ_new = θ̃ − λ·r·(θ̃ − θ0), the Improved (S2) operation order."""
+    new_theta = theta - update
+    ratio = projection_ratio(new_theta, theta, anchor)
+    return new_theta.sub(new_theta - anchor, alpha=float(ratio * decay))
+
+
+def spd_step_s2o(theta: torch.Tensor, update: torch.Tensor, anchor: torch.Tensor, decay) -> torch.Tensor:
+    """θ̃ = θ − U;  θ_new = θ̃ − (λ·r)·(θ̃ − θ0), the Improved S2o operation order (T11b)."""
+    new_theta = theta - update
+    ratio = projection_ratio(new_theta, theta, anchor)
+    return new_theta - decay * ratio * (new_theta - anchor)

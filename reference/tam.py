@@ -64,3 +64,65 @@ def tam_damping(m: torch.Tensor, grad: torch.Tensor, alignment, tam_beta: float,
         a = 0.0
     alignment = tam_beta * alignment + (1 - tam_beta) * a
     return (1 + alignment / bias_correction) / 2, alignment
+
+
+CORRELATION_SWITCH = 10000  # Improved: per-column cosine below this many elements, global cosine above [I-18]
+IMPROVED_TAM_BETA = 0.9
+
+
+def column_cosine(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """c_j = Σ_i m[i,j]·x[i,j] / max(‖m[:,j]‖·‖x[:,j]‖, 1e-12), broadcast over dim 0 (a 1-D tensor gets
+    one global cosine)."""
+    dot = torch.sum(m * x, dim=0, keepdim=True)
+    denominator = torch.clamp(m.norm(p=2, dim=0, keepdim=True) * x.norm(p=2, dim=0, keepdim=True), min=1e-12)
+    cos = dot / denominator
+    # materialised, as upstream's buffer: bf16 arithmetic with a stride-0 operand rounds differently
+    return cos if cos.shape == m.shape else torch.ones_like(m).mul(cos)
+
+
+def fast_correlation(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Improved's correlation C(m, x) (spec T4b): column cosine for n < 10000, else (≥ 2-D) the global
+    cosine ⟨m,x⟩/(‖m‖‖x‖) (0 when that product is < 1e-12) filled over m's shape."""
+    if m.dim() == 0:
+        m, x = m.reshape(1), x.reshape(1)
+    if m.numel() < CORRELATION_SWITCH or m.dim() == 1:
+        return column_cosine(m, x)
+    denominator = m.norm() * x.norm()
+    cos = 0.0 if float(denominator) < 1e-12 else float(torch.dot(m.reshape(-1), x.reshape(-1)) / denominator)
+    return torch.full_like(m, cos)
+
+
+def tam_improved(m, s, x, gamma: float, eps1: float, emphasis: float = 1.0, persist_emphasis: bool = True):
+    """Improved TAM (spec T4b). Returns (m_new, s_new).
+
+    S2: s ← γ·s + (1−γ)·C(m, x), then s ← s·emphasis *stored* (the geometric blow-up [I-09]);
+    d = ((1 + s)/2 + ε1) ⊙ x;  m ← 0.9·m + d.
+    ``persist_emphasis=False`` (S2o) multiplies a copy: s is stored without the emphasis.
+    """
+    s = s.mul(gamma).add(fast_correlation(m, x).reshape(s.shape), alpha=1.0 - gamma)
+    s_used = s.mul(emphasis) if emphasis != 1.0 else s
+    if persist_emphasis:
+        s = s_used
+    d = s_used.add(1.0).div(2.0).add(eps1).mul(x)
+    return m.mul(IMPROVED_TAM_BETA).add(d), s
+
+
+def tam_improved_fixed(m, s, x, gamma: float, eps1: float, emphasis: float = 1.0):
+    """Corrected Improved TAM [I-09, I-18]: s ← γ·s + (1−γ)·cos(m, x) is a per-tensor scalar in [−1, 1];
+    the emphasis scales a clamped copy, s_e = clamp(s·emphasis, −1, 1); d = ((1 + s_e)/2 + ε1)·x and
+    m ← β·m + (1−β)·d. Returns (m_new, s_new)."""
+    cos = F.cosine_similarity(m.reshape(1, -1), x.reshape(1, -1)).reshape(())
+    s = s * gamma + cos * (1.0 - gamma)
+    s_used = (s * emphasis).clamp(-1.0, 1.0)
+    d = ((1.0 + s_used) / 2.0 + eps1) * x
+    return m * IMPROVED_TAM_BETA + d * (1.0 - IMPROVED_TAM_BETA), s
+
+
+def tam_s2o(m, s, x, eps1: float, emphasis: float = 1.0):
+    """Improved S2o TAM (spec T4b, last bullet): T4a's N₀(m) ⊙ N₀(x) correlation with γ = 0.9, and the
+    low-rank emphasis applied to a copy of s (not stored). Returns (m_new, s_new)."""
+    corr = normalize_dim0(m) * normalize_dim0(x)
+    s = s.mul(TAM_DECAY).add(corr, alpha=1.0 - TAM_DECAY)
+    s_used = s * emphasis if emphasis != 1.0 else s
+    d = ((1.0 + s_used) / 2.0).add(eps1).mul(x)
+    return m.mul(TAM_BETA).add(d), s

@@ -62,3 +62,40 @@ def check_grad(p: torch.Tensor, owner: str) -> None:
         raise TypeError(f"{owner} does not support complex parameters; view them as real")
     if not p.is_floating_point():
         raise TypeError(f"{owner} needs floating-point parameters, got {p.dtype}")
+
+
+IMPROVED_FLAGS = (
+    "came", "full_finetune", "verbose", "edge_suppression", "background_regularization", "spatial_awareness",
+    "lora_rank_penalty", "enable_cache", "use_approximate_svd", "enable_dual_momentum",
+)  # fmt: skip
+
+
+def check_improved_kwargs(d: dict) -> None:
+    """The Improved classes' settings beyond the Automagic table."""
+    for name in IMPROVED_FLAGS:
+        if name in d and not isinstance(d[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(d[name]).__name__}")
+    for name in ("d_coef", "edge_threshold", "edge_penalty", "frequency_penalty", "detail_preservation",
+                 "rank_penalty_strength"):  # fmt: skip
+        if name in d:
+            _number(name, d[name], low=0.0)
+    if "low_rank_emphasis" in d:
+        _number("low_rank_emphasis", d["low_rank_emphasis"], low=0.0, low_open=True)
+    if "long_term_beta" in d:
+        _number("long_term_beta", d["long_term_beta"], low=0.0, high=1.0)
+    if d.get("alpha_mix_ratio") is not None:
+        _number("alpha_mix_ratio", d["alpha_mix_ratio"], low=0.0)
+    size = d.get("max_cache_size", 0)
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise ValueError(f"max_cache_size must be a non-negative integer, got {size!r}")
+
+
+def check_8bit_kwargs(d: dict) -> None:
+    """Seed 004's quantisation settings."""
+    for name in ("quantize_states", "error_correction", "mixed_precision", "adaptive_block_size"):
+        if not isinstance(d[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(d[name]).__name__}")
+    for name, low in (("block_size", 2), ("sync_frequency", 0)):
+        v = d[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")

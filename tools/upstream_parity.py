@@ -45,16 +45,30 @@ def load_upstream(path):
     return module
 
 
-def run(upstream, steps, seed, dtype, name="Automagic_CameAMP", losses="none", **kwargs):
-    """Worst max|Δθ|/max|θ| over all steps and tensors."""
+def run(
+    upstream,
+    steps,
+    seed,
+    dtype,
+    name="Automagic_CameAMP",
+    losses="none",
+    classes=None,
+    shapes=None,
+    ours_kwargs=None,
+    upstream_name=None,
+    **kwargs,
+):
+    """Worst max|Δθ|/max|θ| over all steps and tensors. `classes[name]` (default OURS) runs with
+    `ours_kwargs` added, against upstream's `upstream_name` (default `name`)."""
     g = torch.Generator().manual_seed(seed)
-    # upstream's TAM raises on 0-d tensors (F.normalize dim=0); leave the scalar out of its run
-    shapes = SHAPES if kwargs.get("warmup_steps", 500) < 2 else SHAPES[:-1]
+    if shapes is None:
+        # upstream's TAM raises on 0-d tensors (F.normalize dim=0); leave the scalar out of its run
+        shapes = SHAPES if kwargs.get("warmup_steps", 500) < 2 else SHAPES[:-1]
     init = [torch.randn(s, generator=g, dtype=torch.float32).to(dtype) for s in shapes]
     ours = [torch.nn.Parameter(x.clone()) for x in init]
     theirs = [torch.nn.Parameter(x.clone()) for x in init]
-    opt_ours = OURS[name](ours, compat="upstream", **kwargs)
-    opt_theirs = getattr(upstream, name)(theirs, **kwargs)
+    opt_ours = (classes or OURS)[name](ours, compat="upstream", **kwargs, **(ours_kwargs or {}))
+    opt_theirs = getattr(upstream, upstream_name or name)(theirs, **kwargs)
     worst = 0.0
     for i in range(steps):
         grads = [torch.randn(p.shape, generator=g).to(dtype) for p in ours]
@@ -84,14 +98,15 @@ def rows(upstream, steps):
     return out
 
 
-def main():
+def cli(rows_of, default_steps: int, width: int = 85):
+    """`python -m tools.<tool> PATH [--steps N]`: print one line per row of `rows_of(upstream, steps)`."""
     parser = argparse.ArgumentParser()
     parser.add_argument("path")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=default_steps)
     args = parser.parse_args()
-    for tag, err in rows(load_upstream(args.path), args.steps):
-        print(f"{tag:85} max |Δθ|/max|θ| over {args.steps} steps: {err:.3e}")
+    for tag, err in rows_of(load_upstream(args.path), args.steps):
+        print(f"{tag:{width}} max |Δθ|/max|θ| over {args.steps} steps: {err:.3e}")
 
 
 if __name__ == "__main__":
-    main()
+    cli(rows, 1000)
