@@ -127,7 +127,8 @@ def main() -> int:
         notes.append("Upstream parity rows not run: set UPSTREAM_AUTOMAGIC / UPSTREAM_IMPROVED to the upstream files.")
     notes.append(
         "The family's other reference classes are compared with upstream by tools/upstream_parity.py "
-        "(8bit, COptim), tools/upstream_improved_parity.py (Improved) and tools/upstream_hina_parity.py "
+        "(8bit, COptim), tools/upstream_improved_parity.py (Improved), tools/upstream_s2o_parity.py (seed 004 8-Bit) "
+        "and tools/upstream_hina_parity.py "
         "(HinaAdamW); COptim8bit has no upstream numerics "
         "(upstream raises at step 1). Their fast paths are issue 5."
     )
