@@ -65,6 +65,40 @@ class AutomagicBase(torch.optim.Optimizer):
     def _step_groups(self):
         raise NotImplementedError
 
+    def _init_common_state(self, p, group, dtype) -> None:
+        """The state every Automagic class starts with (spec O1/O2/O6 'State'): step, lr_max, the fp32 LR mask
+        and its mean, the polarity, m, s (0-d when fixed [I-18]), v (came) and r. Each is a fresh tensor in
+        `dtype`, written through `_store`, so no two states alias and the 8-bit classes quantise them."""
+        state = self.state[p]
+
+        def zeros():
+            return torch.zeros(p.shape, dtype=dtype, device=p.device)
+
+        start_lr = self._start_lr(group)
+        state["step"] = 0
+        state["lr_max"] = self._start_lr_max(group)
+        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
+        state["avg_lr"] = float(start_lr)
+        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+        self._store(state, "exp_avg", zeros())
+        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros())
+        if group["came"]:
+            self._store(state, "exp_avg_sq", zeros())
+        self._store(state, "exp_avg_res", zeros())
+
+    # State access; the 8-bit classes (reference.state_8bit, the seed-004 class) store some keys quantised.
+    def _load(self, state, key):
+        return state[key]
+
+    def _store(self, state, key, value):
+        state[key] = value
+
+    def _has(self, state, key):
+        return key in state
+
+    def _drop(self, state, key):
+        state.pop(key, None)
+
     def state_dict(self):
         sd = self._state_dict()
         sd["magic_version"] = self.magic_version

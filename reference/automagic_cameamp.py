@@ -65,25 +65,10 @@ class Automagic_CameAMP(AutomagicBase):
         return t < group["warmup_steps"] / 2 or (self.fixed and self.wd_until == "always")
 
     def _init_state(self, p, group):
-        state = self.state[p]
         dtype = self._work_dtype(p)
-        start_lr = self._start_lr(group)
-
-        def zeros():  # a fresh tensor per state, so no two states alias
-            return torch.zeros(p.shape, dtype=dtype, device=p.device)
-
-        state["step"] = 0
-        state["lr_max"] = self._start_lr_max(group)
-        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
-        state["avg_lr"] = float(start_lr)
-        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-        self._store(state, "exp_avg", zeros())
-        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros())
-        if group["came"]:
-            self._store(state, "exp_avg_sq", zeros())
-        self._store(state, "exp_avg_res", zeros())
+        self._init_common_state(p, group, dtype)
         if not group["full_finetune"] and p.dim() == 2:
-            self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
+            self._store(self.state[p], "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
 
     def _stats_grads(self, grads):
         """Gradients as used by the group statistics (fp32 where the states are fp32)."""
@@ -211,10 +196,7 @@ class Automagic_CameAMP(AutomagicBase):
         if t >= group["warmup_steps"]:
             lr_eff, state["lr_max"] = lr_mask.post_warmup_lr_mask(mask, lr, state["lr_max"])
             return lr_eff
-        polarity = state.get("last_polarity")
-        if polarity is None:  # [I-22] recreated on demand after a resume with a larger W
-            polarity = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
-        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
+        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, state.get("last_polarity"))
         new, state["lr_max"] = lr_mask.warmup_lr_mask(
             mask, agree, lr, state["lr_max"], self._mask_setting(group, "lr_bump"),
             self._mask_setting(group, "min_lr"), self._mask_setting(group, "max_lr"),
@@ -222,19 +204,6 @@ class Automagic_CameAMP(AutomagicBase):
         self._store(state, "lr_mask", new)
         state["avg_lr"] = float(new.mean())
         return new
-
-    # State access; the 8-bit classes (reference.state_8bit) store some keys quantised.
-    def _load(self, state, key):
-        return state[key]
-
-    def _store(self, state, key, value):
-        state[key] = value
-
-    def _has(self, state, key):
-        return key in state
-
-    def _drop(self, state, key):
-        state.pop(key, None)
 
     # ------------------------------------------------------------------ persistence, monitoring
     def _load_state_dict(self, state_dict):

@@ -40,22 +40,9 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
     """Readable reference of Automagic_CameAMP8bit. Keyword arguments and defaults are upstream's (O1 table)."""
 
     def _init_state(self, p, group):
-        state = self.state[p]
-        start_lr = self._start_lr(group)
-        state["step"] = 0
-        state["lr_max"] = self._start_lr_max(group)
-        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
-        state["avg_lr"] = float(start_lr)
-        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-        zeros = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-        self._store(state, "exp_avg", zeros)
-        if group["came"]:
-            self._store(state, "exp_avg_sq", zeros)
-        self._store(state, "exp_avg_res", zeros)
-        # [I-18] the fixed mode's s is a scalar per tensor, kept in fp32
-        self._store(state, "s", torch.zeros((), device=p.device) if self.fixed else zeros)
+        self._init_common_state(p, group, torch.float32)  # states are fp32 before quantisation
         if not group["full_finetune"] and p.dim() == 2:
-            self._store(state, "row_scaling", allora_row_scaling(p.detach(), group["eta"]))
+            self._store(self.state[p], "row_scaling", allora_row_scaling(p.detach(), group["eta"]))
 
     def _step_param(self, p, group, group_sum, mu, sigma):
         state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
@@ -109,10 +96,7 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
             new, state["lr_max"] = lr_mask.post_warmup_lr_mask(mask, lr, state["lr_max"])
             self._store(state, "lr_mask", new)  # [I-10] the scaled mask is stored: it compounds
             return new
-        polarity = state.get("last_polarity")
-        if polarity is None:  # [I-22]
-            polarity = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
-        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
+        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, state.get("last_polarity"))
         # T8b has no (η − lr_max) jump: lr_max = η keeps it from firing, and state["lr_max"] is not touched
         new, _ = lr_mask.warmup_lr_mask(
             mask, agree, lr, lr, self.defaults["lr_bump"], self.defaults["min_lr"], self.defaults["max_lr"]

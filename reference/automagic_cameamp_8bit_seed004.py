@@ -121,17 +121,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
         return t < group["warmup_steps"] / 2  # S2o: real division everywhere
 
     def _step_param(self, p, group, group_sum):
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        dtype = self._state_dtype(p.dtype)
-        raw_grad = p.grad.to(dtype)
-        theta = p.detach() if p.dtype == dtype else p.detach().to(dtype)
-        state["step"] += 1
-        t = state["step"]
-        if t == group["warmup_steps"]:
-            for key in ("s", "last_polarity", "pre"):
-                self._drop(state, key)
+        state, dtype, raw_grad, theta, t = self._begin_param(p, group)
         eps1, eps2, _ = group["eps"]
         beta1, _, beta3 = group["betas"]
         early = self._early(group, t)
@@ -190,8 +180,8 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
         if early:
             update = update.abs() * grad.sign()  # T6
             if group["edge_suppression"]:  # T20 U2
-                history = self._load(state, "edge_history") if self._has(state, "edge_history") else None
-                history = torch.zeros_like(update) if history is None else history
+                has_history = self._has(state, "edge_history")
+                history = self._load(state, "edge_history") if has_history else torch.zeros_like(update)
                 update, history = edge_suppression.suppress_update(update, history, group["edge_penalty"], "full")
                 self._store(state, "edge_history", history)
         else:  # T12 + T22
@@ -240,10 +230,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
             if lr > state["lr_max"]:
                 state["lr_max"] = lr
             return mask * (lr / state["lr_max"]) if lr < state["lr_max"] else mask
-        polarity = state.get("last_polarity")
-        if polarity is None:  # [I-22]
-            polarity = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
-        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, polarity)
+        agree, state["last_polarity"] = lr_mask.polarity_agreement(grad, state.get("last_polarity"))
         bump = self._mask_setting(group, "lr_bump")
         if group["spatial_awareness"]:
             vs = self._load(state, "spatial_variance") if self._has(state, "spatial_variance") else None

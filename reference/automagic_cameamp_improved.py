@@ -70,43 +70,16 @@ class Automagic_CameAMP_Improved(AutomagicBase):
     def _init_state(self, p, group):
         state = self.state[p]
         dtype = self._state_dtype(p.dtype)
-
-        def zeros():
-            return torch.zeros(p.shape, dtype=dtype, device=p.device)
-
-        start_lr = self._start_lr(group)
-        state["step"] = 0
-        state["lr_max"] = self._start_lr_max(group)
-        self._store(state, "lr_mask", torch.full(p.shape, float(start_lr), dtype=torch.float32, device=p.device))
-        state["avg_lr"] = float(start_lr)
-        state["last_polarity"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-        self._store(state, "exp_avg", zeros())
-        self._store(state, "s", torch.zeros((), dtype=dtype, device=p.device) if self.fixed else zeros())
-        if group["came"]:
-            self._store(state, "exp_avg_sq", zeros())
-        self._store(state, "exp_avg_res", zeros())
+        self._init_common_state(p, group, dtype)
         if self.fixed:
             state["exp_avg_res_weight"] = 0.0  # [I-21] Σ of the residual EMA's weights
         if group["edge_suppression"]:
-            self._store(state, "edge_history", zeros())
+            self._store(state, "edge_history", torch.zeros(p.shape, dtype=dtype, device=p.device))
         if group["spatial_awareness"]:
             self._store(state, "spatial_variance", torch.ones(p.shape, dtype=dtype, device=p.device))
         if group.get("enable_dual_momentum"):  # S2 only (seed 004's S2o class has none)
-            self._store(state, "long_term_momentum", zeros())
-            self._store(state, "mixed_momentum_sq", zeros())
-
-    # State access; seed 004's 8-bit class stores some keys quantised.
-    def _load(self, state, key):
-        return state[key]
-
-    def _store(self, state, key, value):
-        state[key] = value
-
-    def _has(self, state, key):
-        return key in state
-
-    def _drop(self, state, key):
-        state.pop(key, None)
+            self._store(state, "long_term_momentum", torch.zeros(p.shape, dtype=dtype, device=p.device))
+            self._store(state, "mixed_momentum_sq", torch.zeros(p.shape, dtype=dtype, device=p.device))
 
     # ------------------------------------------------------------------ step
     def _step_groups(self):
@@ -150,7 +123,9 @@ class Automagic_CameAMP_Improved(AutomagicBase):
             return low_rank_penalty.approximate_penalty(theta, strength)
         return low_rank_penalty.exact_svd_penalty(theta, strength)
 
-    def _step_param(self, p, group, group_sum):
+    def _begin_param(self, p, group):
+        """The start of each parameter's step: lazy init, the gradient and θ in the state dtype, t += 1, and
+        at t == W the warm-up-only state is dropped. Returns (state, dtype, raw g, θ, t)."""
         state = self.state[p]
         if len(state) == 0:
             self._init_state(p, group)
@@ -161,7 +136,11 @@ class Automagic_CameAMP_Improved(AutomagicBase):
         t = state["step"]
         if t == group["warmup_steps"]:
             for key in ("s", "last_polarity", "pre"):
-                state.pop(key, None)
+                self._drop(state, key)
+        return state, dtype, raw_grad, theta, t
+
+    def _step_param(self, p, group, group_sum):
+        state, dtype, raw_grad, theta, t = self._begin_param(p, group)
         eps1, eps2, _ = group["eps"]
         beta1, beta2, beta3 = group["betas"]
         early = self._early(group, t)
@@ -276,10 +255,7 @@ class Automagic_CameAMP_Improved(AutomagicBase):
             if lr < state["lr_max"]:
                 state["lr_mask"] = mask * (lr / state["lr_max"])
             return state["lr_mask"]
-        polarity = state.get("last_polarity")
-        if polarity is None:  # [I-22]
-            polarity = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        agree, state["last_polarity"] = lr_mask.polarity_agreement(x, polarity)
+        agree, state["last_polarity"] = lr_mask.polarity_agreement(x, state.get("last_polarity"))
         bump = self._mask_setting(group, "lr_bump")
         if group["spatial_awareness"]:
             vs = state.get("spatial_variance")

@@ -67,8 +67,38 @@ class COptimConfig(AutomagicConfig):
             raise ValueError(f"momentum_scales must be positive integers, got {self.momentum_scales!r}")
 
 
-class _ImprovedChecks:
-    """Construction checks shared by the Improved-family configs (fields come from the subclass)."""
+@dataclass
+class ImprovedFamilyConfig:
+    """The keys Improved (S2) and seed 004's 8-bit class (S2o) share, with upstream's defaults; each subclass
+    adds its own (spec O6, O8)."""
+
+    CONSTRUCTOR_ONLY = ("verbose", "compat")
+
+    lr: float = 1e-6
+    min_lr: float = 1e-7
+    max_lr: float = 1e-3
+    lr_bump: float = 3e-6
+    eps: tuple = (1e-30, 1e-16, 1e-8)  # ε1 CAME/TAM (and dual), ε2 residual, ε3 unused
+    clip_threshold: float = 1.0
+    betas: tuple = (0.8, 0.99, 0.999)  # β1 consistency (and dual), β2 dual, β3 residual after W/2
+    eta: float = 2.0  # unused (upstream's row_scaling is dead state [I-47])
+    beta1_decay: float = 0.9995
+    weight_decay: float = 5e-4  # SPD only
+    warmup_steps: int = 500
+    edge_threshold: float = 0.6
+    came: bool = True
+    full_finetune: bool = False  # unused [I-47]
+    verbose: bool = False
+    edge_suppression: bool = True
+    edge_penalty: float = 0.1
+    background_regularization: bool = True
+    spatial_awareness: bool = True
+    frequency_penalty: float = 0.05
+    detail_preservation: float = 0.8
+    lora_rank_penalty: bool = True
+    rank_penalty_strength: float = 0.01
+    low_rank_emphasis: float = 1.2
+    compat: str = "upstream"
 
     def __post_init__(self):
         ok = isinstance(self.eta, (int, float)) and not isinstance(self.eta, bool)
@@ -82,78 +112,30 @@ class _ImprovedChecks:
 
 
 @dataclass
-class ImprovedConfig(_ImprovedChecks):
+class ImprovedConfig(ImprovedFamilyConfig):
     """Automagic_CameAMP_Improved: upstream's `ImprovedOptimizerConfig` (spec O6), plus `compat`."""
 
-    CONSTRUCTOR_ONLY = ("verbose", "compat", "enable_cache", "max_cache_size", "use_approximate_svd")
+    CONSTRUCTOR_ONLY = (*ImprovedFamilyConfig.CONSTRUCTOR_ONLY, "enable_cache", "max_cache_size", "use_approximate_svd")
 
-    lr: float = 1e-6
-    min_lr: float = 1e-7
-    max_lr: float = 1e-3
-    lr_bump: float = 3e-6
-    eps: tuple = (1e-30, 1e-16, 1e-8)  # ε1 CAME/TAM/dual, ε2 residual, ε3 unused
-    clip_threshold: float = 1.0
-    betas: tuple = (0.8, 0.99, 0.999)  # β1 consistency and dual, β2 dual, β3 residual after W/2
-    eta: float = 2.0  # unused (upstream's row_scaling is dead state [I-47])
-    beta1_decay: float = 0.9995
-    weight_decay: float = 5e-4  # SPD only
     d_coef: float = 2.0
-    warmup_steps: int = 500
-    edge_threshold: float = 0.6
-    came: bool = True
-    full_finetune: bool = False  # unused [I-47]
-    verbose: bool = False
-    edge_suppression: bool = True
-    edge_penalty: float = 0.1
-    background_regularization: bool = True
-    spatial_awareness: bool = True
-    frequency_penalty: float = 0.05
-    detail_preservation: float = 0.8
-    lora_rank_penalty: bool = True
-    rank_penalty_strength: float = 0.01
-    low_rank_emphasis: float = 1.2
     enable_cache: bool = True  # upstream's TensorCache holds no numerics [I-33]; accepted, no cache kept
     max_cache_size: int = 100
     use_approximate_svd: bool = True
     enable_dual_momentum: bool = True
     long_term_beta: float = 0.99
     alpha_mix_ratio: float | None = None  # None: (1 − β1)/(1 − long_term_beta)
-    compat: str = "upstream"
 
 
 @dataclass
-class Optimizer8BitConfig(_ImprovedChecks):
+class Optimizer8BitConfig(ImprovedFamilyConfig):
     """Seed 004's `Automagic_CameAMP_8Bit` settings (spec O8): the S2o Improved keys with their defaults,
     the quantisation keys with seed 004's, and `compat`. The experimental block-size keys are accepted and
     ignored with a warning (spec decision)."""
 
-    CONSTRUCTOR_ONLY = ("verbose", "compat", "quantize_states", "error_correction", "block_size", "mixed_precision",
-                        "sync_frequency", "adaptive_block_size", "min_block_size", "max_block_size")  # fmt: skip
+    CONSTRUCTOR_ONLY = (*ImprovedFamilyConfig.CONSTRUCTOR_ONLY, "quantize_states", "error_correction", "block_size",
+                        "mixed_precision", "sync_frequency", "adaptive_block_size", "min_block_size",
+                        "max_block_size")  # fmt: skip
 
-    lr: float = 1e-6
-    min_lr: float = 1e-7
-    max_lr: float = 1e-3
-    lr_bump: float = 3e-6
-    eps: tuple = (1e-30, 1e-16, 1e-8)
-    clip_threshold: float = 1.0
-    betas: tuple = (0.8, 0.99, 0.999)
-    eta: float = 2.0  # unused (dead row_scaling [I-47])
-    beta1_decay: float = 0.9995
-    weight_decay: float = 5e-4
-    warmup_steps: int = 500
-    edge_threshold: float = 0.6
-    came: bool = True
-    full_finetune: bool = False  # unused [I-47]
-    verbose: bool = False
-    edge_suppression: bool = True
-    edge_penalty: float = 0.1
-    background_regularization: bool = True
-    spatial_awareness: bool = True
-    frequency_penalty: float = 0.05
-    detail_preservation: float = 0.8
-    lora_rank_penalty: bool = True
-    rank_penalty_strength: float = 0.01
-    low_rank_emphasis: float = 1.2
     quantize_states: bool = True
     error_correction: bool = True
     block_size: int = 256
@@ -162,7 +144,6 @@ class Optimizer8BitConfig(_ImprovedChecks):
     adaptive_block_size: bool = False  # experimental in seed 004: accepted, ignored
     min_block_size: int | None = None
     max_block_size: int | None = None
-    compat: str = "upstream"
 
     def __post_init__(self):
         super().__post_init__()

@@ -18,9 +18,15 @@ LR_MAX_INIT = 1e-6  # hard-coded upstream initial lr_max
 POST_WARMUP_MIN_SCALE = 0.1
 
 
-def polarity_agreement(grad: torch.Tensor, last_polarity: torch.Tensor):
-    """π = (g̃ > 0); σ = +1 where π == P, −1 elsewhere. Returns (σ, π)."""
+def polarity_agreement(grad: torch.Tensor, last_polarity: torch.Tensor | None):
+    """π = (g̃ > 0); σ = +1 where π == P, −1 elsewhere. Returns (σ, π).
+
+    `last_polarity=None` (the state was deleted at W and a resume with a larger W needs it again) counts as
+    all False, the initial polarity [I-22].
+    """
     polarity = grad > 0
+    if last_polarity is None:
+        last_polarity = torch.zeros_like(polarity)
     agree = torch.where(last_polarity == polarity, 1.0, -1.0)
     return agree, polarity
 

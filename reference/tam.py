@@ -92,18 +92,16 @@ def fast_correlation(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.full_like(m, cos)
 
 
-def tam_improved(m, s, x, gamma: float, eps1: float, emphasis: float = 1.0, persist_emphasis: bool = True):
+def tam_improved(m, s, x, gamma: float, eps1: float, emphasis: float = 1.0):
     """Improved TAM (spec T4b). Returns (m_new, s_new).
 
     S2: s ← γ·s + (1−γ)·C(m, x), then s ← s·emphasis *stored* (the geometric blow-up [I-09]);
-    d = ((1 + s)/2 + ε1) ⊙ x;  m ← 0.9·m + d.
-    ``persist_emphasis=False`` (S2o) multiplies a copy: s is stored without the emphasis.
+    d = ((1 + s)/2 + ε1) ⊙ x;  m ← 0.9·m + d. (S2o's form is `tam_s2o`.)
     """
     s = s.mul(gamma).add(fast_correlation(m, x).reshape(s.shape), alpha=1.0 - gamma)
-    s_used = s.mul(emphasis) if emphasis != 1.0 else s
-    if persist_emphasis:
-        s = s_used
-    d = s_used.add(1.0).div(2.0).add(eps1).mul(x)
+    if emphasis != 1.0:
+        s = s.mul(emphasis)
+    d = s.add(1.0).div(2.0).add(eps1).mul(x)
     return m.mul(IMPROVED_TAM_BETA).add(d), s
 
 

@@ -9,10 +9,8 @@ W stays ≤ 500, where upstream's TAM state stays finite [I-09].
 
 from __future__ import annotations
 
-import torch
-
 from reference.automagic_cameamp_improved import Automagic_CameAMP_Improved
-from tools.upstream_parity import cli, run
+from tools.upstream_parity import case_rows, cli
 
 NAME = "Automagic_CameAMP_Improved"
 # (120, 100) crosses the 10000-element correlation switch [I-18]; (16, 64) has a non-zero eigen tail
@@ -32,15 +30,8 @@ CASES = [
 
 
 def rows(upstream, steps):
-    out = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for label, kw in CASES:
-            if dtype == torch.bfloat16:
-                kw = {**kw, "lora_rank_penalty": False}
-            tag = f"{NAME} {str(dtype).replace('torch.', '')} {label}"
-            err = run(upstream, steps, 0, dtype, NAME, classes={NAME: Automagic_CameAMP_Improved}, shapes=SHAPES, **kw)
-            out.append((tag, err))
-    return out
+    return case_rows(upstream, steps, NAME, CASES, {"lora_rank_penalty": False}, name=NAME,
+                     classes={NAME: Automagic_CameAMP_Improved}, shapes=SHAPES)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -98,6 +98,19 @@ def rows(upstream, steps):
     return out
 
 
+def case_rows(upstream, steps, label, cases, bf16_off, **run_kwargs):
+    """(label dtype case, worst error) for every case in fp32 and bf16; bf16 runs add the `bf16_off` kwargs
+    (the settings upstream cannot run in bf16 on CPU)."""
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for case, kw in cases:
+            if dtype == torch.bfloat16:
+                kw = {**kw, **bf16_off}
+            tag = f"{label} {str(dtype).replace('torch.', '')} {case}"
+            out.append((tag, run(upstream, steps, 0, dtype, **run_kwargs, **kw)))
+    return out
+
+
 def cli(rows_of, default_steps: int, width: int = 85):
     """`python -m tools.<tool> PATH [--steps N]`: print one line per row of `rows_of(upstream, steps)`."""
     parser = argparse.ArgumentParser()

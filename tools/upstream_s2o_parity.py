@@ -13,10 +13,8 @@ relative over 60 steps). fp32 is bit-identical with every heuristic on.
 
 from __future__ import annotations
 
-import torch
-
 from reference.automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
-from tools.upstream_parity import cli, run
+from tools.upstream_parity import case_rows, cli
 
 NAME = "Automagic_CameAMP_8Bit"
 UPSTREAM_NAME = "Automagic_CameAMP_Improved"
@@ -34,16 +32,10 @@ CASES = [
 
 
 def rows(upstream, steps):
-    out = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for label, kw in CASES:
-            if dtype == torch.bfloat16:
-                kw = {**kw, "lora_rank_penalty": False, "spatial_awareness": False, "edge_suppression": False}
-            tag = f"{NAME}(quantize_states=False) vs S2o {str(dtype).replace('torch.', '')} {label}"
-            ours = {"classes": {NAME: Automagic_CameAMP_8Bit}, "ours_kwargs": {"quantize_states": False}}
-            err = run(upstream, steps, 0, dtype, NAME, shapes=SHAPES, upstream_name=UPSTREAM_NAME, **ours, **kw)
-            out.append((tag, err))
-    return out
+    bf16_off = {"lora_rank_penalty": False, "spatial_awareness": False, "edge_suppression": False}
+    return case_rows(upstream, steps, f"{NAME}(quantize_states=False) vs S2o", CASES, bf16_off, name=NAME,
+                     classes={NAME: Automagic_CameAMP_8Bit}, ours_kwargs={"quantize_states": False},
+                     upstream_name=UPSTREAM_NAME, shapes=SHAPES)  # fmt: skip
 
 
 if __name__ == "__main__":
