@@ -7,6 +7,7 @@ free-running: both run N steps on the same gradients; compare the parameters alo
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 import torch
@@ -169,3 +170,11 @@ def free_running(case: OptimizerCase, dtype, compat, seed=0) -> float:
         opt.step()
         worst = max(worst, compare_params(ref_params, opt_params, compat, early=case.warmup >= 2))
     return worst
+
+
+def roundtrip(state_dict):
+    """Save and load back with `weights_only=True`, as a checkpoint would."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

@@ -5,8 +5,6 @@ tools/upstream_hina_parity.py, which need the upstream files; these tests check 
 defines without them.
 """
 
-import io
-
 import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
@@ -17,12 +15,15 @@ from reference.contextual_lr import ContextualOptimizationModule
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.lora_names import classify
 
+from .harness import roundtrip
+
 FAMILY = [
     reference.Automagic_CameAMP8bit,
     reference.Automagic_CameAMP_COptim,
     reference.Automagic_CameAMP_COptim8bit,
     reference.Automagic_CameAMP_Improved,
     reference.Automagic_CameAMP_8Bit,
+    reference.Automagic_CameAMP_Improved_8Bit,
     reference.HinaAdamWOptimizer,
 ]
 SHAPES = [(24, 16), (16, 24), (300,), (2, 3, 3, 3)]
@@ -53,13 +54,6 @@ def run(cls, compat, steps, params=None, opt=None, start=0):
         feed(params, i)
         opt.step(loss=1.0 / (i + 1)) if "COptim" in cls.__name__ else opt.step()
     return params, opt
-
-
-def roundtrip(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def resume_runs(cls, compat, steps=12, stop=5):

@@ -1,6 +1,5 @@
 """state_dict round trips: exact, `weights_only=True`, and resuming is bit-identical to not stopping."""
 
-import io
 import warnings
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 import optimized
 import reference
 
-from .harness import make_params
+from .harness import make_params, roundtrip
 
 IMPLEMENTATIONS = [reference.Automagic_CameAMP, optimized.Automagic_CameAMP]
 KWARGS = dict(lr=1e-4, warmup_steps=8, weight_decay=1e-2)
@@ -27,13 +26,6 @@ def _run(opt, params, grads):
         opt.step()
 
 
-def _roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 @pytest.mark.parametrize("cls", IMPLEMENTATIONS, ids=["reference", "optimized"])
@@ -48,7 +40,7 @@ def test_resume_is_bit_identical(cls, compat, dtype, stop):
     first = make_params(dtype, 0)
     opt1 = cls(first, compat=compat, **KWARGS)
     _run(opt1, first, grads[:stop])
-    saved = _roundtrip(opt1.state_dict())
+    saved = roundtrip(opt1.state_dict())
     resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
     opt2 = cls(resumed, compat=compat, **KWARGS)
     opt2.load_state_dict(saved)
@@ -81,7 +73,7 @@ def test_state_dict_keeps_dtypes_and_warns_without_magic_version(cls):
     params = make_params(torch.bfloat16, 0)
     opt = cls(params, **KWARGS)
     _run(opt, params, _grads(params, 3, seed=2))
-    sd = _roundtrip(opt.state_dict())
+    sd = roundtrip(opt.state_dict())
     assert sd["magic_version"] == 1
     fresh = cls([torch.nn.Parameter(p.detach().clone()) for p in params], **KWARGS)
     fresh.load_state_dict(sd)
@@ -99,7 +91,7 @@ def test_state_dicts_are_interchangeable(src, dst):
     params = make_params(torch.float32, 0)
     a = src.Automagic_CameAMP(params, **KWARGS)
     _run(a, params, _grads(params, 5, seed=3))
-    sd = _roundtrip(a.state_dict())
+    sd = roundtrip(a.state_dict())
     b = dst.Automagic_CameAMP([torch.nn.Parameter(p.detach().clone()) for p in params], **KWARGS)
     b.load_state_dict(sd)
     _assert_same_state(sd, b.state_dict())

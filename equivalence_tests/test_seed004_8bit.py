@@ -3,8 +3,6 @@
 S2o bit-identity with quantisation off is checked by tools/upstream_s2o_parity.py (needs the upstream file).
 """
 
-import io
-
 import pytest
 import torch
 from hypothesis import given
@@ -12,6 +10,8 @@ from hypothesis import strategies as st
 
 import reference
 from reference import minmax_8bit
+
+from .harness import roundtrip
 
 EightBit = reference.Automagic_CameAMP_8Bit
 BLOCK_SIZES = (64, 256, 1024, 4096)
@@ -134,11 +134,7 @@ def test_sync_folds_the_error_accumulator():
 def test_state_dict_round_trip_and_block_size_check():
     params, opt, g = make()
     steps(params, opt, g, 3)
-    sd = opt.state_dict()
-    buffer = io.BytesIO()
-    torch.save(sd, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=True)
+    loaded = roundtrip(opt.state_dict())
     assert loaded["magic8_version"] == 1 and loaded["block_size"] == 64
     _, other, _ = make()
     other.load_state_dict(loaded)

@@ -4,8 +4,9 @@ optimizer configuration, printed and written to reports/verification.md. Exits 1
 Set UPSTREAM_AUTOMAGIC=path/to/library/automagic_cameamp.py (hinablue/sd-scripts @ 863c5b5) to add the
 reference-vs-upstream rows (tools/upstream_parity.py), and UPSTREAM_IMPROVED=path/to/library/
 automagic_cameamp_improved.py (@ 803cb56) for Automagic_CameAMP_Improved's (tools/upstream_improved_parity.py)
-and UPSTREAM_S2O=the same file @ 0b433bc for seed 004's Automagic_CameAMP_8Bit (tools/upstream_s2o_parity.py);
-the files are not part of this repository.
+UPSTREAM_S2O=the same file @ 0b433bc for seed 004's Automagic_CameAMP_8Bit (tools/upstream_s2o_parity.py), and
+UPSTREAM_IMPROVED_8BIT=path/to/library/automagic_cameamp_improved_8bit.py (@ 863c5b5) for
+Automagic_CameAMP_Improved_8Bit (tools/upstream_improved8_parity.py); the files are not part of this repository.
 """
 
 from __future__ import annotations
@@ -81,13 +82,14 @@ def family_rows():
 
 
 def upstream_rows():
-    from tools import upstream_improved_parity, upstream_parity, upstream_s2o_parity
+    from tools import upstream_improved8_parity, upstream_improved_parity, upstream_parity, upstream_s2o_parity
 
     steps = int(os.environ.get("UPSTREAM_STEPS", "1000"))
     rows = []
     for env, tool, commit in (("UPSTREAM_AUTOMAGIC", upstream_parity, "863c5b5"),
                               ("UPSTREAM_IMPROVED", upstream_improved_parity, "803cb56"),
-                              ("UPSTREAM_S2O", upstream_s2o_parity, "0b433bc")):  # fmt: skip
+                              ("UPSTREAM_S2O", upstream_s2o_parity, "0b433bc"),
+                              ("UPSTREAM_IMPROVED_8BIT", upstream_improved8_parity, "863c5b5")):  # fmt: skip
         path = os.environ.get(env)
         if path:
             rows += [
@@ -123,11 +125,13 @@ def main() -> int:
         f"torch {torch.__version__}, compiled fast path: {os.environ.get('CAMEAMP_COMPILE', '1') != '0'}, "
         f"{time.perf_counter() - start:.0f} s.",
     ]
-    if not (os.environ.get("UPSTREAM_AUTOMAGIC") or os.environ.get("UPSTREAM_IMPROVED")):
-        notes.append("Upstream parity rows not run: set UPSTREAM_AUTOMAGIC / UPSTREAM_IMPROVED to the upstream files.")
+    upstream_envs = ("UPSTREAM_AUTOMAGIC", "UPSTREAM_IMPROVED", "UPSTREAM_S2O", "UPSTREAM_IMPROVED_8BIT")
+    if not any(os.environ.get(env) for env in upstream_envs):
+        notes.append(f"Upstream parity rows not run: set {' / '.join(upstream_envs)} to the upstream files.")
     notes.append(
         "The family's other reference classes are compared with upstream by tools/upstream_parity.py "
-        "(8bit, COptim), tools/upstream_improved_parity.py (Improved), tools/upstream_s2o_parity.py (seed 004 8-Bit) "
+        "(8bit, COptim), tools/upstream_improved_parity.py (Improved), tools/upstream_s2o_parity.py (seed 004 8-Bit), "
+        "tools/upstream_improved8_parity.py (Improved_8Bit) "
         "and tools/upstream_hina_parity.py "
         "(HinaAdamW); COptim8bit has no upstream numerics "
         "(upstream raises at step 1). Their fast paths are issue 5."

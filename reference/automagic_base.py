@@ -9,6 +9,7 @@ import torch
 
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
+from .validation import check_grad
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
@@ -65,6 +66,14 @@ class AutomagicBase(torch.optim.Optimizer):
     def _step_groups(self):
         raise NotImplementedError
 
+    def _stepping_params(self, group) -> list:
+        """The group's parameters that take a step (a gradient, requires_grad, not empty), each checked by
+        `check_grad` before any state is touched."""
+        params = [p for p in group["params"] if p.grad is not None and p.requires_grad and p.numel() > 0]
+        for p in params:
+            check_grad(p, type(self).__name__)
+        return params
+
     def _init_common_state(self, p, group, dtype) -> None:
         """The state every Automagic class starts with (spec O1/O2/O6 'State'): step, lr_max, the fp32 LR mask
         and its mean, the polarity, m, s (0-d when fixed [I-18]), v (came) and r. Each is a fresh tensor in
@@ -98,6 +107,10 @@ class AutomagicBase(torch.optim.Optimizer):
 
     def _drop(self, state, key):
         state.pop(key, None)
+
+    def state_bytes(self) -> int:
+        """Bytes held by the per-parameter state tensors (measured from the tensors)."""
+        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values() if torch.is_tensor(v))
 
     def state_dict(self):
         sd = self._state_dict()

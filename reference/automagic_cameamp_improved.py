@@ -51,7 +51,6 @@ from .dual_momentum import default_alpha, dual_momentum
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
 from .tam import tam_improved, tam_improved_fixed
-from .validation import check_grad
 
 AGR_EPS = 1e-10  # the Improved classes' guard in α = |g|/(S + ε)
 EARLY_RESIDUAL_BETA = 0.9999  # β3 while TAM runs (hard-coded upstream)
@@ -84,11 +83,9 @@ class Automagic_CameAMP_Improved(AutomagicBase):
     # ------------------------------------------------------------------ step
     def _step_groups(self):
         for group in self.param_groups:
-            updating = [p for p in group["params"] if p.grad is not None and p.requires_grad and p.numel() > 0]
+            updating = self._stepping_params(group)
             if not updating:
                 continue
-            for p in updating:
-                check_grad(p, type(self).__name__)
             # T1a: S = Σ|g| over the group (in the state dtype when fixed)
             group_sum = group_abs_sum([p.grad.float() if self.fixed else p.grad for p in updating])
             for p in updating:
@@ -285,10 +282,6 @@ class Automagic_CameAMP_Improved(AutomagicBase):
     def _report(self):
         print("average lr:", [float(self.state[p]["lr_mask"].mean()) for g in self.param_groups for p in g["params"]
                               if p.grad is not None and "lr_mask" in self.state[p]])  # fmt: skip
-
-    def state_bytes(self) -> int:
-        """Bytes held by the per-parameter state tensors (measured from the tensors)."""
-        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values() if torch.is_tensor(v))
 
     def get_memory_stats(self) -> dict:
         """Upstream's keys (no tensor cache is kept [I-33], so the pools are empty), plus the measured

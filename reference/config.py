@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .validation import check_8bit_kwargs, check_automagic_kwargs, check_improved_kwargs
+from .validation import check_8bit_kwargs, check_automagic_kwargs, check_improved_8bit_kwargs, check_improved_kwargs
+
+
+def _normalise(config) -> None:
+    """Upstream forces eta to 2.0 when it is not an int/float; eps and betas become tuples."""
+    ok = isinstance(config.eta, (int, float)) and not isinstance(config.eta, bool)
+    config.eta = float(config.eta) if ok else 2.0
+    config.eps, config.betas = tuple(config.eps), tuple(config.betas)
+
+
+def _check_improved(config) -> None:
+    """The Improved classes' shared checks (the Automagic table without wd_until, and the Improved keys)."""
+    _normalise(config)
+    check_automagic_kwargs(config.group_defaults(), compat=config.compat, wd_until="warmup_half")
+    check_improved_kwargs(asdict(config))
 
 
 @dataclass
@@ -37,10 +51,7 @@ class AutomagicConfig:
     wd_until: str = "warmup_half"  # [I-48] "always" keeps adaptive weight decay on (fixed mode only)
 
     def __post_init__(self):
-        # upstream: eta is forced to 2.0 when it is not an int/float
-        ok = isinstance(self.eta, (int, float)) and not isinstance(self.eta, bool)
-        self.eta = float(self.eta) if ok else 2.0
-        self.eps, self.betas = tuple(self.eps), tuple(self.betas)
+        _normalise(self)
         check_automagic_kwargs(self.group_defaults(), compat=self.compat, wd_until=self.wd_until)
 
     def group_defaults(self) -> dict:
@@ -101,11 +112,7 @@ class ImprovedFamilyConfig:
     compat: str = "upstream"
 
     def __post_init__(self):
-        ok = isinstance(self.eta, (int, float)) and not isinstance(self.eta, bool)
-        self.eta = float(self.eta) if ok else 2.0
-        self.eps, self.betas = tuple(self.eps), tuple(self.betas)
-        check_automagic_kwargs(self.group_defaults(), compat=self.compat, wd_until="warmup_half")
-        check_improved_kwargs(asdict(self))
+        _check_improved(self)
 
     def group_defaults(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.CONSTRUCTOR_ONLY}
@@ -148,3 +155,53 @@ class Optimizer8BitConfig(ImprovedFamilyConfig):
     def __post_init__(self):
         super().__post_init__()
         check_8bit_kwargs(asdict(self))
+
+
+@dataclass
+class Improved8BitConfig:
+    """Automagic_CameAMP_Improved_8Bit: upstream's `Improved8BitOptimizerConfig` (spec O7), plus `compat` and
+    `seed` (the post-warm-up random walk's own generator [I-31]). `profile` is taken by the optimizer.
+    Keys marked "unused" are accepted and ignored, as upstream does [I-17, I-47]."""
+
+    CONSTRUCTOR_ONLY = ("verbose", "compat", "seed", "fused_adam", "force_8bit")
+
+    lr: float = 1e-6
+    min_lr: float = 1e-7  # unused
+    max_lr: float = 1e-3  # unused
+    lr_bump: float = 3e-6  # unused
+    eps: tuple = (1e-30, 1e-16, 1e-8)  # ε1 second moments, ε2 AdaBelief denominator, ε3 unused
+    clip_threshold: float = 1.0  # unused
+    betas: tuple = (0.8, 0.99, 0.999)  # β1 m, β2 v, β3 r (came=False)
+    eta: float = 2.0  # unused
+    weight_decay: float = 5e-4  # adaptive weight decay while t < W/2
+    warmup_steps: int = 500
+    edge_threshold: float = 0.6
+    adaptation_rate: float = 0.25  # T4c: s ← a·s + (1 − a)·corr
+    came: bool = True
+    full_finetune: bool = False  # unused
+    verbose: bool = False
+    edge_suppression: bool = True
+    edge_penalty: float = 0.1
+    background_regularization: bool = True  # unused
+    spatial_awareness: bool = True
+    frequency_penalty: float = 0.05
+    detail_preservation: float = 0.8  # unused
+    lora_rank_penalty: bool = True
+    rank_penalty_strength: float = 0.01
+    low_rank_emphasis: float = 1.2  # unused
+    optim_bits: int = 8  # unused
+    percentile_clipping: int = 100  # unused
+    block_wise: bool = True  # unused
+    min_8bit_size: int = 4096  # fp32 states of tensors with at least this many elements are stored 8-bit
+    stable_emb: bool = False  # unused
+    fused_adam: bool = False  # unused
+    force_8bit: bool = False  # 8-bit regardless of size (the documented meaning; upstream inverts it [I-17])
+    compat: str = "upstream"
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_improved(self)
+        check_improved_8bit_kwargs(asdict(self))
+
+    def group_defaults(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.CONSTRUCTOR_ONLY}

@@ -16,9 +16,12 @@ HIGH_FREQUENCY_RADIUS = 0.3  # mask radius as a fraction of min(h, w)
 
 
 def fft_penalty(x: torch.Tensor) -> torch.Tensor:
-    """T21a. Returns a real tensor of x's shape (dtype of Re(ifft2), fp32 for fp32 input)."""
+    """T21a. Returns a real tensor of x's shape: fp64 for fp64 input, else fp32 (torch has no half-precision
+    FFT on CPU, where upstream raises; a bf16/fp16 input is transformed in fp32)."""
     if x.dim() != 2:
         return torch.zeros_like(x)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
     h, w = x.shape
     # A = |fft2(x)|
     magnitude = torch.fft.fft2(x).abs()

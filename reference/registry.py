@@ -19,6 +19,7 @@ from .automagic_cameamp_8bit import Automagic_CameAMP8bit
 from .automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
 from .automagic_cameamp_improved import Automagic_CameAMP_Improved
+from .automagic_cameamp_improved_8bit import Automagic_CameAMP_Improved_8Bit
 from .hina_adamw import HinaAdamWOptimizer
 
 OPTIMIZERS = {
@@ -28,6 +29,7 @@ OPTIMIZERS = {
     "automagic_cameamp_coptim": Automagic_CameAMP_COptim,
     "automagic_cameamp_coptim8bit": Automagic_CameAMP_COptim8bit,
     "automagic_cameamp_improved": Automagic_CameAMP_Improved,
+    "automagic_cameamp_improved_8bit": Automagic_CameAMP_Improved_8Bit,
     "hinaadamwoptimizer": HinaAdamWOptimizer,
     "hinaadamwoptimizer8bit": HinaAdamWOptimizer,
     "customadamw": HinaAdamWOptimizer,

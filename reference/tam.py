@@ -124,3 +124,34 @@ def tam_s2o(m, s, x, eps1: float, emphasis: float = 1.0):
     s_used = s * emphasis if emphasis != 1.0 else s
     d = ((1.0 + s_used) / 2.0).add(eps1).mul(x)
     return m.mul(TAM_BETA).add(d), s
+
+
+def tam_as_update(m, s, u, adaptation_rate: float, last_polarity):
+    """Improved_8Bit's "TAM" (spec T4c, S3), whose state is the update direction itself. m is already the
+    plain EMA of g'. Returns (U = s_new, last_polarity_new).
+
+    corr = N₀(m) ⊙ N₀(u);  s ← a·s + (1−a)·corr;  π = sign(s);
+    if a previous polarity exists: s ← s·clamp(mean(π ⊙ last_polarity), 0.1, 1);  last_polarity ← (π ≠ 0).
+    Each element of corr has the sign of m_i·u_i, so U > 0 wherever momentum and gradient agree, whatever
+    their sign: θ − E⊙U moves *down* there, which is not a descent direction (found here). The stored
+    polarity is True wherever s ≠ 0, negative s included, so the κ factor measures how often s ≠ 0 has the
+    sign +1 rather than agreement; it is 0.1 at t = 1 (previous polarity all False).
+    """
+    corr = normalize_dim0(m).mul_(normalize_dim0(u))  # in place, as upstream: corr keeps m's dtype
+    s = s.mul(adaptation_rate).add(corr, alpha=1.0 - adaptation_rate)
+    polarity = torch.sign(s)
+    if last_polarity is not None:
+        # κ = mean(π ⊙ float(last_polarity))
+        kappa = torch.mean(polarity * last_polarity.float())
+        s = s * torch.clamp(kappa, 0.1, 1.0)
+    return s, polarity.bool()
+
+
+def tam_as_update_fixed(m, s, u, adaptation_rate: float):
+    """Corrected T4c [I-18]: the paper's scalar cosine, tracked at the T4c rate, damps the momentum step.
+    s ← a·s + (1−a)·cos(m, u) ∈ [−1, 1] (0-d);  U = ((1 + s)/2)·m. U has m's signs (a descent direction)
+    and the magnitude of the post-warm-up update m ⊙ (1 + 0.1·tanh(m ⊙ u)), so the two phases connect.
+    Returns (U, s_new)."""
+    cos = F.cosine_similarity(m.reshape(1, -1), u.reshape(1, -1)).reshape(())
+    s = s * adaptation_rate + cos * (1.0 - adaptation_rate)
+    return (1.0 + s) / 2.0 * m, s

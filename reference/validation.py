@@ -42,7 +42,8 @@ def check_automagic_kwargs(d: dict, *, compat: str, wd_until: str) -> None:
     _number("eta", d["eta"])
     if d["eta"] == 0:
         raise ValueError("eta must be non-zero (ALLoRA uses 1/eta**2)")
-    _number("beta1_decay", d["beta1_decay"], low=0.0, high=1.0, high_open=False)
+    if "beta1_decay" in d:  # Improved_8Bit has none
+        _number("beta1_decay", d["beta1_decay"], low=0.0, high=1.0, high_open=False)
     _tuple("betas", d["betas"], 3)
     for i, b in enumerate(d["betas"]):
         _number(f"betas[{i}]", b, low=0.0, high=1.0)
@@ -66,7 +67,8 @@ def check_grad(p: torch.Tensor, owner: str) -> None:
 
 IMPROVED_FLAGS = (
     "came", "full_finetune", "verbose", "edge_suppression", "background_regularization", "spatial_awareness",
-    "lora_rank_penalty", "enable_cache", "use_approximate_svd", "enable_dual_momentum",
+    "lora_rank_penalty", "enable_cache", "use_approximate_svd", "enable_dual_momentum", "block_wise", "stable_emb",
+    "fused_adam", "force_8bit",
 )  # fmt: skip
 
 
@@ -96,6 +98,19 @@ def check_8bit_kwargs(d: dict) -> None:
         if not isinstance(d[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(d[name]).__name__}")
     for name, low in (("block_size", 2), ("sync_frequency", 0)):
-        v = d[name]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        _integer(name, d[name], low)
+
+
+def _integer(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_improved_8bit_kwargs(d: dict) -> None:
+    """Improved_8Bit's settings beyond the Improved keys (spec O7)."""
+    _number("adaptation_rate", d["adaptation_rate"], low=0.0, high=1.0, high_open=False)
+    if d["optim_bits"] not in (8, 32):
+        raise ValueError(f"optim_bits must be 8 or 32, got {d['optim_bits']!r}")
+    _integer("percentile_clipping", d["percentile_clipping"], 1)
+    _integer("min_8bit_size", d["min_8bit_size"], 0)
+    _integer("seed", d["seed"], 0)

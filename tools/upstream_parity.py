@@ -81,7 +81,8 @@ def run(
         opt_theirs.step(closure)
         for a, b in zip(ours, theirs, strict=True):
             scale = b.detach().float().abs().max().clamp(min=1e-30)
-            worst = max(worst, float((a.detach().float() - b.detach().float()).abs().max() / scale))
+            err = float((a.detach().float() - b.detach().float()).abs().max() / scale)
+            worst = max(worst, err if err == err else float("inf"))  # NaN on either side counts as a failure
     return worst
 
 
