@@ -12,7 +12,14 @@ import reference
 from .technique_cases import TECHNIQUE_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
-INFRASTRUCTURE = {"validation", "persistence", "config", "automagic_base", "registry"}  # shared helpers
+INFRASTRUCTURE = {
+    "validation",
+    "persistence",
+    "config",
+    "automagic_base",
+    "registry",
+    "paper_optimizer",
+}  # shared helpers
 FIELDS = ("key", "technique", "title", "authors", "year", "venue", "url", "implemented", "deviations",
           "reference", "test", "notebook")  # fmt: skip
 
@@ -33,6 +40,11 @@ def test_entry_is_complete_and_every_name_exists(entry):
     path, _, func = entry["test"].partition("::")
     assert func in (ROOT / path).read_text(encoding="utf-8"), entry["test"]
     assert (ROOT / entry["notebook"]).is_file(), entry["notebook"]
+    if entry.get("oracle_test"):  # the paper's own algorithm, checked against its oracle (issue 3)
+        assert entry.get("oracle") and entry.get("paper_algorithm"), entry["key"]
+        path, _, func = entry["oracle_test"].partition("::")
+        assert f"def {func}(" in (ROOT / path).read_text(encoding="utf-8"), entry["oracle_test"]
+        assert (ROOT / entry["paper_notebook"]).is_file(), entry["paper_notebook"]
     if entry.get("case"):
         assert entry["case"] in {c.name for c in TECHNIQUE_CASES}, entry["case"]
 
@@ -48,3 +60,14 @@ def test_every_technique_case_names_an_indexed_paper():
     for case in TECHNIQUE_CASES:
         assert case.paper in keys, case.name
         assert callable(resolve(case.reference)) and callable(resolve(case.optimized)), case.name
+
+
+PAPER_ALGORITHMS = ("adafactor", "came", "adabelief", "adopt", "grams", "tam", "orthograd", "cautious", "adamw",
+                    "blockwise_8bit", "agr", "spd", "adams_dual_momentum")  # fmt: skip
+
+
+def test_every_paper_algorithm_has_an_oracle_entry():
+    """Issue 3: each paper's own algorithm is mapped with its oracle, oracle test and notebook."""
+    entries = papers.by_key()
+    missing = [key for key in PAPER_ALGORITHMS if not entries.get(key, {}).get("oracle_test")]
+    assert not missing, missing

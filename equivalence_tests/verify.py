@@ -22,7 +22,7 @@ import papers
 
 from .harness import OPTIMIZER_CASES, free_running, lockstep
 from .technique_cases import TECHNIQUE_CASES
-from .tolerances import TECHNIQUE_FP32, free_running_tolerance, lockstep_tolerance, scaled_error
+from .tolerances import ORACLE_FP32, TECHNIQUE_FP32, free_running_tolerance, lockstep_tolerance, scaled_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_SETS = [
@@ -81,6 +81,35 @@ def family_rows():
     return rows
 
 
+def paper_rows():
+    """Issue 3: each paper's own algorithm against its oracle, and the readable quantiser against bitsandbytes."""
+    import bitsandbytes.functional as bnb_functional
+
+    from reference import blockwise_8bit
+
+    from . import test_papers_reference as tp
+
+    rows = []
+    for name, ours, ours_kw, theirs, theirs_kw, keys in tp.ORACLES:
+        err = tp.oracle_error(ours, ours_kw, theirs, theirs_kw, keys)
+        rows.append([f"paper {name} vs {theirs.__module__.split('.')[0]}.{theirs.__name__}, {tp.STEPS} steps",
+                     "papers/index.json", None, err, ORACLE_FP32.bound])  # fmt: skip
+    kw = tp._adamw_kw()
+    err = tp.oracle_error(tp.adamw.AdamW, kw, torch.optim.AdamW, {**kw, "foreach": False}, [], wrap=tp._orthograd_wrap)
+    rows.append([f"paper OrthoGrad(AdamW) vs pytorch_optimizer.OrthoGrad, {tp.STEPS} steps", "papers/index.json",
+                 None, err, ORACLE_FP32.bound])  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100_000, generator=g) * torch.rand(100_000, generator=g).pow(4) * 10
+    x[::1000] = 0
+    for blocksize in (64, 128, 256, 512, 1024, 2048, 4096):
+        codes, absmax = blockwise_8bit.quantize_readable(x, blocksize)
+        theirs, state = bnb_functional.quantize_blockwise(x, blocksize=blocksize)
+        mismatches = int((codes != theirs).sum()) + int((absmax != state.absmax).sum())
+        rows.append([f"readable blockwise quantiser vs bitsandbytes, B={blocksize}: mismatching codes/absmax",
+                     "Dettmers et al. 2022, Sec. 2", None, float(mismatches), 0.0])  # fmt: skip
+    return rows
+
+
 def upstream_rows():
     from tools import upstream_improved8_parity, upstream_improved_parity, upstream_parity, upstream_s2o_parity
 
@@ -106,7 +135,7 @@ def fmt(x):
 
 def main() -> int:
     start = time.perf_counter()
-    rows = technique_rows() + optimizer_rows() + family_rows() + upstream_rows()
+    rows = technique_rows() + optimizer_rows() + family_rows() + paper_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]
     failures = 0

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .adamw import AdamW
+
 
 def group_abs_sum(grads: Iterable[torch.Tensor]) -> torch.Tensor:
     """S = Σ_{q∈𝒢} Σ_i |g_q,i| over the group's gradients (spec §0, 'Group pre-pass')."""
@@ -50,3 +52,20 @@ def agr_hina(grad: torch.Tensor) -> torch.Tensor:
         return grad
     # c = |Σ_i g_i| / ‖g‖₂;  g̃ = g·(1 + c)
     return grad * (1.0 + grad.sum().abs() / norm)
+
+
+def agr_per_tensor(grad: torch.Tensor) -> torch.Tensor:
+    """The paper's Ψ(G) = G − α ⊙ G with α = |G| / Σ|G| over this tensor (G unchanged when Σ|G| = 0)."""
+    total = grad.abs().sum()
+    if float(total) == 0.0:
+        return grad
+    return grad - grad.abs() / total * grad
+
+
+class AdamWAGR(AdamW):
+    """AdamW on the AGR gradient Ψ(g) (the paper's AdamW_AGR, official code `hjiang24/AGR-method`, branch
+    master): each tensor's gradient is regularised by its own L1 mass before the AdamW step. No pip
+    oracle exists; the family's T1a normalises over the whole param group instead."""
+
+    def _update(self, p, grad, state, group):
+        super()._update(p, agr_per_tensor(grad), state, group)

@@ -52,3 +52,49 @@ def project_out(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return grad
     # g⊥ = g − (⟨w,g⟩/⟨w,w⟩)·w
     return (g - (torch.dot(w, g) / ww) * w).reshape(grad.shape)
+
+
+class OrthoGrad(torch.optim.Optimizer):
+    """The paper's ⊥Grad wrapper (Prieto et al., ICLR 2025; official `orthograd.py`): before the wrapped
+    optimizer steps, each gradient is replaced by its component orthogonal to its weights, rescaled to
+    the gradient's norm (`orthograd` with `parallel_tol`, which zeroes a gradient parallel to θ as
+    pytorch-optimizer's `OrthoGrad` does). `OrthoGrad(AdamW(params))` is ⊥AdamW. The family applies the
+    projection to the update direction instead [I-06 and T7a]."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, parallel_tol: float = 4 * torch.finfo(torch.float32).eps):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.parallel_tol = parallel_tol
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+        self.defaults = optimizer.defaults
+
+    @torch.no_grad()
+    def _project(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.numel() > 0:
+                    p.grad.copy_(orthograd(p.detach(), p.grad, self.parallel_tol))
+
+    def step(self, closure=None):
+        if closure is None:
+            self._project()
+            return self.optimizer.step()
+
+        def projected():
+            with torch.enable_grad():
+                loss = closure()
+            self._project()
+            return loss
+
+        return self.optimizer.step(projected)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.optimizer.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .paper_optimizer import PaperOptimizer
+
 TAM_BETA = 0.9  # β, hard-coded upstream
 TAM_DECAY = 0.9  # γ ('decay_rate'), hard-coded upstream
 
@@ -155,3 +157,40 @@ def tam_as_update_fixed(m, s, u, adaptation_rate: float):
     cos = F.cosine_similarity(m.reshape(1, -1), u.reshape(1, -1)).reshape(())
     s = s * adaptation_rate + cos * (1.0 - adaptation_rate)
     return (1.0 + s) / 2.0 * m, s
+
+
+class TAM(PaperOptimizer):
+    """Torque-Aware Momentum as a standalone optimizer (Malviya et al., arXiv:2412.18790, the TAM rule):
+        S_t = cos(m_{t−1}, g_t);  ŝ ← γ·ŝ + (1−γ)·S_t;  d = (1 + ŝ)/2;  m ← β·m + (ε + d)·g;
+        θ ← θ·(1 − η·λ);  θ ← θ − η·m
+    with m_0 = 0 and a scalar cosine per tensor (`convention="paper"`). `convention="pytorch_optimizer"`
+    is the oracle's form, which the family's T4a copied: the per-element N₀(m) ⊙ N₀(g) correlation
+    (ŝ a tensor) and m_0 = g_0. Note that the family's corrected TAM (`tam_cosine`) adds a (1−β) factor
+    the paper's rule does not have.
+    """
+
+    CONVENTIONS = ("paper", "pytorch_optimizer")
+
+    def __init__(self, params, lr=1e-3, momentum=0.9, decay_rate=0.9, eps=1e-8, weight_decay=0.0,
+                 convention="paper"):  # fmt: skip
+        if convention not in self.CONVENTIONS:
+            raise ValueError(f"convention must be one of {self.CONVENTIONS}, got {convention!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, decay_rate=decay_rate, eps=eps,
+                                      weight_decay=weight_decay, convention=convention))  # fmt: skip
+
+    def _update(self, p, grad, state, group):
+        paper = group["convention"] == "paper"
+        if not state:
+            state["s"] = grad.new_zeros(()) if paper else torch.zeros_like(grad)
+            state["momentum_buffer"] = torch.zeros_like(grad) if paper else grad.clone()
+        m = state["momentum_buffer"]
+        if paper:  # S_t = cos(m_{t−1}, g_t), a scalar
+            corr = F.cosine_similarity(m.reshape(1, -1), grad.reshape(1, -1)).reshape(())
+        else:  # N₀(m_{t−1}) ⊙ N₀(g_t)
+            corr = normalize_dim0(m) * normalize_dim0(grad)
+        # ŝ ← γ·ŝ + (1−γ)·S_t
+        state["s"] = s = state["s"].lerp(corr, 1 - group["decay_rate"])
+        # m ← β·m + (ε + (1 + ŝ)/2)·g
+        m.mul_(group["momentum"]).add_(((1 + s) / 2 + group["eps"]) * grad)
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.sub_(m, alpha=group["lr"])

@@ -114,3 +114,27 @@ def check_improved_8bit_kwargs(d: dict) -> None:
     _integer("percentile_clipping", d["percentile_clipping"], 1)
     _integer("min_8bit_size", d["min_8bit_size"], 0)
     _integer("seed", d["seed"], 0)
+
+
+PAPER_UNIT_INTERVAL = ("momentum", "decay_rate", "beta1", "beta2", "beta3")
+
+
+def check_paper_kwargs(d: dict) -> None:
+    """The papers' optimizers: lr, weight_decay, eps ≥ 0; betas and rates in [0, 1); clip_threshold > 0."""
+    for name in ("lr", "weight_decay"):
+        if d.get(name) is not None:
+            _number(name, d[name], low=0.0, high=None)
+    eps = d.get("eps")
+    if eps is not None:
+        for i, e in enumerate(eps if isinstance(eps, (tuple, list)) else (eps,)):
+            _number(f"eps[{i}]" if isinstance(eps, (tuple, list)) else "eps", e, low=0.0, high=None)
+    if "betas" in d:
+        if not isinstance(d["betas"], (tuple, list)):
+            raise ValueError(f"betas must be a sequence of numbers, got {d['betas']!r}")
+        for i, b in enumerate(d["betas"]):
+            _number(f"betas[{i}]", b, low=0.0, high=1.0)
+    for name in PAPER_UNIT_INTERVAL:
+        if name in d:
+            _number(name, d[name], low=0.0, high=1.0)
+    if "clip_threshold" in d:
+        _number("clip_threshold", d["clip_threshold"], low=0.0, low_open=True, high=None)

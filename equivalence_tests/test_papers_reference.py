@@ -1,0 +1,264 @@
+"""The papers' own algorithms (issue 3) against their oracles: the authors' packages (came-pytorch,
+adabelief-pytorch), pytorch-optimizer >= 4.1 and torch, and bitsandbytes' blockwise quantiser (bit-exact)."""
+
+import adabelief_pytorch
+import bitsandbytes.functional as bnb_functional
+import came_pytorch
+import pytest
+import pytorch_optimizer as po
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reference import (
+    adabelief_residual,
+    adafactor,
+    adamw,
+    adopt_stability,
+    agr,
+    blockwise_8bit,
+    came_style,
+    dual_momentum,
+    grams,
+    spd,
+    tam,
+)  # fmt: skip
+from reference.orthograd import OrthoGrad
+
+from .tolerances import ORACLE_FP32, scaled_error
+
+SHAPES = [(33,), (16, 24), (2, 3, 4, 5)]
+STEPS = 120
+
+
+def _adamw_kw():
+    return dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+
+
+class _AdamWOnAGR(torch.optim.AdamW):
+    """torch's AdamW fed the paper's AGR gradient: the composition AdamW_AGR is."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = agr.agr_per_tensor(p.grad)
+        return super().step(closure)
+
+
+def _came_kw():
+    return dict(lr=1e-3, betas=(0.8, 0.99, 0.999), eps=(1e-30, 1e-16), clip_threshold=0.7, weight_decay=0.02)
+
+
+# (name, our class and kwargs, the oracle and its kwargs, state key pairs (ours, theirs))
+ORACLES = [
+    ("AdamW", adamw.AdamW, _adamw_kw(), torch.optim.AdamW, {**_adamw_kw(), "foreach": False},
+     [("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq")]),
+    ("Adafactor", adafactor.Adafactor,
+     dict(lr=5e-3, eps=(1e-30, 1e-3), clip_threshold=1.5, beta2_decay=-0.7, weight_decay=0.05),
+     torch.optim.Adafactor, dict(lr=5e-3, eps=(1e-30, 1e-3), d=1.5, beta2_decay=-0.7, weight_decay=0.05, foreach=False),
+     []),
+    ("CAME", came_style.CAME, _came_kw(), came_pytorch.CAME, _came_kw(),
+     [("exp_avg", "exp_avg"), ("exp_avg_res_row", "exp_avg_res_row"), ("exp_avg_sq_col", "exp_avg_sq_col")]),
+    ("AdaBelief", adabelief_residual.AdaBelief, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-12, weight_decay=0.05),
+     adabelief_pytorch.AdaBelief, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-12, weight_decay=0.05, weight_decouple=True,
+                             rectify=False, amsgrad=False, fixed_decay=False, print_change_log=False),
+     [("exp_avg", "exp_avg"), ("exp_avg_var", "exp_avg_var")]),
+    ("ADOPT", adopt_stability.ADOPT, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05),
+     po.ADOPT, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True, foreach=False),
+     [("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq")]),
+    ("ADOPT cautious", adopt_stability.ADOPT, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, cautious=True),
+     po.ADOPT, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, cautious=True, foreach=False),
+     [("exp_avg", "exp_avg")]),
+    ("Grams", grams.Grams, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05),
+     po.Grams, dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-5, weight_decay=0.05, weight_decouple=True, foreach=False),
+     [("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq")]),
+    ("TAM (pytorch_optimizer convention)", tam.TAM,
+     dict(lr=2e-3, momentum=0.8, decay_rate=0.7, eps=1e-6, weight_decay=0.05, convention="pytorch_optimizer"),
+     po.TAM, dict(lr=2e-3, momentum=0.8, decay_rate=0.7, eps=1e-6, weight_decay=0.05, weight_decouple=True,
+                 foreach=False),
+     [("s", "s"), ("momentum_buffer", "momentum_buffer")]),
+    ("AdamW_AGR (AGR gradient)", agr.AdamWAGR, _adamw_kw(), _AdamWOnAGR, {**_adamw_kw(), "foreach": False},
+     [("exp_avg", "exp_avg")]),
+    ("Adam-SPD, λ = 0", spd.AdamSPD, dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0),
+     torch.optim.Adam, dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, foreach=False), [("exp_avg", "exp_avg")]),
+]  # fmt: skip
+
+
+def run_pair(ours_cls, ours_kw, theirs_cls, theirs_kw, wrap=None, steps=STEPS):
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=g) for s in SHAPES]
+    ours = [torch.nn.Parameter(x.clone()) for x in init]
+    theirs = [torch.nn.Parameter(x.clone()) for x in init]
+    opt_ours, opt_theirs = ours_cls(ours, **ours_kw), theirs_cls(theirs, **theirs_kw)
+    if wrap is not None:
+        opt_ours, opt_theirs = wrap(opt_ours, opt_theirs)
+    for _ in range(steps):
+        for a, b in zip(ours, theirs, strict=True):
+            grad = torch.randn(a.shape, generator=g) + 0.3 * a.detach()  # noise plus a pull towards 0
+            a.grad, b.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    return ours, theirs, opt_ours, opt_theirs
+
+
+def oracle_error(ours_cls, ours_kw, theirs_cls, theirs_kw, keys, wrap=None):
+    """Worst scaled error over the parameters and the named states, and how far the parameters moved."""
+    ours, theirs, opt_ours, opt_theirs = run_pair(ours_cls, ours_kw, theirs_cls, theirs_kw, wrap)
+    errors = [scaled_error(b, a) for a, b in zip(ours, theirs, strict=True)]
+    for a, b in zip(ours, theirs, strict=True):
+        for ours_key, theirs_key in keys:
+            if theirs_key in opt_theirs.state[b]:
+                errors.append(scaled_error(opt_theirs.state[b][theirs_key], opt_ours.state[a][ours_key]))
+    return max(errors)
+
+
+@pytest.mark.parametrize("case", ORACLES, ids=[c[0] for c in ORACLES])
+def test_paper_optimizer_matches_its_oracle(case):
+    _, ours_cls, ours_kw, theirs_cls, theirs_kw, keys = case
+    assert oracle_error(ours_cls, ours_kw, theirs_cls, theirs_kw, keys) <= ORACLE_FP32.bound
+
+
+def _orthograd_wrap(ours, theirs):
+    return OrthoGrad(ours), po.OrthoGrad(theirs)
+
+
+def test_orthograd_wrapper_matches_pytorch_optimizer():
+    kw = _adamw_kw()
+    err = oracle_error(adamw.AdamW, kw, torch.optim.AdamW, {**kw, "foreach": False}, [], wrap=_orthograd_wrap)
+    assert err <= ORACLE_FP32.bound
+
+
+def test_oracle_runs_move_the_parameters():
+    """The comparisons above are not between two optimizers that do nothing."""
+    for _, ours_cls, ours_kw, theirs_cls, theirs_kw, _ in ORACLES:
+        g = torch.Generator().manual_seed(0)
+        start = [torch.randn(s, generator=g) for s in SHAPES]
+        ours, _, _, _ = run_pair(ours_cls, ours_kw, theirs_cls, theirs_kw, steps=20)
+        assert all(float((p.detach() - s).abs().max()) > 1e-3 for p, s in zip(ours, start, strict=True))
+
+
+def test_tam_paper_convention_is_a_scalar_cosine_from_zero_momentum():
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = tam.TAM([p], lr=0.1, momentum=0.5, decay_rate=0.5, eps=0.0)
+    p.grad = torch.tensor([1.0, 1.0, -1.0, 1.0])
+    opt.step()  # m_0 = 0: cos = 0, ŝ = 0, m = ½·g
+    assert torch.allclose(opt.state[p]["momentum_buffer"], 0.5 * p.grad)
+    opt.step()  # cos(m, g) = 1: ŝ = ½, m = ½·m + ¾·g
+    state = opt.state[p]
+    assert state["s"].dim() == 0 and float(state["s"]) == pytest.approx(0.5)
+    assert torch.allclose(state["momentum_buffer"], p.grad)
+
+
+def test_cautious_adamw_never_steps_against_the_gradient():
+    g = torch.Generator().manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(200, generator=g))
+    plain = torch.nn.Parameter(p.detach().clone())
+    opt, ref = adamw.AdamW([p], lr=1e-2, weight_decay=0.0, cautious=True), adamw.AdamW([plain], lr=1e-2, weight_decay=0)
+    for step in range(30):
+        grad = torch.randn(200, generator=g) if step % 2 else torch.ones(200)
+        p.grad, plain.grad = grad.clone(), grad.clone()
+        before, plain_before = p.detach().clone(), plain.detach().clone()
+        opt.step()
+        ref.step()
+        assert ((p.detach() - before) * grad <= 0).all()
+        if step == 0:  # every sign agrees at the first step: C-AdamW is AdamW
+            assert torch.allclose(p.detach() - before, plain.detach() - plain_before, rtol=1e-5, atol=1e-9)
+
+
+def test_dynamic_tree_code_is_bitsandbytes_map():
+    assert torch.equal(blockwise_8bit.dynamic_tree_code(), bnb_functional.create_dynamic_map(signed=True))
+
+
+@st.composite
+def block_inputs(draw):
+    n = draw(st.integers(1, 9000))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    x = torch.randn(n, generator=g) * draw(st.sampled_from([1e-12, 1e-4, 1.0, 1e5]))
+    kind = draw(st.sampled_from(["plain", "outlier", "zeros", "constant", "strided"]))
+    if kind == "outlier":
+        x[draw(st.integers(0, n - 1))] *= 1e4
+    elif kind == "zeros":
+        x[: draw(st.integers(0, n))] = 0
+    elif kind == "constant":
+        x = torch.full((n,), draw(st.sampled_from([-3.0, 0.0, 2.5])))
+    elif kind == "strided":
+        x = torch.randn(n, 2, generator=g)[:, 0]
+    return x
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=block_inputs(), blocksize=st.sampled_from([64, 128, 256, 512, 1024, 2048, 4096]))
+def test_readable_quantiser_is_bit_identical_to_bitsandbytes(x, blocksize):
+    codes, absmax = blockwise_8bit.quantize_readable(x, blocksize)
+    theirs, state = bnb_functional.quantize_blockwise(x.contiguous(), blocksize=blocksize)
+    assert torch.equal(codes, theirs) and torch.equal(absmax, state.absmax)
+    nearest, _ = blockwise_8bit.quantize_readable(x, blocksize, rule="nearest")
+    code = blockwise_8bit.dynamic_tree_code()
+    scale = absmax.repeat_interleave(blocksize)[: x.numel()]
+    # the paper's nearest code is never worse than the table's
+    exact = (x / scale).nan_to_num(nan=-1.0).clamp(-1, 1)
+    assert ((code[nearest.long()] - exact).abs() <= (code[codes.long()] - exact).abs() + 1e-7).all()
+
+
+@pytest.mark.parametrize(
+    "build,name",
+    [(lambda p: adamw.AdamW(p, lr=-1), "lr"), (lambda p: came_style.CAME(p, betas=(0.9, 1.0, 0.9)), "betas"),
+     (lambda p: adafactor.Adafactor(p, beta2_decay=0.5), "beta2_decay"), (lambda p: tam.TAM(p, convention="x"),
+     "convention"), (lambda p: grams.Grams(p, eps=-1.0), "eps"), (lambda p: OrthoGrad(p), "optimizer")],
+)  # fmt: skip
+def test_invalid_arguments_name_the_argument(build, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        build([torch.nn.Parameter(torch.zeros(3))])
+
+
+@pytest.mark.parametrize("cls", [adamw.AdamW, came_style.CAME, adafactor.Adafactor, grams.Grams, tam.TAM])
+def test_sparse_gradients_are_refused(cls):
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.zeros(4).to_sparse()
+    with pytest.raises(TypeError, match="sparse"):
+        cls([p]).step()
+
+
+def test_agr_per_tensor_formula():
+    g = torch.tensor([[3.0, -1.0], [0.0, 4.0]])
+    # α = |g|/Σ|g| = |g|/8:  Ψ(g) = g − α⊙g
+    assert torch.allclose(agr.agr_per_tensor(g), torch.tensor([[3 - 9 / 8, -1 + 1 / 8], [0.0, 4 - 2.0]]))
+
+
+def test_adam_spd_decays_only_when_selected():
+    kw = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6)
+    # with λ = 1: a step is pulled back towards θ0 exactly when c_t < 0 and the Adam step grew ‖θ − θ0‖
+    g = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.randn(40, generator=g))
+    decayed = spd.AdamSPD([p], weight_decay=1.0, **kw)
+    p.grad = torch.randn(40, generator=g)
+    decayed.step()
+    fired = 0
+    for _ in range(60):
+        grad = torch.randn(40, generator=g)
+        twin = torch.nn.Parameter(p.detach().clone())  # the same state, λ = 0: the plain Adam step θ̃
+        plain = spd.AdamSPD([twin], weight_decay=0.0, **kw)
+        plain.state[twin] = {k: v.clone() if torch.is_tensor(v) else v for k, v in decayed.state[p].items()}
+        p.grad, twin.grad = grad.clone(), grad.clone()
+        anchor, before = decayed.state[p]["anchor"], p.detach().clone()
+        selected = float(spd.spd_condition(grad, before, anchor)) < 0
+        decayed.step()
+        plain.step()
+        grew = float((twin.detach() - anchor).norm()) > float((before - anchor).norm())
+        if selected and grew:
+            fired += 1
+            assert (p.detach() - anchor).norm() < (twin.detach() - anchor).norm()
+        else:
+            assert torch.equal(p.detach(), twin.detach())
+    assert fired > 5
+
+
+def test_adams_keeps_no_second_moment_and_its_first_step_is_a_scaled_sign():
+    p = torch.nn.Parameter(torch.zeros(5))
+    opt = dual_momentum.AdamS([p], lr=1.0, betas=(0.9, 0.95), eps=0.0)
+    p.grad = torch.tensor([2.0, -0.5, 1e-3, -7.0, 3.0])
+    opt.step()
+    assert set(opt.state[p]) == {"step", "exp_avg"}
+    # m_0 = 0: denominator √(0.05)·|g|, m_1 = 0.1·g  →  step = 0.1/√0.05 · sign(g)
+    assert torch.allclose(p.detach(), -(0.1 / 0.05**0.5) * p.grad.sign())
