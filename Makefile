@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 # Two cores in CI: keep torch from oversubscribing when pytest and inductor both run.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv verify test notebooks bench lint clean
+.PHONY: venv verify test notebooks bench demo lint clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench
+
+demo: $(STAMP)
+	$(PY) -m tools.demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

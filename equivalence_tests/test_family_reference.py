@@ -352,3 +352,24 @@ def test_hina_cautious_mask_and_spd_penalty():
     theta, anchor = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0])
     assert torch.allclose(spd_hina_penalty(theta, anchor, 0.5), 0.5 * (3 / 5) * torch.tensor([3.0, 0.0]))
     assert torch.equal(spd_hina_penalty(torch.zeros(2), anchor, 0.5), 0 * (torch.zeros(2) - anchor))
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_hina_stale_denominator_on_a_fresh_lora(compat):
+    """LoRA A's first gradient is exactly 0 while B = 0, so the stale v̄ is 0 at t = 2. Upstream divides by
+    ε there (a step of ~10⁷·g); the corrected √max(v̄, v) keeps the step within Adam's bound."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(4, 16, generator=g) / 4)
+    b = torch.nn.Parameter(torch.zeros(16, 4))
+    x = torch.randn(32, 16, generator=g)
+    opt = reference.HinaAdamWOptimizer([("lora_down.weight", a), ("lora_up.weight", b)], lr=1e-3, compat=compat)
+    start = a.detach().clone()
+    for _ in range(2):
+        loss = ((x @ a.t() @ b.t() - x) ** 2).mean()
+        a.grad, b.grad = torch.autograd.grad(loss, [a, b])
+        opt.step()
+    moved = float((a.detach() - start).abs().max())
+    if compat == "upstream":
+        assert moved > 0.1  # observed 0.27 = 270·lr: the step divided by ε
+    else:
+        assert moved < 1e-2  # observed 5.5e-4: lr-sized

@@ -17,7 +17,7 @@ import torch
 from reference.automagic_base import FIXED_EPS, AutomagicBase
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
-from reference.validation import check_grad
+from reference.validation import check_grad, nonfinite_step_allowed
 
 from . import automagic_step as S
 from .bucket import Bucket
@@ -73,11 +73,27 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
-    def _step_groups(self):
-        for gi, group in enumerate(self.param_groups):
-            self._step_group(gi, group)
+    def _gradients_ok(self) -> bool:
+        """Checked in `_step_groups` instead, on the packed gradients' sums: one sync per step and no
+        per-tensor kernels."""
+        return True
 
-    def _step_group(self, gi, group):
+    def _step_groups(self):
+        prepared = [self._gather_group(gi, group) for gi, group in enumerate(self.param_groups)]
+        totals = [p[1] for p in prepared if p is not None]
+        # Σ|g| of a group is NaN or Inf exactly when one of its gradients holds NaN or Inf
+        finite = not totals or bool(torch.isfinite(torch.stack([t.float() for t in totals])).all())
+        if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
+            return
+        for group, prep in zip(self.param_groups, prepared, strict=True):
+            if prep is not None:
+                work, group_sum, mu, sigma = prep[0], *prep[2:]
+                for b, has, grad, abs_sum, _ in work:
+                    self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
+
+    def _gather_group(self, gi, group):
+        """Pack the group's gradients into its buckets' buffers (state is not touched). Returns (work, Σ|g|,
+        S, μ, σ), or None when no parameter of the group has a gradient."""
         buckets = self._group_buckets(gi)
         has_grads = []
         for b in buckets:
@@ -88,7 +104,7 @@ class Automagic_CameAMP(AutomagicBase):
                     check_grad(p, type(self).__name__)
             has_grads.append(has)
         if not any(h.any() for h in has_grads):
-            return
+            return None
         # (bucket, has_grad, gradient buffer, per-tensor Σ|g|, per-tensor Σg²) of the buckets with gradients
         work = []
         for b, has in zip(buckets, has_grads, strict=True):
@@ -101,8 +117,7 @@ class Automagic_CameAMP(AutomagicBase):
         group_sum = abs_total.to(torch.float32)
         mu = abs_total / count
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
-        for b, has, grad, abs_sum, _ in work:
-            self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
+        return work, abs_total, group_sum, mu, sigma
 
     def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum):
         active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)

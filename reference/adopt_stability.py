@@ -15,19 +15,29 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .cautious import cautious_mask_po
 from .paper_optimizer import PaperOptimizer
 
 
-def adam_moments(m, v, grad, beta1: float, beta2: float, eps: float, step: int, stale: bool):
-    """Returns (m_new, v_new, v_prev, denom); v_prev is None when not stale."""
+def adam_moments(m, v, grad, beta1: float, beta2: float, eps: float, step: int, stale: bool, floor: bool = False):
+    """Returns (m_new, v_new, v_prev, denom); v_prev is None when not stale.
+
+    A stale v̄ is 0 wherever the previous gradients were 0 — every LoRA A at t = 2, whose first gradient
+    is exactly 0 while B = 0 — and the step there is m/ε ≈ 10⁷·g (found here; upstream's behaviour).
+    `floor=True` (HinaAdamW's corrected mode) uses √max(v̄, v), so the step is never larger than Adam's."""
     v_prev = v.clone() if stale else None
     # v ← β2·v + (1−β2)·g̃²
     v = v.mul(beta2).addcmul(grad, grad, value=1 - beta2)
     # m ← β1·m + (1−β1)·g̃
     m = m.mul(beta1).add(grad, alpha=1 - beta1)
-    # denom = √v̄ + ε (t > 1, stale) or √v + ε
-    denom = (v_prev if stale and step > 1 else v).sqrt().add(eps)
+    # denom = √v̄ + ε (t > 1, stale; √max(v̄, v) + ε with the floor) or √v + ε
+    if stale and step > 1:
+        second = torch.maximum(v_prev, v) if floor else v_prev
+    else:
+        second = v
+    denom = second.sqrt().add(eps)
     return m, v, v_prev, denom
 
 

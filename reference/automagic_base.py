@@ -9,7 +9,7 @@ import torch
 
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
-from .validation import check_grad
+from .validation import check_grad, gradients_are_finite, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
@@ -26,6 +26,7 @@ class AutomagicBase(torch.optim.Optimizer):
         self.config = config
         self.compat, self.verbose = config.compat, config.verbose
         self.wd_until = getattr(config, "wd_until", "warmup_half")
+        self.nonfinite = config.nonfinite
 
     @property
     def fixed(self) -> bool:
@@ -54,10 +55,17 @@ class AutomagicBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._gradients_ok():
+            return loss
         self._step_groups()
         if self.verbose:
             self._report()
         return loss
+
+    def _gradients_ok(self) -> bool:
+        """The NaN/Inf policy (`nonfinite`), before any state is touched."""
+        finite = gradients_are_finite(self.param_groups)
+        return nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__)
 
     def _report(self):
         """What `verbose=True` prints after each step (upstream: the group lrs)."""

@@ -85,6 +85,8 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._gradients_ok():  # a skipped step observes no loss either
+            return loss if closure is not None else None
         if loss is None:
             loss, self._pending_loss = self._pending_loss, None
         if loss is not None:

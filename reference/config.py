@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .validation import check_8bit_kwargs, check_automagic_kwargs, check_improved_8bit_kwargs, check_improved_kwargs
+from .validation import (
+    check_8bit_kwargs,
+    check_automagic_kwargs,
+    check_improved_8bit_kwargs,
+    check_improved_kwargs,
+    check_nonfinite_policy,
+)  # fmt: skip
 
 
 def _normalise(config) -> None:
     """Upstream forces eta to 2.0 when it is not an int/float; eps and betas become tuples."""
+    check_nonfinite_policy(config.nonfinite)
     ok = isinstance(config.eta, (int, float)) and not isinstance(config.eta, bool)
     config.eta = float(config.eta) if ok else 2.0
     config.eps, config.betas = tuple(config.eps), tuple(config.betas)
@@ -28,7 +35,7 @@ def _check_improved(config) -> None:
 @dataclass
 class AutomagicConfig:
     # Settings that live outside the param groups
-    CONSTRUCTOR_ONLY = ("verbose", "compat", "wd_until")
+    CONSTRUCTOR_ONLY = ("verbose", "compat", "wd_until", "nonfinite")
 
     lr: float = 1e-6
     min_lr: float = 1e-7
@@ -49,6 +56,7 @@ class AutomagicConfig:
     verbose: bool = False
     compat: str = "upstream"  # "upstream" numerics or the "fixed" corrections
     wd_until: str = "warmup_half"  # [I-48] "always" keeps adaptive weight decay on (fixed mode only)
+    nonfinite: str = "raise"  # NaN/Inf gradients: "raise" (ValueError) or "skip" the step (with a warning)
 
     def __post_init__(self):
         _normalise(self)
@@ -83,7 +91,7 @@ class ImprovedFamilyConfig:
     """The keys Improved (S2) and seed 004's 8-bit class (S2o) share, with upstream's defaults; each subclass
     adds its own (spec O6, O8)."""
 
-    CONSTRUCTOR_ONLY = ("verbose", "compat")
+    CONSTRUCTOR_ONLY = ("verbose", "compat", "nonfinite")
 
     lr: float = 1e-6
     min_lr: float = 1e-7
@@ -110,6 +118,7 @@ class ImprovedFamilyConfig:
     rank_penalty_strength: float = 0.01
     low_rank_emphasis: float = 1.2
     compat: str = "upstream"
+    nonfinite: str = "raise"  # NaN/Inf gradients: "raise" or "skip" the step
 
     def __post_init__(self):
         _check_improved(self)
@@ -163,7 +172,7 @@ class Improved8BitConfig:
     `seed` (the post-warm-up random walk's own generator [I-31]). `profile` is taken by the optimizer.
     Keys marked "unused" are accepted and ignored, as upstream does [I-17, I-47]."""
 
-    CONSTRUCTOR_ONLY = ("verbose", "compat", "seed", "fused_adam", "force_8bit")
+    CONSTRUCTOR_ONLY = ("verbose", "compat", "seed", "fused_adam", "force_8bit", "nonfinite")
 
     lr: float = 1e-6
     min_lr: float = 1e-7  # unused
@@ -198,6 +207,7 @@ class Improved8BitConfig:
     force_8bit: bool = False  # 8-bit regardless of size (the documented meaning; upstream inverts it [I-17])
     compat: str = "upstream"
     seed: int = 0
+    nonfinite: str = "raise"  # NaN/Inf gradients: "raise" or "skip" the step
 
     def __post_init__(self):
         _check_improved(self)

@@ -27,7 +27,9 @@ from kohya's `named` list in a param group; a parameter without a name is 'regul
 `diagnose_lora_pairing()` does not raise [I-44] and SPD anchors are saved with the state [I-34]
 (upstream loses them, so a resume re-anchors at the resume-time weights).
 ``compat="fixed"``: token-based names, pairing across groups and ×alora_ratio for every B [I-44];
-A bias-corrected by 1 − τβ^t, so the TAM factor does not start at ½ [I-41]. The technique names
+A bias-corrected by 1 − τβ^t, so the TAM factor does not start at ½ [I-41]; the stale denominator is
+√max(v̄, v) + ε. Without that floor (upstream), a LoRA A whose first gradient is exactly 0 (B = 0) is
+divided by ε at t = 2 and jumps by ~10⁷·g (found here; reference.adopt_stability). The technique names
 differ from the papers they cite [I-40]; the numerics are kept and the differences documented per module.
 """
 
@@ -44,7 +46,13 @@ from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import restore_state_dtypes
 from .tam import tam_damping
-from .validation import COMPAT_MODES, check_grad
+from .validation import (
+    COMPAT_MODES,
+    check_grad,
+    check_nonfinite_policy,
+    gradients_are_finite,
+    nonfinite_step_allowed,
+)
 
 EIGHT_BIT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_sq_prev")
 IGNORED = ("amsgrad", "args", "percentile_clipping", "block_wise", "is_paged")  # AdamW8bit kwargs [I-42]
@@ -68,10 +76,11 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         is_paged=False, use_spd=True, spd_lambda=0.06, use_cautious=True, use_orthogonal_grad=False,
         use_adopt_stability=True, use_grams=True, use_agr=True, use_tam=True, tam_beta=0.999,
         use_alora=True, alora_ratio=16.0, dynamic_weight_decay=True, wd_transition_steps=1000,
-        wd_decay_factor=0.7, wd_min_ratio=0.1, compat="upstream",
+        wd_decay_factor=0.7, wd_min_ratio=0.1, compat="upstream", nonfinite="raise",
     ):  # fmt: skip
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
+        check_nonfinite_policy(nonfinite)
         _real("lr", lr, 0.0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {betas!r}")
@@ -92,6 +101,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
             raise ValueError(f"min_8bit_size must be a non-negative integer, got {min_8bit_size!r}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.compat, self.optim_bits, self.min_8bit_size = compat, optim_bits, min_8bit_size
+        self.nonfinite = nonfinite  # NaN/Inf gradients: "raise" or "skip" the step
         self.use_spd, self.spd_lambda, self.use_cautious = use_spd, spd_lambda, use_cautious
         self.use_orthogonal_grad, self.use_adopt_stability = use_orthogonal_grad, use_adopt_stability
         self.use_grams, self.use_agr, self.use_tam, self.tam_beta = use_grams, use_agr, use_tam, tam_beta
@@ -150,6 +160,11 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     check_grad(p, type(self).__name__)
+        if not nonfinite_step_allowed(gradients_are_finite(self.param_groups), self.nonfinite, type(self).__name__):
+            return loss
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
                     self._step_param(p, group)
         return loss
 
@@ -171,7 +186,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         # T13: moments and the stale (or plain) denominator
         m, v, v_prev, denom = adopt_stability.adam_moments(
             self._load(state, "exp_avg"), self._load(state, "exp_avg_sq"), grad,
-            beta1, beta2, group["eps"], t, stale=self.use_adopt_stability,
+            beta1, beta2, group["eps"], t, stale=self.use_adopt_stability, floor=self.fixed,
         )  # fmt: skip
         self._store(state, "exp_avg", m, p)
         self._store(state, "exp_avg_sq", v, p)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 
 COMPAT_MODES = ("upstream", "fixed")
+NONFINITE_POLICIES = ("raise", "skip")  # what a step does when a gradient holds NaN or Inf
 WD_WINDOWS = ("warmup_half", "always")
 
 
@@ -138,3 +140,27 @@ def check_paper_kwargs(d: dict) -> None:
             _number(name, d[name], low=0.0, high=1.0)
     if "clip_threshold" in d:
         _number("clip_threshold", d["clip_threshold"], low=0.0, low_open=True, high=None)
+
+
+def check_nonfinite_policy(value) -> None:
+    if value not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {value!r}")
+
+
+def gradients_are_finite(param_groups) -> bool:
+    """Whether every gradient is free of NaN and Inf: one host synchronisation for the whole step."""
+    flags = [torch.isfinite(p.grad).all() for g in param_groups for p in g["params"]
+             if p.grad is not None and not p.grad.is_sparse and p.grad.numel() > 0]  # fmt: skip
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def nonfinite_step_allowed(finite: bool, policy: str, owner: str) -> bool:
+    """The family's policy for NaN/Inf gradients, applied before anything is touched: "raise" (the default)
+    raises ValueError; "skip" warns and skips the whole step (no parameter, state or counter changes)."""
+    if finite:
+        return True
+    if policy == "raise":
+        raise ValueError(f"{owner}: a gradient holds NaN or Inf; no state was changed "
+                         "(nonfinite='skip' skips such steps instead)")  # fmt: skip
+    warnings.warn(f"{owner}: a gradient holds NaN or Inf; step skipped (nonfinite='skip')", stacklevel=3)
+    return False
