@@ -143,17 +143,21 @@ def train_row(index: int, base_state: dict, steps: int, compat: str) -> dict:
     named = [(n, p) for n, p in net.named_parameters() if "lora" in n]
     opt = build(named, lr, compat)
     start = held_out_loss(net, new_data)
-    losses, times = [], []
-    for noisy, clean in batches(new_data, 2, steps):
-        loss = ((net(noisy) - clean) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        begin = time.perf_counter()
-        opt.step(loss=float(loss)) if "COptim" in type(opt).__name__ else opt.step()
-        times.append(time.perf_counter() - begin)
-        losses.append(float(loss.detach()))
+    losses, times, error = [], [0.0], None
+    try:
+        for noisy, clean in batches(new_data, 2, steps):
+            loss = ((net(noisy) - clean) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            begin = time.perf_counter()
+            opt.step(loss=float(loss)) if "COptim" in type(opt).__name__ else opt.step()
+            times.append(time.perf_counter() - begin)
+            losses.append(float(loss.detach()))
+    except ValueError as exc:  # the NaN/Inf policy (nonfinite="raise") stopped a diverging run
+        error = f"step {len(losses) + 1}: {exc}"
     times.sort()
-    return {"label": label, "lr": lr, "start": start, "final": held_out_loss(net, new_data), "losses": losses,
+    final = float("nan") if error else held_out_loss(net, new_data)
+    return {"label": label, "lr": lr, "start": start, "final": final, "losses": losses, "error": error,
             "step_ms": 1e3 * times[len(times) // 2], "first_step_s": max(times), "state_mb": state_bytes(opt) / 2**20,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
@@ -207,6 +211,9 @@ def report(results, chosen, args) -> int:
     out.mkdir(exist_ok=True)
     (out / "demo.md").write_text(text, encoding="utf-8")
     plot(results, out / "demo_loss.png")
+    for r in results:
+        if r["error"]:
+            print(f"{r['label']} stopped at {r['error']}")
     if failed:
         print("rows that did not train:", ", ".join(failed))
     return 1 if failed else 0
@@ -220,9 +227,11 @@ def plot(results, path) -> None:
 
     plt.figure(figsize=(9, 5))
     for r in results:
+        if not r["losses"]:
+            continue
         losses = torch.tensor(r["losses"])
-        smooth = torch.nn.functional.avg_pool1d(losses[None, None], 10, 1).reshape(-1)
-        plt.plot(smooth.numpy(), label=r["label"])
+        smooth = torch.nn.functional.avg_pool1d(losses[None, None], min(10, len(losses)), 1).reshape(-1)
+        plt.plot(smooth.numpy(), label=r["label"] + (" (stopped: NaN/Inf)" if r["error"] else ""))
     plt.yscale("log")
     plt.xlabel("step")
     plt.ylabel("training loss (10-step mean)")
