@@ -11,16 +11,9 @@ import optimized
 import reference
 
 from .test_family_reference import make_params
-from .test_resume_process import CLASSES, feed_steps
+from .test_resume_process import CLASSES, build, feed_steps
 
 KINDS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
-def build_with(name, params, compat, nonfinite):
-    cls = CLASSES[name]
-    if cls is reference.HinaAdamWOptimizer:
-        return cls(params, lr=1e-2, compat=compat, nonfinite=nonfinite)
-    return cls(params, lr=1e-3, warmup_steps=8, weight_decay=1e-2, compat=compat, nonfinite=nonfinite)
 
 
 def snapshot(params, opt):
@@ -42,7 +35,7 @@ def same(a, b) -> bool:
 def test_nonfinite_gradients_raise_or_skip_without_touching_state(name, kind):
     for nonfinite in ("raise", "skip"):
         params = make_params()
-        opt = build_with(name, params, "fixed", nonfinite)
+        opt = build(name, params, "fixed", nonfinite=nonfinite)
         feed_steps(name, params, opt, 0, 3)  # some state first
         before = snapshot(params, opt)
         params[1].grad[0] = KINDS[kind]
@@ -62,8 +55,8 @@ def test_nonfinite_gradients_raise_or_skip_without_touching_state(name, kind):
 def test_skipped_step_leaves_the_run_as_if_it_never_happened():
     """With nonfinite='skip', a run with a NaN step inserted equals the run without it."""
     clean, dirty = make_params(), make_params()
-    a = build_with("Automagic_CameAMP_Improved", clean, "upstream", "skip")
-    b = build_with("Automagic_CameAMP_Improved", dirty, "upstream", "skip")
+    a = build("Automagic_CameAMP_Improved", clean, "upstream", nonfinite="skip")
+    b = build("Automagic_CameAMP_Improved", dirty, "upstream", nonfinite="skip")
     feed_steps("x", clean, a, 0, 6)
     feed_steps("x", dirty, b, 0, 3)
     for p in dirty:

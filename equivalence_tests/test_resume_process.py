@@ -28,12 +28,13 @@ CLASSES = {
 }
 
 
-def build(name, params, compat):
+def build(name, params, compat, **kwargs):
     cls = CLASSES[name]
     if cls is reference.HinaAdamWOptimizer:
-        return cls(params, lr=1e-2, compat=compat, wd_transition_steps=5)
-    extra = {"force_8bit": True} if cls is reference.Automagic_CameAMP_Improved_8Bit else {}
-    return cls(params, lr=1e-3, warmup_steps=8, weight_decay=1e-2, compat=compat, **extra)
+        return cls(params, lr=1e-2, compat=compat, wd_transition_steps=5, **kwargs)
+    if cls is reference.Automagic_CameAMP_Improved_8Bit:
+        kwargs = {"force_8bit": True, **kwargs}
+    return cls(params, lr=1e-3, warmup_steps=8, weight_decay=1e-2, compat=compat, **kwargs)
 
 
 def feed_steps(name, params, opt, start, stop):

@@ -80,20 +80,20 @@ class Automagic_CameAMP(AutomagicBase):
 
     def _step_groups(self):
         prepared = [self._gather_group(gi, group) for gi, group in enumerate(self.param_groups)]
-        totals = [p[1] for p in prepared if p is not None]
         # Σ|g| of a group is NaN or Inf exactly when one of its gradients holds NaN or Inf
-        finite = not totals or bool(torch.isfinite(torch.stack([t.float() for t in totals])).all())
+        sums = [prep[1] for prep in prepared if prep is not None]
+        finite = not sums or bool(torch.isfinite(torch.stack(sums)).all())
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return
         for group, prep in zip(self.param_groups, prepared, strict=True):
             if prep is not None:
-                work, group_sum, mu, sigma = prep[0], *prep[2:]
+                work, group_sum, mu, sigma = prep
                 for b, has, grad, abs_sum, _ in work:
                     self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
 
     def _gather_group(self, gi, group):
-        """Pack the group's gradients into its buckets' buffers (state is not touched). Returns (work, Σ|g|,
-        S, μ, σ), or None when no parameter of the group has a gradient."""
+        """Pack the group's gradients into its buckets' buffers (state is not touched). Returns (work, S = Σ|g|
+        in fp32, μ, σ), or None when no parameter of the group has a gradient."""
         buckets = self._group_buckets(gi)
         has_grads = []
         for b in buckets:
@@ -117,7 +117,7 @@ class Automagic_CameAMP(AutomagicBase):
         group_sum = abs_total.to(torch.float32)
         mu = abs_total / count
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
-        return work, abs_total, group_sum, mu, sigma
+        return work, group_sum, mu, sigma
 
     def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum):
         active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)

@@ -74,6 +74,23 @@ class AutomagicBase(torch.optim.Optimizer):
     def _step_groups(self):
         raise NotImplementedError
 
+    def _open_param(self, p, group):
+        """The start of an Improved-family parameter step: lazy init, the gradient and θ in the state dtype,
+        t += 1, and at t == W the warm-up-only state (s, last_polarity, pre) is dropped.
+        Returns (state, dtype, raw g, θ, t)."""
+        state = self.state[p]
+        if len(state) == 0:
+            self._init_state(p, group)
+        dtype = self._state_dtype(p.dtype)
+        raw_grad = p.grad.to(dtype)  # a copy whenever the dtypes differ; never written to [I-03]
+        theta = p.detach() if p.dtype == dtype else p.detach().to(dtype)
+        state["step"] += 1
+        t = state["step"]
+        if t == group["warmup_steps"]:
+            for key in ("s", "last_polarity", "pre"):
+                self._drop(state, key)
+        return state, dtype, raw_grad, theta, t
+
     def _stepping_params(self, group) -> list:
         """The group's parameters that take a step (a gradient, requires_grad, not empty), each checked by
         `check_grad` before any state is touched."""

@@ -121,7 +121,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
         return t < group["warmup_steps"] / 2  # S2o: real division everywhere
 
     def _step_param(self, p, group, group_sum):
-        state, dtype, raw_grad, theta, t = self._begin_param(p, group)
+        state, dtype, raw_grad, theta, t = self._open_param(p, group)
         eps1, eps2, _ = group["eps"]
         beta1, _, beta3 = group["betas"]
         early = self._early(group, t)

@@ -120,24 +120,8 @@ class Automagic_CameAMP_Improved(AutomagicBase):
             return low_rank_penalty.approximate_penalty(theta, strength)
         return low_rank_penalty.exact_svd_penalty(theta, strength)
 
-    def _begin_param(self, p, group):
-        """The start of each parameter's step: lazy init, the gradient and θ in the state dtype, t += 1, and
-        at t == W the warm-up-only state is dropped. Returns (state, dtype, raw g, θ, t)."""
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        dtype = self._state_dtype(p.dtype)
-        raw_grad = p.grad.to(dtype)  # a copy whenever the dtypes differ; never written to [I-03]
-        theta = p.detach() if p.dtype == dtype else p.detach().to(dtype)
-        state["step"] += 1
-        t = state["step"]
-        if t == group["warmup_steps"]:
-            for key in ("s", "last_polarity", "pre"):
-                self._drop(state, key)
-        return state, dtype, raw_grad, theta, t
-
     def _step_param(self, p, group, group_sum):
-        state, dtype, raw_grad, theta, t = self._begin_param(p, group)
+        state, dtype, raw_grad, theta, t = self._open_param(p, group)
         eps1, eps2, _ = group["eps"]
         beta1, beta2, beta3 = group["betas"]
         early = self._early(group, t)

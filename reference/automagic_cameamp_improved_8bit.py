@@ -174,17 +174,8 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         return grad + total
 
     def _step_param(self, p, group, group_sum, mu, sigma):
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        dtype = self._state_dtype(p.dtype)
-        raw_grad = p.grad.to(dtype)  # a copy whenever the dtypes differ; p.grad is never written
-        theta = p.detach() if p.dtype == dtype else p.detach().to(dtype)
-        state["step"] += 1
-        t, w = state["step"], group["warmup_steps"]
-        if t == w:  # the warm-up-only state ends at W
-            for key in ("s", "last_polarity"):
-                self._drop(state, key)
+        state, dtype, raw_grad, theta, t = self._open_param(p, group)
+        w = group["warmup_steps"]
         warm, early = t < w, t < w / 2
         beta1, beta2, beta3 = group["betas"]
         eps1, eps2, _ = group["eps"]

@@ -87,9 +87,9 @@ class COptimConfig(AutomagicConfig):
 
 
 @dataclass
-class ImprovedFamilyConfig:
-    """The keys Improved (S2) and seed 004's 8-bit class (S2o) share, with upstream's defaults; each subclass
-    adds its own (spec O6, O8)."""
+class ImprovedCommonConfig:
+    """The keys every Improved class shares (Improved S2, seed 004's 8-bit class on S2o, Improved_8Bit S3),
+    with upstream's defaults (spec O6–O8). Which of them a class ignores is said in its docstring."""
 
     CONSTRUCTOR_ONLY = ("verbose", "compat", "nonfinite")
 
@@ -101,8 +101,7 @@ class ImprovedFamilyConfig:
     clip_threshold: float = 1.0
     betas: tuple = (0.8, 0.99, 0.999)  # β1 consistency (and dual), β2 dual, β3 residual after W/2
     eta: float = 2.0  # unused (upstream's row_scaling is dead state [I-47])
-    beta1_decay: float = 0.9995
-    weight_decay: float = 5e-4  # SPD only
+    weight_decay: float = 5e-4  # SPD in S2/S2o; adaptive weight decay in S3
     warmup_steps: int = 500
     edge_threshold: float = 0.6
     came: bool = True
@@ -125,6 +124,13 @@ class ImprovedFamilyConfig:
 
     def group_defaults(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.CONSTRUCTOR_ONLY}
+
+
+@dataclass
+class ImprovedFamilyConfig(ImprovedCommonConfig):
+    """The keys Improved (S2) and seed 004's 8-bit class (S2o) share; each subclass adds its own (spec O6, O8)."""
+
+    beta1_decay: float = 0.9995
 
 
 @dataclass
@@ -167,50 +173,27 @@ class Optimizer8BitConfig(ImprovedFamilyConfig):
 
 
 @dataclass
-class Improved8BitConfig:
-    """Automagic_CameAMP_Improved_8Bit: upstream's `Improved8BitOptimizerConfig` (spec O7), plus `compat` and
-    `seed` (the post-warm-up random walk's own generator [I-31]). `profile` is taken by the optimizer.
-    Keys marked "unused" are accepted and ignored, as upstream does [I-17, I-47]."""
+class Improved8BitConfig(ImprovedCommonConfig):
+    """Automagic_CameAMP_Improved_8Bit: upstream's `Improved8BitOptimizerConfig` (spec O7), plus `compat`,
+    `nonfinite` and `seed` (the post-warm-up random walk's own generator [I-31]). `profile` is taken by the
+    optimizer. Accepted and ignored, as upstream does [I-17, I-47]: min_lr, max_lr, lr_bump, clip_threshold,
+    eta, full_finetune, background_regularization, detail_preservation, low_rank_emphasis, optim_bits,
+    percentile_clipping, block_wise, stable_emb, fused_adam. Here β3 and ε2 serve only came=False."""
 
-    CONSTRUCTOR_ONLY = ("verbose", "compat", "seed", "fused_adam", "force_8bit", "nonfinite")
+    CONSTRUCTOR_ONLY = (*ImprovedCommonConfig.CONSTRUCTOR_ONLY, "seed", "fused_adam", "force_8bit")
 
-    lr: float = 1e-6
-    min_lr: float = 1e-7  # unused
-    max_lr: float = 1e-3  # unused
-    lr_bump: float = 3e-6  # unused
-    eps: tuple = (1e-30, 1e-16, 1e-8)  # ε1 second moments, ε2 AdaBelief denominator, ε3 unused
-    clip_threshold: float = 1.0  # unused
-    betas: tuple = (0.8, 0.99, 0.999)  # β1 m, β2 v, β3 r (came=False)
-    eta: float = 2.0  # unused
-    weight_decay: float = 5e-4  # adaptive weight decay while t < W/2
-    warmup_steps: int = 500
-    edge_threshold: float = 0.6
     adaptation_rate: float = 0.25  # T4c: s ← a·s + (1 − a)·corr
-    came: bool = True
-    full_finetune: bool = False  # unused
-    verbose: bool = False
-    edge_suppression: bool = True
-    edge_penalty: float = 0.1
-    background_regularization: bool = True  # unused
-    spatial_awareness: bool = True
-    frequency_penalty: float = 0.05
-    detail_preservation: float = 0.8  # unused
-    lora_rank_penalty: bool = True
-    rank_penalty_strength: float = 0.01
-    low_rank_emphasis: float = 1.2  # unused
-    optim_bits: int = 8  # unused
-    percentile_clipping: int = 100  # unused
-    block_wise: bool = True  # unused
+    optim_bits: int = 8
+    percentile_clipping: int = 100
+    block_wise: bool = True
     min_8bit_size: int = 4096  # fp32 states of tensors with at least this many elements are stored 8-bit
-    stable_emb: bool = False  # unused
-    fused_adam: bool = False  # unused
+    stable_emb: bool = False
+    fused_adam: bool = False
     force_8bit: bool = False  # 8-bit regardless of size (the documented meaning; upstream inverts it [I-17])
-    compat: str = "upstream"
     seed: int = 0
-    nonfinite: str = "raise"  # NaN/Inf gradients: "raise" or "skip" the step
 
     def __post_init__(self):
-        _check_improved(self)
+        super().__post_init__()
         check_improved_8bit_kwargs(asdict(self))
 
     def group_defaults(self) -> dict:
