@@ -14,6 +14,7 @@ import torch
 
 import optimized
 import reference
+from reference import blockwise_8bit
 
 from .tolerances import scaled_error
 
@@ -126,17 +127,40 @@ def compare_params(ref_params, opt_params, compat, early: bool) -> float:
     return max(scaled_error(a, b) for a, b in pairs)
 
 
-def build(case: OptimizerCase, dtype, compat, seed=0):
+def dequantized(state_dict) -> dict:
+    """A state_dict with each `<key>_q`/`<key>_q_scale` pair replaced by the de-quantised `<key>`."""
+    state = {}
+    for pid, saved in state_dict["state"].items():
+        state[pid] = {k: v for k, v in saved.items() if not (k.endswith("_q") or k.endswith("_q_scale"))}
+        for k in saved:
+            if k.endswith("_q"):
+                state[pid][k[:-2]] = blockwise_8bit.dequantize(saved[k], saved[k + "_scale"])
+    return {"state": state}
+
+
+def code_flip_fraction(ref_sd, opt_sd) -> float:
+    """Fraction of 8-bit codes that differ between two state_dicts (0 when there are none)."""
+    flips = total = 0
+    for pid, saved in ref_sd["state"].items():
+        for k, codes in saved.items():
+            if k.endswith("_q"):
+                flips += int((codes != opt_sd["state"][pid][k]).sum())
+                total += codes.numel()
+    return flips / max(total, 1)
+
+
+def build(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP"):
     ref_params = make_params(dtype, seed)
     opt_params = clone_params(ref_params)
-    ref = reference.Automagic_CameAMP(ref_params, compat=compat, **case.kwargs)
-    opt = optimized.Automagic_CameAMP(opt_params, compat=compat, **case.kwargs)
+    ref = getattr(reference, name)(ref_params, compat=compat, **case.kwargs)
+    opt = getattr(optimized, name)(opt_params, compat=compat, **case.kwargs)
     return ref, opt, ref_params, opt_params
 
 
-def lockstep(case: OptimizerCase, dtype, compat, seed=0) -> dict:
-    """Worst error per compared quantity over the case's steps, re-syncing after each step."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed)
+def lockstep(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP") -> dict:
+    """Worst error per compared quantity over the case's steps, re-syncing after each step. 8-bit states
+    are compared de-quantised, and `code_flips` is the worst fraction of codes that differ."""
+    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed, name)
     gen = torch.Generator().manual_seed(seed + 1)
     worst = {"params": 0.0}
     for t in range(1, case.steps + 1):
@@ -147,7 +171,11 @@ def lockstep(case: OptimizerCase, dtype, compat, seed=0) -> dict:
         opt.step()
         early = t < case.warmup / 2
         worst["params"] = max(worst["params"], compare_params(ref_params, opt_params, compat, early))
-        for key, err in compare_states(ref.state_dict(), opt.state_dict()).items():
+        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
+        for pid, saved in ref_sd["state"].items():
+            assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
+        worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
+        for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
             worst[key] = max(worst.get(key, 0.0), err)
         opt.load_state_dict(ref.state_dict())
         with torch.no_grad():
@@ -156,10 +184,10 @@ def lockstep(case: OptimizerCase, dtype, compat, seed=0) -> dict:
     return worst
 
 
-def free_running(case: OptimizerCase, dtype, compat, seed=0) -> float:
+def free_running(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP") -> float:
     """Worst parameter error over the case's steps without re-syncing. A parameter that took an
     undefined step (see `undefined`) keeps its different value, so it stays out for the whole run."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed)
+    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed, name)
     gen = torch.Generator().manual_seed(seed + 1)
     worst = 0.0
     for _ in range(case.steps):

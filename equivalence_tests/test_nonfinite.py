@@ -68,7 +68,8 @@ def test_skipped_step_leaves_the_run_as_if_it_never_happened():
 
 
 @pytest.mark.parametrize(
-    "cls", [reference.Automagic_CameAMP, optimized.Automagic_CameAMP, reference.Automagic_CameAMP_Improved,
+    "cls", [reference.Automagic_CameAMP, optimized.Automagic_CameAMP, optimized.Automagic_CameAMP8bit,
+            reference.Automagic_CameAMP_Improved,
             reference.Automagic_CameAMP_Improved_8Bit, reference.HinaAdamWOptimizer]
 )  # fmt: skip
 def test_invalid_policy_names_the_argument(cls):

@@ -39,6 +39,9 @@ def test_entry_is_complete_and_every_name_exists(entry):
         assert callable(resolve(dotted)), dotted
     path, _, func = entry["test"].partition("::")
     assert func in (ROOT / path).read_text(encoding="utf-8"), entry["test"]
+    if entry.get("optimized_test"):  # the fast path against the reference
+        path, _, func = entry["optimized_test"].partition("::")
+        assert f"def {func}(" in (ROOT / path).read_text(encoding="utf-8"), entry["optimized_test"]
     assert (ROOT / entry["notebook"]).is_file(), entry["notebook"]
     if entry.get("oracle_test"):  # the paper's own algorithm, checked against its oracle (issue 3)
         assert entry.get("oracle") and entry.get("paper_algorithm"), entry["key"]

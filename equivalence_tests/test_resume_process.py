@@ -19,6 +19,7 @@ CLASSES = {
     "Automagic_CameAMP": reference.Automagic_CameAMP,
     "optimized.Automagic_CameAMP": optimized.Automagic_CameAMP,
     "Automagic_CameAMP8bit": reference.Automagic_CameAMP8bit,
+    "optimized.Automagic_CameAMP8bit": optimized.Automagic_CameAMP8bit,
     "Automagic_CameAMP_COptim": reference.Automagic_CameAMP_COptim,
     "Automagic_CameAMP_COptim8bit": reference.Automagic_CameAMP_COptim8bit,
     "Automagic_CameAMP_Improved": reference.Automagic_CameAMP_Improved,

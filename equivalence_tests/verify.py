@@ -22,7 +22,15 @@ import papers
 
 from .harness import OPTIMIZER_CASES, free_running, lockstep
 from .technique_cases import TECHNIQUE_CASES
-from .tolerances import ORACLE_FP32, TECHNIQUE_FP32, free_running_tolerance, lockstep_tolerance, scaled_error
+from .tolerances import (
+    LOCKSTEP_8BIT_FLIPS,
+    LOCKSTEP_8BIT_STATES,
+    ORACLE_FP32,
+    TECHNIQUE_FP32,
+    free_running_tolerance,
+    lockstep_tolerance,
+    scaled_error,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_SETS = [
@@ -63,6 +71,29 @@ def optimizer_rows():
                              max(lock.values()), lockstep_tolerance(dtype).bound])  # fmt: skip
                 rows.append([f"{name} free-running {case.steps} steps", "optimizers.md O1", None,
                              free_running(case, dtype, compat), free_running_tolerance(dtype).bound])  # fmt: skip
+    return rows
+
+
+def eight_bit_rows():
+    """optimized.Automagic_CameAMP8bit against the reference: parameters, de-quantised states, code flips."""
+    from .test_8bit_equivalence import MODES, NAME, free_running_bound, param_bound
+
+    rows = []
+    for case in OPTIMIZER_CASES:
+        for compat, dtype in MODES:
+            dt = str(dtype).replace("torch.", "")
+            name = f"O2 Automagic_CameAMP8bit {compat} {dt} [{case.name}]"
+            lock = lockstep(case, dtype, compat, name=NAME)
+            states = max(v for k, v in lock.items() if k not in ("params", "code_flips"))
+            rows += [
+                [f"{name} lockstep parameters", "optimizers.md O2", None, lock["params"], param_bound(compat, dtype)],
+                [f"{name} lockstep states (de-quantised)", "techniques.md T19a", None, states,
+                 LOCKSTEP_8BIT_STATES.bound],
+                [f"{name} lockstep codes that differ (fraction)", "techniques.md T19a", None, lock["code_flips"],
+                 LOCKSTEP_8BIT_FLIPS.bound],
+                [f"{name} free-running {case.steps} steps", "optimizers.md O2", None,
+                 free_running(case, dtype, compat, name=NAME), free_running_bound(compat, dtype)],
+            ]  # fmt: skip
     return rows
 
 
@@ -135,7 +166,7 @@ def fmt(x):
 
 def main() -> int:
     start = time.perf_counter()
-    rows = technique_rows() + optimizer_rows() + family_rows() + paper_rows() + upstream_rows()
+    rows = technique_rows() + optimizer_rows() + eight_bit_rows() + family_rows() + paper_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]
     failures = 0
@@ -163,7 +194,7 @@ def main() -> int:
         "tools/upstream_improved8_parity.py (Improved_8Bit) "
         "and tools/upstream_hina_parity.py "
         "(HinaAdamW); COptim8bit has no upstream numerics "
-        "(upstream raises at step 1). Their fast paths are issue 5."
+        "(upstream raises at step 1). Their fast paths are issue 5; Automagic_CameAMP8bit's is above (O2)."
     )
     report = "# Verification report\n\n" + "\n".join(lines + notes) + "\n"
     print(report)

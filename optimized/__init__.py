@@ -1,6 +1,7 @@
 """Fast, fused implementations of the Automagic_CameAMP family (same names and kwargs as `reference`)."""
 
 from .automagic_cameamp import Automagic_CameAMP
+from .automagic_cameamp_8bit import Automagic_CameAMP8bit
 from .compile import compile_enabled, set_compile
 
-__all__ = ["Automagic_CameAMP", "compile_enabled", "set_compile"]
+__all__ = ["Automagic_CameAMP", "Automagic_CameAMP8bit", "compile_enabled", "set_compile"]

@@ -29,6 +29,11 @@ assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
 class Automagic_CameAMP(AutomagicBase):
     """Fused, flat-buffer Automagic_CameAMP. See reference.Automagic_CameAMP for the algorithm."""
 
+    @property
+    def _variant(self) -> dict:
+        """The pipeline switches of automagic_step.Flags where a subclass differs from O1."""
+        return {"v2": False, "fresh_residual": False, "store_post_mask": False}
+
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
         self._buckets: dict[int, list[Bucket]] = {}
@@ -50,26 +55,13 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.ensure_warm_buffers(self.fixed)
         fills = {"exp_avg": 0, "exp_avg_sq": 0, "exp_avg_res": 0, "s": 0, "lr_mask": start_lr,
                  "last_polarity": 0}  # fmt: skip
-        if new.all():
-            for name, value in fills.items():
-                if bucket.states[name] is not None:
-                    bucket.states[name].fill_(value)
-        else:
-            for i in np.flatnonzero(new):
-                for name, value in fills.items():
-                    if bucket.states[name] is not None:
-                        bucket.states[name][bucket.slot(name, i)] = value
+        for name, value in fills.items():
+            bucket.fill(name, value, new)
         bucket.lr_max[new] = self._start_lr_max(group)
         bucket.avg_lr[new] = start_lr
         bucket.avg_lr_stale[new] = False
         if not group["full_finetune"] and any(bucket.layout.is_matrix[i] for i in np.flatnonzero(new)):
-            table = bucket.states["row_scaling"]
-            fresh = allora_table(row_norms(bucket.theta, bucket.layout), 1.0 / group["eta"] ** 2)
-            for i in np.flatnonzero(new):
-                if bucket.layout.is_matrix[i]:
-                    rows = bucket.row_scaling_rows(i)
-                    table[rows] = fresh[rows].to(table.dtype)
-            bucket.row_factor_stale = True
+            bucket.set_row_scaling(allora_table(row_norms(bucket.theta, bucket.layout), 1.0 / group["eta"] ** 2), new)
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
@@ -136,7 +128,7 @@ class Automagic_CameAMP(AutomagicBase):
         if b.states["s"] is None and (active & (t < W)).any():
             b.ensure_warm_buffers(self.fixed)
 
-        seed = active & came & (t == 1)
+        seed = active & came & (t == 1) & (not self._variant["v2"])  # V1 seeds v at t = 1
         upd = active & ~seed
         early, warm = t < W / 2, t < W
         wd_on = (group["weight_decay"] > 0) & (early | (self.fixed and self.wd_until == "always"))
@@ -145,6 +137,8 @@ class Automagic_CameAMP(AutomagicBase):
         shift = np.zeros(len(t))
         scale = np.ones(len(t))
         raise_max = upd & (lr > b.lr_max)
+        if self._variant["store_post_mask"]:  # T8b: no (η − lr_max) jump, lr_max kept while warming up
+            raise_max &= ~warm
         shift[raise_max & warm] = lr - b.lr_max[raise_max & warm]
         b.lr_max[raise_max] = lr
         lower = upd & ~warm & (lr < b.lr_max)
@@ -172,21 +166,26 @@ class Automagic_CameAMP(AutomagicBase):
             has_wd=bool((upd & wd_on).any()),
             has_rho=not group["full_finetune"] and any(b.layout.is_matrix),
             masked=not active.all(),
-            padding_safe=eps1 > 0 and eps2 > 0,
+            padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized,
+            **self._variant,
         )
         st = b.states
         if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step
-            st["row_scaling"].copy_(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2))
-            b.row_factor_stale = True
+            every = np.ones(len(b.params), dtype=bool)
+            b.set_row_scaling(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2), every)
         if flags.has_rho and b.row_factor_stale:
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
-                         st["lr_mask"], st["last_polarity"], b.row_factor)  # fmt: skip
+                         st["lr_mask"], st["last_polarity"], b.row_factor,
+                         b.blocks.blocks if b.quantized else None)  # fmt: skip
         dev = b.device
         per_tensor = torch.from_numpy(per_tensor).to(dev)
         consts = torch.tensor(consts, dtype=torch.float64, device=dev)
         stats = (group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum)
-        S.fused_step(bufs, b.layout, b.idx, per_tensor, consts, *stats, flags, b.scratch)
+        mask_sums = S.fused_step(bufs, b.layout, b.idx, per_tensor, consts, *stats, flags, b.scratch)
+        if mask_sums is not None:  # 8-bit mask: avg_lr is the mean of the mask before quantisation
+            moved = torch.from_numpy(upd & warm).to(dev)
+            b.avg_lr_dev = torch.where(moved, mask_sums / b.idx.numel_t, b.avg_lr_dev)
         b.step = t
         b.avg_lr_stale |= upd & warm
         if (b.step >= W / 2).all():
@@ -198,14 +197,16 @@ class Automagic_CameAMP(AutomagicBase):
         """T27.1: at t == W the warm-up-only state of those tensors is dropped (zeroed here)."""
         if b.states["s"] is None:
             return
-        for i in np.flatnonzero(ending):
-            for name in ("s", "last_polarity"):
-                b.states[name][b.slot(name, i)] = 0
+        for name in ("s", "last_polarity"):
+            b.fill(name, 0, ending)
 
     # ------------------------------------------------------------------ monitoring
     def _refresh_avg_lr(self, b: Bucket):
         if b.avg_lr_stale.any():
-            means = masked_tensor_mean(b.states["lr_mask"], b.idx).cpu().numpy()
+            if b.quantized:
+                means = b.avg_lr_dev.cpu().numpy()
+            else:
+                means = masked_tensor_mean(b.states["lr_mask"], b.idx).cpu().numpy()
             b.avg_lr[b.avg_lr_stale] = means[b.avg_lr_stale]
             b.avg_lr_stale[:] = False
 
@@ -253,17 +254,16 @@ class Automagic_CameAMP(AutomagicBase):
 
     def _export(self, b: Bucket, i: int, group) -> dict:
         t, W = int(b.step[i]), group["warmup_steps"]
-        out = {"step": t, "lr_max": float(b.lr_max[i]), "lr_mask": b.view("lr_mask", i).clone(),
-               "avg_lr": float(b.avg_lr[i])}  # fmt: skip
+        out = {"step": t, "lr_max": float(b.lr_max[i]), "avg_lr": float(b.avg_lr[i])}
+        names = ["lr_mask", "exp_avg", "exp_avg_res"]
         if W == 0 or t < W:
-            out["last_polarity"] = b.view("last_polarity", i).bool()
-            out["s"] = b.states["s"][i].clone() if self.fixed else b.view("s", i).clone()
-        out["exp_avg"] = b.view("exp_avg", i).clone()
+            names += ["last_polarity", "s"]
         if group["came"]:
-            out["exp_avg_sq"] = b.view("exp_avg_sq", i).clone()
-        out["exp_avg_res"] = b.view("exp_avg_res", i).clone()
+            names.append("exp_avg_sq")
+        for name in names:
+            out.update(b.export(name, i))
         if not group["full_finetune"] and b.layout.is_matrix[i]:
-            out["row_scaling"] = b.states["row_scaling"][b.row_scaling_rows(i)].view(-1, 1).clone()
+            out.update(b.export_row_scaling(i))
         return out
 
     def _load_state_dict(self, state_dict):
@@ -283,14 +283,6 @@ class Automagic_CameAMP(AutomagicBase):
         b.step[i], b.lr_max[i] = int(saved["step"]), float(saved["lr_max"])
         b.avg_lr[i], b.avg_lr_stale[i] = float(saved["avg_lr"]), False
         for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity", "s"):
-            if b.states[name] is None:
-                continue
-            target = b.states[name][i] if b.states[name].dim() == 1 else b.view(name, i)
-            if name in saved:
-                target.copy_(saved[name].reshape(target.shape))
-            else:
-                target.zero_()
-        if "row_scaling" in saved:
-            b.states["row_scaling"][b.row_scaling_rows(i)] = saved["row_scaling"].reshape(-1)
-            b.row_factor_stale = True
+            b.load(name, i, saved)
+        b.load_row_scaling(i, saved)
         b.started[i] = True

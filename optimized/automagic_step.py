@@ -9,8 +9,13 @@
    adaptive weight-decay factor, gathered with the host-built per-tensor table into one float32
    [T, K] table. Doing this outside the element loop keeps per-tensor math out of it.
 4. `main_pass` (compiled): everything element-wise and the in-place writes of θ and every state. In
-   the early phase it stops before θ and hands U over; OrthoGrad's per-tensor reductions and the θ
-   update follow as three more small passes (`orthograd_partials`, `perp_sumsq`, `orthograd_apply`).
+   the early phase it stops before the LR mask and θ and hands U over; OrthoGrad's per-tensor
+   reductions, the mask and the θ update follow as three more small passes (`orthograd_partials`,
+   `perp_sumsq`, `orthograd_apply`).
+
+A state buffer is a plain tensor or, for the 8-bit class, a `codec.QState`: it is read through
+`codec.load` (de-quantised in registers) and written through `codec.store` (re-quantised), so the same
+passes serve both.
 
 `per_tensor` ([T, NCOLS] float64) comes from host-side counters (β1_t, δ^t, mask shifts, phase flags),
 so no value is read back from the device and a changing lr never recompiles. `Flags` are static: each
@@ -25,6 +30,7 @@ import torch
 
 from reference.orthograd import PARALLEL_TOL
 
+from . import codec as C
 from . import kernels as K
 from .compile import compiled
 
@@ -53,6 +59,10 @@ class Flags(NamedTuple):
     has_rho: bool
     masked: bool  # rows must be selected per tensor (inactive tensors)
     padding_safe: bool  # ε1, ε2 > 0: padding stays exactly 0 without masks
+    # Automagic_CameAMP8bit (spec O2) where it differs from O1
+    v2: bool = False  # T2 V2: v first, then u; no seeding step
+    fresh_residual: bool = False  # [I-08] upstream: r is read as 0 and not stored; U = m ⊙ rsqrt(r)
+    store_post_mask: bool = False  # T8b [I-10]: the scaled post-warm-up mask is stored
 
 
 class Buffers(NamedTuple):
@@ -65,6 +75,7 @@ class Buffers(NamedTuple):
     lr_mask: torch.Tensor
     polarity: torch.Tensor | None
     row_factor: torch.Tensor | None  # ρ of every element's row (ALLoRA), [N, C] float32
+    blocks: C.Blocks | None = None  # the block index of the QState buffers (8-bit states)
 
 
 def _select(cond, new, old):
@@ -77,16 +88,56 @@ def _and(a, b):
     return a if b is None else a & b
 
 
+class Conds(NamedTuple):
+    """Per-tensor [T] bool conditions (None: true for every tensor), from the coefficient table."""
+
+    active: torch.Tensor | None
+    seed: torch.Tensor | None
+    upd: torch.Tensor | None  # active and not seeding: takes a full step
+    early: torch.Tensor | None
+    warm: torch.Tensor | None
+
+
+def _conds(coef, f: Flags) -> Conds:
+    active = coef[:, ACTIVE] > 0 if f.masked else None
+    seed = coef[:, SEED] > 0 if (f.has_seed and f.has_update) else None
+    upd = active if seed is None else (~seed if active is None else active & ~seed)
+    early = coef[:, EARLY] > 0 if (f.has_early and f.has_late) else None
+    warm = coef[:, WARM] > 0 if (f.has_warm and f.has_post) else None
+    return Conds(active, seed, upd, early, warm)
+
+
+def _rows(cond, idx: K.Idx):
+    """A per-tensor condition broadcast to the tensor's rows, [N, 1]."""
+    return None if cond is None else cond[idx.chunk_tensor].view(-1, 1)
+
+
+def _write(b: Buffers, name: str, value, cond, idx: K.Idx):
+    """Store a state where `cond` ([T] bool, None = every tensor) holds; QState buffers are re-quantised
+    with the padding zeroed, and keep the codes and absmax of the other tensors."""
+    buf = getattr(b, name)
+    valid = K.valid_mask(idx) if isinstance(buf, C.QState) else None
+    C.store(buf, value, b.blocks, _rows(cond, idx), cond, valid)
+
+
+def _load(b: Buffers, name: str):
+    return C.load(getattr(b, name), b.blocks)
+
+
 def _gradient_partials(grad: torch.Tensor, idx: K.Idx):
     a = grad.float().abs()
     return K.tensor_sum(a, idx), K.tensor_sum(a * a, idx)
 
 
 def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
-    """g̃ and the scaled gradient before the RMS clip (came) or after the ADOPT clip (came=False)."""
+    """g̃ and the scaled gradient before the RMS clip (came; V2 from this step's v) or after the ADOPT
+    clip (came=False)."""
     gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
-    if f.came:
-        u = K.came_unclipped(gt, b.exp_avg_sq)
+    if f.came and f.v2:
+        c = consts.float()
+        u = K.came_unclipped(gt, K.second_moment(_load(b, "exp_avg_sq"), gt, c[BETA2], c[ONE_MINUS_BETA2], c[EPS1]))
+    elif f.came:
+        u = K.came_unclipped(gt, _load(b, "exp_avg_sq"))
     else:
         u = K.adopt_clip(gt, K.per_row(per_tensor[:, CLIP_BOUND], idx))
     return gt, _select(None if f.padding_safe else K.valid_mask(idx), u, 0.0)
@@ -98,7 +149,7 @@ def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: F
     _, u = _unclipped(b, idx, per_tensor, consts, group_sum, f)
     out = {"uu": K.tensor_sum(u * u, idx)}
     if f.has_early:
-        m = b.exp_avg.float()
+        m = _load(b, "exp_avg")
         if f.fixed:
             out["mu"], out["mm"] = K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx)
         else:
@@ -125,36 +176,36 @@ def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma
 
 
 def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: Flags, update_out):
+    """Everything element-wise; returns the per-tensor sums of the new warm-up mask (8-bit states, see
+    `_lr_and_mask`) or None."""
     c = consts.float()
 
     def col(k):
         return coef[idx.chunk_tensor, k].view(-1, 1)
 
-    active = col(ACTIVE) > 0 if f.masked else None
-    seed = col(SEED) > 0 if (f.has_seed and f.has_update) else None
-    upd = active if seed is None else (~seed if active is None else active & ~seed)
-    early = col(EARLY) > 0 if (f.has_early and f.has_late) else None
-    warm = col(WARM) > 0 if (f.has_warm and f.has_post) else None
+    cond = _conds(coef, f)
+    seed = _rows(cond.seed, idx)
+    early = _rows(cond.early, idx)
     valid = None if f.padding_safe else K.valid_mask(idx)
 
     theta = b.theta.float()
     gt, u = _unclipped(b, idx, coef, consts, group_sum, f)
     if f.came:
-        v_old = b.exp_avg_sq.float()
+        v_old = _load(b, "exp_avg_sq")
         seeded = v_old + (gt * gt + c[EPS1])
         if not f.has_update:  # every active tensor only seeds v
-            b.exp_avg_sq.copy_(_select(active, seeded, v_old))
-            return
+            _write(b, "exp_avg_sq", seeded, cond.active, idx)
+            return None
         u = u * col(INV_DIV)
         v_new = K.second_moment(v_old, gt, c[BETA2], c[ONE_MINUS_BETA2], c[EPS1])
 
     # T4a / T5: momentum
-    m = b.exp_avg.float()
+    m = _load(b, "exp_avg")
     if f.has_early:
         if f.fixed:
             m_tam = K.tam_cosine(m, u, col(TAM_S), c[EPS1])
         else:
-            m_tam, s_new = K.tam_upstream(m, b.s, u, normaliser, c[EPS1])
+            m_tam, s_new = K.tam_upstream(m, _load(b, "s"), u, normaliser, c[EPS1])
     if f.has_late:
         m_con, m_bar_con = K.consistency(m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1])
     if f.has_early and f.has_late:
@@ -165,44 +216,62 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         m_new, m_bar = m_con, m_bar_con
 
     # T3 residual, T6 Grams (T7a OrthoGrad runs in its own passes, see fused_step)
-    r_new = K.residual(b.exp_avg_res, u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
-    update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR) if f.fixed else None)
+    if f.fresh_residual:  # [I-08] r is read as 0, and U = m ⊙ rsqrt(r) has no + ε2
+        r_new = K.residual(torch.zeros_like(m), u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
+        update = m_new * r_new.rsqrt()
+    else:
+        r_new = K.residual(_load(b, "exp_avg_res"), u, m_bar, c[BETA3], c[ONE_MINUS_BETA3], c[EPS2])
+        update = K.residual_direction(m_new, r_new, c[EPS2], col(INV_BIAS_CORR) if f.fixed else None)
     update = _select(valid, K.grams_blend(update, gt, col(ALPHA), col(ONE_MINUS_ALPHA)), 0.0)
 
-    # T8a LR mask (with the early phase, E is formed again by the apply pass from the stored mask)
-    if f.has_warm:
-        mask_warm, polarity = K.warmup_mask(b.lr_mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
-    if not f.has_early:
-        lr_eff = _effective_lr(b, mask_warm if f.has_warm else None, col, warm, idx, f)
-    if not f.has_early:
-        _apply_update(b, theta, update, lr_eff, col, upd, c, f)
+    # T8 LR mask and the θ update; in the early phase OrthoGrad needs per-tensor reductions of U
+    # first, so U is handed over and both follow in `orthograd_apply`
+    mask_sums = None
+    if f.has_early:
+        update_out.copy_(update)
+    else:
+        lr_eff, mask_sums = _lr_and_mask(b, gt, col, c, cond, idx, f)
+        _apply_update(b, theta, update, lr_eff, col, _rows(cond.upd, idx), c, f)
 
-    # state writes (rows of inactive or seeding tensors keep their values)
-    b.exp_avg.copy_(_select(upd, m_new, m))
-    b.exp_avg_res.copy_(_select(upd, r_new, b.exp_avg_res.float()))
+    # state writes (tensors that are inactive or seeding keep their values)
+    _write(b, "exp_avg", m_new, cond.upd, idx)
+    if not f.fresh_residual:
+        _write(b, "exp_avg_res", r_new, cond.upd, idx)
     if f.came:
         v_store = v_new if seed is None else torch.where(seed, seeded, v_new)
-        b.exp_avg_sq.copy_(_select(active, v_store, v_old))
+        _write(b, "exp_avg_sq", v_store, cond.active, idx)
     if f.has_early and not f.fixed:
-        b.s.copy_(_select(_and(upd, early), s_new, b.s.float()))
+        _write(b, "s", s_new, _and(cond.upd, cond.early), idx)
+    return mask_sums
+
+
+def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
+    """E: the warm-up mask update (T8a, or T8b without the lr_max shift) or, after warm-up, the mask
+    rescaled by max(η/lr_max, 0.1), times ρ (T9a). Stores the warm-up mask and polarity (T8b: also the
+    rescaled mask). Returns (E, per-tensor Σ of the new warm-up mask for 8-bit states, else None): the
+    mean of the mask *before* quantisation is avg_lr."""
+    c_warm = _rows(cond.warm, idx)
+    mask = _load(b, "lr_mask")
     if f.has_warm:
-        cond = _and(upd, warm)
-        b.lr_mask.copy_(_select(cond, mask_warm, b.lr_mask))
-        b.polarity.copy_(_select(cond, polarity, b.polarity))
-    if f.has_early:  # OrthoGrad needs per-tensor reductions of U first: hand U over
-        update_out.copy_(update)
-
-
-def _effective_lr(b: Buffers, mask_warm, col, warm, idx: K.Idx, f: Flags):
-    """E: the warm-up mask, or the frozen mask rescaled after warm-up (T8a), times ρ (T9a)."""
+        mask_warm, polarity = K.warmup_mask(mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
     if f.has_post:
-        mask_post = K.post_warmup_mask(b.lr_mask, col(POST_SCALE))
-        lr_eff = _select(warm, mask_warm, mask_post) if f.has_warm else mask_post
+        mask_post = K.post_warmup_mask(mask, col(POST_SCALE))
+        lr_eff = _select(c_warm, mask_warm, mask_post) if f.has_warm else mask_post
     else:
         lr_eff = mask_warm
+    if f.store_post_mask:
+        _write(b, "lr_mask", lr_eff, cond.upd, idx)
+    elif f.has_warm:
+        _write(b, "lr_mask", mask_warm, _and(cond.upd, cond.warm), idx)
+    mask_sums = None
+    if f.has_warm:
+        moved = _rows(_and(cond.upd, cond.warm), idx)
+        b.polarity.copy_(_select(moved, polarity, b.polarity))
+        if isinstance(b.lr_mask, C.QState):
+            mask_sums = K.tensor_sum(torch.where(K.valid_mask(idx), mask_warm, 0.0), idx)
     if f.has_rho:
         lr_eff = lr_eff * b.row_factor
-    return lr_eff
+    return lr_eff, mask_sums
 
 
 def _apply_update(b: Buffers, theta, update, lr_eff, col, upd, c, f: Flags):
@@ -223,8 +292,8 @@ def _perp_sumsq(theta, update, proj, idx: K.Idx):
     return K.tensor_sum(perp * perp, idx)
 
 
-def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, update, proj, scale, keep, f: Flags):
-    """T7a on the early rows, then the weight decay and θ update (E from the already stored mask)."""
+def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, group_sum, update, proj, scale, keep, f: Flags):
+    """T7a on the early rows, then the LR mask, the weight decay and the θ update. Returns as `main_pass`."""
     c = consts.float()
 
     def col(k):
@@ -234,12 +303,11 @@ def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, update, proj, scale, 
     orth = K.orthograd_perp(theta, update, K.per_row(proj, idx)) * K.per_row(scale, idx)
     use = (col(EARLY) > 0) & (K.per_row(keep.double(), idx) == 0)
     update = torch.where(use, orth, update)
-    active = col(ACTIVE) > 0 if f.masked else None
-    seed = col(SEED) > 0 if (f.has_seed and f.has_update) else None
-    upd = active if seed is None else (~seed if active is None else active & ~seed)
-    warm = col(WARM) > 0 if (f.has_warm and f.has_post) else None
-    lr_eff = _effective_lr(b, b.lr_mask, col, warm, idx, f)
-    _apply_update(b, theta, update, lr_eff, col, upd, c, f)
+    cond = _conds(coef, f)
+    gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
+    lr_eff, mask_sums = _lr_and_mask(b, gt, col, c, cond, idx, f)
+    _apply_update(b, theta, update, lr_eff, col, _rows(cond.upd, idx), c, f)
+    return mask_sums
 
 
 gradient_partials = compiled(_gradient_partials)
@@ -252,7 +320,8 @@ orthograd_apply = compiled(_orthograd_apply)
 
 def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor, consts, group_sum, mu, sigma, abs_sum, f: Flags,
                scratch):  # fmt: skip
-    """One step of one bucket; mutates the buffers in place.
+    """One step of one bucket; mutates the buffers in place. Returns the per-tensor sums of the new
+    warm-up mask when the mask is stored 8-bit (else None).
 
     `scratch(name)` gives a persistent [N, C] float32 buffer of the bucket: the early phase hands
     U (and, for upstream TAM, u) between passes through them rather than through fresh allocations,
@@ -265,13 +334,15 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor, consts, group_sum, mu
         partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f, u_out)
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f)
     if upstream_tam:  # dim-0 normalisation, written over u
-        K.column_normaliser(b.exp_avg, u_out, coef[:, INV_DIV].double(), layout, out=u_out)
+        m = C.load(b.exp_avg, b.blocks)
+        K.column_normaliser(m, u_out, coef[:, INV_DIV].double(), layout, out=u_out)
     update = scratch("update") if f.has_early and f.has_update else None
-    main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
+    mask_sums = main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:
         proj, nu, keep = orthograd_partials(b.theta, update, idx)
         scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx), PARALLEL_TOL if f.fixed else 0.0)
-        orthograd_apply(b, idx, coef, consts, update, proj, scale, keep, f)
+        mask_sums = orthograd_apply(b, idx, coef, consts, group_sum, update, proj, scale, keep, f)
     if f.has_early and f.fixed:
         tensor_upd = per_tensor[:, ACTIVE] * (1 - per_tensor[:, SEED]) * per_tensor[:, EARLY] > 0
         b.s.copy_(torch.where(tensor_upd, coef[:, TAM_S], b.s))
+    return mask_sums

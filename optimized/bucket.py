@@ -10,18 +10,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import codec as C
 from .kernels import expand_rows, index_tensors
 from .layout import build_layout
 
 
 class Bucket:
-    def __init__(self, params, state_dtype):
+    """`quantized=True`: m, v, r, the LR mask, upstream's element-wise s and ALLoRA's ρ are blockwise 8-bit
+    `codec.QState`s (Automagic_CameAMP8bit); their export and import use upstream's `<key>_q` and
+    `<key>_q_scale` entries."""
+
+    def __init__(self, params, state_dtype, quantized: bool = False):
         # same-shape tensors adjacent: column reductions become one dense op per shape class
         self.params = sorted(params, key=lambda p: (p.dim(), tuple(p.shape)))
         first = self.params[0]
         self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
         self.layout = build_layout(self.params, self.device)
         self.idx = index_tensors(self.layout)
+        self.quantized = quantized
+        self.blocks = C.build_blocks(self.layout, self.device) if quantized else None
+        self.row_blocks = C.build_row_blocks(self.layout, self.device) if quantized else None
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])
@@ -34,6 +42,7 @@ class Bucket:
         self.started = np.zeros(T, dtype=bool)
         self.avg_lr = np.zeros(T, dtype=np.float64)
         self.avg_lr_stale = np.zeros(T, dtype=bool)
+        self.avg_lr_dev = torch.zeros(T, dtype=torch.float64, device=self.device)  # 8-bit: see the class
         self.states: dict[str, torch.Tensor | None] = {}
         self.grad: torch.Tensor | None = None
         self.work: dict[str, torch.Tensor] = {}
@@ -48,6 +57,18 @@ class Bucket:
         if self.states:
             return
         L, dt, dev = self.layout, self.state_dtype, self.device
+        if self.quantized:  # zero padding (automagic_step.Flags.padding_safe is off)
+            self.states = {
+                "exp_avg": self._qstate(),
+                "exp_avg_sq": self._qstate() if came else None,
+                "exp_avg_res": self._qstate(),
+                "s": None,
+                "lr_mask": self._qstate(),
+                "last_polarity": None,
+                "row_scaling": C.empty_row_state(L, self.row_blocks, dev),
+            }
+            self.ensure_warm_buffers(fixed)
+            return
         # v and r start at 1 so their padding is positive even when real elements are loaded rather
         # than seeded: the kernels rely on 0·rsqrt(v) = 0 there (automagic_step.Flags.padding_safe)
         self.states = {
@@ -61,13 +82,17 @@ class Bucket:
         }
         self.ensure_warm_buffers(fixed)
 
+    def _qstate(self):
+        return C.empty_state(self.layout, self.blocks, self.device)
+
     def ensure_warm_buffers(self, fixed: bool):
         """Create the warm-up-only buffers (zeros), again if they were dropped [I-22]."""
         L, dev = self.layout, self.device
         if self.states["s"] is None:
-            self.states["s"] = (
-                torch.zeros(L.ntensors, dtype=torch.float32, device=dev) if fixed else L.empty(self.state_dtype, dev, 0)
-            )
+            if fixed:
+                self.states["s"] = torch.zeros(L.ntensors, dtype=torch.float32, device=dev)
+            else:
+                self.states["s"] = self._qstate() if self.quantized else L.empty(self.state_dtype, dev, 0)
         if self.states["last_polarity"] is None:
             self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)  # exported as bool
 
@@ -86,22 +111,99 @@ class Bucket:
         """Expand the ALLoRA table to every element (after it changed)."""
         if self.row_factor is None:
             self.row_factor = self.layout.empty(torch.float32, self.device)
-        expand_rows(self.states["row_scaling"], self.layout, self.row_factor)
+        expand_rows(self.row_scaling_table(), self.layout, self.row_factor)
         self.row_factor_stale = False
 
     def rows(self, i: int) -> slice:
         return self.layout.row_slice(i)
 
-    def slot(self, name: str, i: int):
-        """Index of tensor i in a state buffer: its rows, or i itself for per-tensor state (fixed-mode s)."""
-        return i if self.states[name].dim() == 1 else self.rows(i)
-
-    def view(self, name: str, i: int) -> torch.Tensor:
-        return self.layout.view(self.states[name], i)
-
     def row_scaling_rows(self, i: int) -> slice:
         start = self.layout.row_start[i]
         return slice(start, start + self.layout.shapes[i][0])
+
+    # ------------------------------------------------------------------ per-tensor state access (eager)
+    def fill(self, name: str, value: float, tensors) -> None:
+        """Set the state `name` of the tensors in `tensors` (numpy bool [T]) to a constant."""
+        buf = self.states[name]
+        if buf is None:
+            return
+        if isinstance(buf, C.QState):
+            full = self.layout.empty(torch.float32, self.device, fill=value)
+            valid = torch.arange(full.shape[1], device=self.device) < self.layout.chunk_valid
+            C.fill(buf, full, self.blocks.blocks, valid, torch.from_numpy(tensors).to(self.device))
+        elif tensors.all():
+            buf.fill_(value)
+        else:
+            for i in np.flatnonzero(tensors):
+                buf[i if buf.dim() == 1 else self.rows(i)] = value
+
+    def export(self, name: str, i: int) -> dict:
+        """Tensor i's entries of state `name` in the reference's state_dict format."""
+        buf = self.states[name]
+        if isinstance(buf, C.QState):
+            codes, absmax = C.read_tensor(buf, self.layout, self.blocks, i)
+            return {f"{name}_q": codes, f"{name}_q_scale": absmax}
+        if buf.dim() == 1:  # per-tensor (fixed-mode s)
+            return {name: buf[i].clone()}
+        value = self.layout.view(buf, i).clone()
+        return {name: value.bool() if name == "last_polarity" else value}
+
+    def load(self, name: str, i: int, saved: dict) -> None:
+        """Tensor i's state `name` from a saved entry; zero where the entry is absent."""
+        buf = self.states[name]
+        if buf is None:
+            return
+        if isinstance(buf, C.QState):
+            if f"{name}_q" in saved:
+                C.load_tensor(buf, self.layout, self.blocks, i, saved[f"{name}_q"], saved[f"{name}_q_scale"])
+            else:
+                tensors = np.arange(self.layout.ntensors) == i
+                self.fill(name, 0.0, tensors)
+            return
+        target = buf[i] if buf.dim() == 1 else self.layout.view(buf, i)
+        if name in saved:
+            target.copy_(saved[name].reshape(target.shape))
+        else:
+            target.zero_()
+
+    def row_scaling_table(self) -> torch.Tensor:
+        """ALLoRA's ρ of every row of the 2-D tensors (float32 [nrows + 1]; de-quantised when 8-bit)."""
+        table = self.states["row_scaling"]
+        if isinstance(table, C.QState):
+            return C.dequantize(table, self.row_blocks.blocks).view(-1)
+        return table
+
+    def set_row_scaling(self, fresh: torch.Tensor, tensors) -> None:
+        """Store ρ (a float32 [nrows + 1] table) for the 2-D tensors in `tensors` (numpy bool [T])."""
+        table = self.states["row_scaling"]
+        if isinstance(table, C.QState):
+            matrices = torch.from_numpy(tensors & np.array(self.layout.is_matrix)).to(self.device)
+            C.fill(table, fresh.view(-1, 1), self.row_blocks.blocks, None, matrices)
+        elif tensors.all():
+            table.copy_(fresh.to(table.dtype))
+        else:
+            for i in np.flatnonzero(tensors):
+                if self.layout.is_matrix[i]:
+                    rows = self.row_scaling_rows(i)
+                    table[rows] = fresh[rows].to(table.dtype)
+        self.row_factor_stale = True
+
+    def export_row_scaling(self, i: int) -> dict:
+        table = self.states["row_scaling"]
+        if isinstance(table, C.QState):
+            codes, absmax = C.read_rows(table, self.layout, self.row_blocks, i)
+            return {"row_scaling_q": codes, "row_scaling_q_scale": absmax}
+        return {"row_scaling": table[self.row_scaling_rows(i)].view(-1, 1).clone()}
+
+    def load_row_scaling(self, i: int, saved: dict) -> None:
+        table = self.states["row_scaling"]
+        if isinstance(table, C.QState) and "row_scaling_q" in saved:
+            C.load_rows(table, self.layout, self.row_blocks, i, saved["row_scaling_q"], saved["row_scaling_q_scale"])
+        elif "row_scaling" in saved:
+            table[self.row_scaling_rows(i)] = saved["row_scaling"].reshape(-1)
+        else:
+            return
+        self.row_factor_stale = True
 
     # ------------------------------------------------------------------ parameters and gradients
     def check_views(self):
@@ -145,7 +247,7 @@ class Bucket:
         return self.grad
 
     def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.states.values() if t is not None)
+        return sum(C.nbytes(t) for t in self.states.values() if t is not None)
 
     def workspace_bytes(self) -> int:
         """Bytes of the persistent gradient buffer, ALLoRA's per-element ρ and the early-phase scratch."""

@@ -20,3 +20,14 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, like: torch.Tensor)
 @segment_sum.register_fake
 def _(values, segment, like):
     return torch.empty_like(like)
+
+
+@torch.library.custom_op("cameamp::segment_amax", mutates_args=())
+def segment_amax(values: torch.Tensor, segment: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """out[k] = max(0, max values[i] over i with segment[i] == k); for non-negative values (block absmax)."""
+    return torch.zeros_like(like).scatter_reduce_(0, segment, values.to(like.dtype), "amax")
+
+
+@segment_amax.register_fake
+def _(values, segment, like):
+    return torch.empty_like(like)

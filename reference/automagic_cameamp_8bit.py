@@ -107,6 +107,10 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
 
     def _state_dict(self):
         sd = super()._state_dict()
-        # [I-11b] the fp32 copy of v is not saved (upstream drops it too); torch's dicts are the live state
-        sd["state"] = {pid: {k: v for k, v in saved.items() if k != "exp_avg_sq"} for pid, saved in sd["state"].items()}
+        # [I-11b] the fp32 copy of v beside the quantised one is not saved (upstream drops it too); a 0-d
+        # parameter's v is not quantised, so it is its only copy and is kept
+        sd["state"] = {
+            pid: {k: v for k, v in saved.items() if not (k == "exp_avg_sq" and "exp_avg_sq_q" in saved)}
+            for pid, saved in sd["state"].items()
+        }
         return sd

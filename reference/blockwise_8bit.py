@@ -91,6 +91,11 @@ def _table(device) -> torch.Tensor:
     return nearest_code_index(centres, dynamic_tree_code().double()).to(device)
 
 
+def code_lookup_table(device="cpu") -> torch.Tensor:
+    """The 2^16-bin table of `table_code_index` (uint8 code indices), for kernels that index it themselves."""
+    return _table(torch.device(device)).to(torch.uint8)
+
+
 def table_code_index(v: torch.Tensor) -> torch.Tensor:
     """bitsandbytes' CPU rule: bin k = ⌊(v + 1)/2 · 65535 + ½⌋ (fp32), then the code nearest to the bin centre."""
     k = (((v + 1) * 0.5) * (TABLE_BINS - 1) + 0.5).to(torch.int64)

@@ -100,8 +100,15 @@ def bench_workload(workload, repeats, include_slow):
     for name, kw, warmup in phases:
         opt = add(name, lambda p, kw=kw: optimized.Automagic_CameAMP(p, lr=1e-4, **kw), warmup=warmup)
     workspace = opt.workspace_bytes() / n
+    for name, kw, warmup in phases:  # 8-bit states, the corrected mode
+        add(name.replace("optimized", "optimized 8bit (fixed)"),
+            lambda p, kw=kw: optimized.Automagic_CameAMP8bit(p, lr=1e-4, compat="fixed", **kw),
+            warmup=warmup)  # fmt: skip
     if include_slow:
         add("reference, t ≥ W", lambda p: reference.Automagic_CameAMP(p, lr=1e-4, warmup_steps=4), warmup=6,
+            rounds=max(2, repeats // 3))  # fmt: skip
+        add("reference 8bit (fixed), t ≥ W",
+            lambda p: reference.Automagic_CameAMP8bit(p, lr=1e-4, warmup_steps=4, compat="fixed"), warmup=6,
             rounds=max(2, repeats // 3))  # fmt: skip
     return n, rows, workspace
 

@@ -118,6 +118,7 @@ ROWS = [
     ("Automagic_CameAMP", _family("Automagic_CameAMP"), 1e-3, True),
     ("optimized Automagic_CameAMP", _family("Automagic_CameAMP", "optimized"), 1e-3, True),
     ("Automagic_CameAMP8bit", _family("Automagic_CameAMP8bit"), 1e-3, True),
+    ("optimized Automagic_CameAMP8bit", _family("Automagic_CameAMP8bit", "optimized"), 1e-3, True),
     ("Automagic_CameAMP_COptim", _family("Automagic_CameAMP_COptim", **SGD_SCALE), 3.0, True),
     ("Automagic_CameAMP_COptim8bit", _family("Automagic_CameAMP_COptim8bit", **SGD_SCALE), 3.0, True),
     ("Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved"), 1e-3, True),

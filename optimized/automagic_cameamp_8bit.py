@@ -1,0 +1,39 @@
+"""Fast Automagic_CameAMP8bit: the fused Automagic_CameAMP step with blockwise 8-bit states.
+
+Same kwargs, compat modes and state_dict format as reference.Automagic_CameAMP8bit (spec O2). The
+pipeline differences from O1 (V2 scaling, upstream's never-stored residual [I-08] and T8b mask
+[I-10]) are switches of the shared passes (automagic_step.Flags); the states m, v, r, the LR mask,
+upstream's element-wise s and ALLoRA's ρ are `codec.QState`s, de-quantised and re-quantised inside the
+compiled passes, so no fp32 copy of a state is made during the step. 0-d parameters keep fp32 states,
+as the reference does (it quantises only tensors with a dimension).
+
+What differs from the reference, beyond round-off: upstream mode keeps no fp32 copy of v [I-11b] (it
+is never read, and not saved), so its state is 4 bytes/param smaller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference.state_8bit import Blockwise8bitStates
+
+from .automagic_cameamp import Automagic_CameAMP
+from .bucket import Bucket
+
+
+class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
+    """Fused Automagic_CameAMP8bit. See reference.Automagic_CameAMP8bit for the algorithm."""
+
+    @property
+    def _variant(self) -> dict:
+        upstream = not self.fixed
+        return {"v2": True, "fresh_residual": upstream, "store_post_mask": upstream}
+
+    def _group_buckets(self, gi: int) -> list[Bucket]:
+        if gi not in self._buckets:
+            by_key: dict = {}
+            for p in self.param_groups[gi]["params"]:
+                if p.numel() > 0:
+                    by_key.setdefault((p.dtype, p.device, p.dim() > 0), []).append(p)
+            self._buckets[gi] = [Bucket(ps, torch.float32, quantized=q) for (_, _, q), ps in by_key.items()]
+        return self._buckets[gi]

@@ -1,0 +1,169 @@
+"""Blockwise dynamic 8-bit state inside the fused step (spec T19a; readable twin: reference.blockwise_8bit).
+
+A quantised state of a bucket is a `QState`: uint8 codes in the bucket's [N, CHUNK] layout and one fp32
+absmax per block. Blocks are B consecutive elements *of one tensor* (B = 4096 = 16 rows of the layout),
+as bitsandbytes cuts each tensor separately; a tensor's last block may be short, and the layout's zero
+padding never raises an absmax. `dequantize` and `quantize` are traced into the compiled passes, so a
+state is read as codes, updated in fp32 registers and written back as codes with no fp32 copy of it.
+
+The code index is bitsandbytes' CPU rule (`reference.blockwise_8bit.table_code_index`): the normalised
+v = x/N_b picks bin ⌊(v + 1)/2·65535 + ½⌋ of a 2^16-entry table. On the same fp32 input the codes are
+the reference's; inputs that differ by round-off can land one code apart at a bin edge.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from reference import blockwise_8bit as readable
+
+from .layout import CHUNK, Layout
+from .segment_ops import segment_amax
+
+ROWS_PER_BLOCK = readable.BLOCKSIZE // CHUNK
+assert ROWS_PER_BLOCK * CHUNK == readable.BLOCKSIZE
+
+
+class QState(NamedTuple):
+    codes: torch.Tensor  # [N, CHUNK] uint8
+    absmax: torch.Tensor  # [nblocks] float32
+
+
+class Blocks(NamedTuple):
+    """Where the blocks are: graph inputs shared by every quantised state of a bucket."""
+
+    row_block: torch.Tensor  # [N] int64: the block of each row
+    row_tensor: torch.Tensor  # [N] int64: the tensor of each row (T for ALLoRA's dummy row)
+    block_tensor: torch.Tensor  # [nblocks] int64: the tensor of each block
+    code: torch.Tensor  # [256] float32: the signed dynamic tree code
+    table: torch.Tensor  # [65536] uint8: bin → code index
+
+
+class BlockLayout(NamedTuple):
+    blocks: Blocks
+    block_start: list  # first block of each tensor (None: the tensor has no rows here)
+
+
+def _blocks(row_counts, ntensors, device, rows_per_block) -> BlockLayout:
+    """Blocks of `rows_per_block` rows, cut per tensor; `row_counts[i]` rows of tensor i (None: none)."""
+    row_block, row_tensor, block_tensor, block_start = [], [], [], []
+    for i, rows in enumerate(row_counts):
+        if rows is None:
+            block_start.append(None)
+            continue
+        block_start.append(len(block_tensor))
+        row_block += [len(block_tensor) + r // rows_per_block for r in range(rows)]
+        row_tensor += [i] * rows
+        block_tensor += [i] * max(1, math.ceil(rows / rows_per_block))
+    blocks = Blocks(
+        *(torch.tensor(x, dtype=torch.int64, device=device) for x in (row_block, row_tensor, block_tensor)),
+        code=readable.code_table(device),
+        table=readable.code_lookup_table(device),
+    )
+    return BlockLayout(blocks, block_start)
+
+
+def build_blocks(layout: Layout, device) -> BlockLayout:
+    """Blocks of the element states: B = 4096 elements = 16 rows of the layout, per tensor."""
+    rows = [layout.row_slice(i).stop - layout.chunk_start[i] for i in range(layout.ntensors)]
+    return _blocks(rows, layout.ntensors, device, ROWS_PER_BLOCK)
+
+
+def build_row_blocks(layout: Layout, device) -> BlockLayout:
+    """Blocks of ALLoRA's ρ table ([nrows + 1], one entry per row of each 2-D tensor, as the reference's
+    [rows, 1] state): B = 4096 entries per tensor; the last (dummy, ρ = 1) entry is a block of its own."""
+    rows = [shape[0] if matrix else None for shape, matrix in zip(layout.shapes, layout.is_matrix, strict=True)]
+    return _blocks([*rows, 1], layout.ntensors, device, readable.BLOCKSIZE)
+
+
+def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
+    codes = torch.zeros((layout.nchunks, CHUNK), dtype=torch.uint8, device=device)
+    return QState(codes, torch.zeros(blocks.blocks.block_tensor.numel(), dtype=torch.float32, device=device))
+
+
+def dequantize(q: QState, blocks: Blocks) -> torch.Tensor:
+    """x̂ = code[q] · N_b, float32 [N, CHUNK]."""
+    return blocks.code[q.codes.long()] * q.absmax[blocks.row_block].view(-1, 1)
+
+
+def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
+    """x (float32 [N, CHUNK], zero on padding) → (codes, absmax)."""
+    # N_b = max |x| over the block's rows
+    absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
+    # v = x / N_b; an all-zero block gives 0/0, taken as −1 (code 0), as bitsandbytes does
+    v = (x / absmax[blocks.row_block].view(-1, 1)).nan_to_num(nan=-1.0).clamp(-1.0, 1.0)
+    k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).long()
+    return blocks.table[k], absmax
+
+
+def load(buf, blocks: Blocks | None) -> torch.Tensor:
+    """A state buffer's values in float32: a plain tensor, or a QState de-quantised."""
+    return dequantize(buf, blocks) if isinstance(buf, QState) else buf.float()
+
+
+def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=None, valid=None) -> None:
+    """Write `value` where `rows` ([N, 1] bool, None = everywhere). A QState is re-quantised; blocks of
+    tensors not in `tensors` ([T] bool) keep their absmax, rows outside `rows` keep their codes. `valid`
+    ([N, CHUNK] bool) zeroes the padding first, so it never enters an absmax."""
+    if not isinstance(buf, QState):
+        buf.copy_(value if rows is None else torch.where(rows, value, buf.float()))
+        return
+    if valid is not None:
+        value = torch.where(valid, value, 0.0)
+    codes, absmax = quantize(value, blocks, buf.absmax)
+    if rows is not None:
+        codes = torch.where(rows, codes, buf.codes)
+        absmax = torch.where(tensors[blocks.block_tensor], absmax, buf.absmax)
+    buf.codes.copy_(codes)
+    buf.absmax.copy_(absmax)
+
+
+# ---------------------------------------------------------------- eager helpers (start, import, export)
+def empty_row_state(layout: Layout, rows: BlockLayout, device) -> QState:
+    """ALLoRA's ρ table, all ones (code 255 = 1.0, absmax 1), the value of rows not yet started."""
+    codes = torch.full((layout.nrows + 1, 1), 255, dtype=torch.uint8, device=device)
+    return QState(codes, torch.ones(rows.blocks.block_tensor.numel(), dtype=torch.float32, device=device))
+
+
+def fill(q: QState, value: torch.Tensor, blocks: Blocks, valid, tensors: torch.Tensor) -> None:
+    """Quantise `value` into the rows and blocks of the tensors in `tensors` ([T] bool)."""
+    ext = torch.cat([tensors, tensors.new_zeros(1)])  # index T: ALLoRA's dummy row, never written
+    store(q, value, blocks, ext[blocks.row_tensor].view(-1, 1), ext, valid)
+
+
+def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
+    start = blocks.block_start[i]
+    return slice(start, start + math.ceil(n / readable.BLOCKSIZE))
+
+
+def read_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int):
+    """Tensor i's (codes with its shape, absmax): the reference's `<key>_q` and `<key>_q_scale`."""
+    return layout.view(q.codes, i).clone(), q.absmax[_block_range(blocks, i, layout.numels[i])].clone()
+
+
+def load_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int, codes, absmax) -> None:
+    layout.view(q.codes, i).copy_(codes.reshape(layout.shapes[i]))
+    q.absmax[_block_range(blocks, i, layout.numels[i])] = absmax.to(q.absmax)
+
+
+def _rows(layout: Layout, i: int) -> slice:
+    return slice(layout.row_start[i], layout.row_start[i] + layout.shapes[i][0])
+
+
+def read_rows(q: QState, layout: Layout, rows: BlockLayout, i: int):
+    """Matrix i's ρ as the reference stores it: codes [rows, 1] and absmax."""
+    return q.codes[_rows(layout, i)].clone(), q.absmax[_block_range(rows, i, layout.shapes[i][0])].clone()
+
+
+def load_rows(q: QState, layout: Layout, rows: BlockLayout, i: int, codes, absmax) -> None:
+    q.codes[_rows(layout, i)] = codes.reshape(-1, 1)
+    q.absmax[_block_range(rows, i, layout.shapes[i][0])] = absmax.to(q.absmax)
+
+
+def nbytes(buf) -> int:
+    if isinstance(buf, QState):
+        return buf.codes.numel() + buf.absmax.numel() * 4
+    return buf.numel() * buf.element_size()
