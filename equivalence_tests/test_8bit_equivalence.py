@@ -11,6 +11,7 @@ import optimized
 import reference
 
 from .harness import OPTIMIZER_CASES, free_running, lockstep, roundtrip
+from .test_family_reference import kwargs_for, resume_runs, run
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     LOCKSTEP_8BIT_FLIPS,
@@ -54,47 +55,20 @@ def test_free_running(case, compat, dtype):
     assert err <= free_running_bound(compat, dtype), err
 
 
-def _lora(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    shapes = [(16, 300), (300, 16), (5000,), ()]
-    return [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in shapes]
-
-
-def _run(opt, params, steps, gen):
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen)
-        opt.step()
-
-
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 def test_resume_is_bit_identical(compat):
     """k steps, save (weights_only), load into a new optimizer, N − k more == N straight steps."""
-    straight = _lora()
-    opt = optimized.Automagic_CameAMP8bit(straight, lr=1e-3, warmup_steps=8, compat=compat)
-    _run(opt, straight, 14, torch.Generator().manual_seed(1))
-
-    resumed = _lora()
-    gen = torch.Generator().manual_seed(1)
-    first = optimized.Automagic_CameAMP8bit(resumed, lr=1e-3, warmup_steps=8, compat=compat)
-    _run(first, resumed, 6, gen)
-    saved = roundtrip(first.state_dict())
-    second = optimized.Automagic_CameAMP8bit(resumed, lr=1e-3, warmup_steps=8, compat=compat)
-    second.load_state_dict(saved)
-    _run(second, resumed, 8, gen)
+    straight, resumed = resume_runs(optimized.Automagic_CameAMP8bit, compat)
     for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
-    assert saved["magic8_version"] == 2
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 def test_state_dict_loads_into_the_reference(compat):
     """The formats are the same: a state_dict of either class continues in the other."""
-    params = _lora()
-    opt = optimized.Automagic_CameAMP8bit(params, lr=1e-3, warmup_steps=8, compat=compat)
-    _run(opt, params, 5, torch.Generator().manual_seed(2))
+    params, opt = run(optimized.Automagic_CameAMP8bit, compat, 5)
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    ref = reference.Automagic_CameAMP8bit(ref_params, lr=1e-3, warmup_steps=8, compat=compat)
+    ref = reference.Automagic_CameAMP8bit(ref_params, **kwargs_for(reference.Automagic_CameAMP8bit, compat))
     ref.load_state_dict(roundtrip(opt.state_dict()))
     mine, theirs = opt.state_dict()["state"], ref.state_dict()["state"]
     for pid, saved in mine.items():
@@ -106,13 +80,13 @@ def test_state_dict_loads_into_the_reference(compat):
 
 def test_states_are_8bit_and_small():
     """Codes are uint8 and the state is ≤ 6.5 bytes/param during warm-up, ≤ 4.2 after (issue 6)."""
+    cls = optimized.Automagic_CameAMP8bit
     params = [torch.nn.Parameter(torch.randn(64, 4096) * 0.1)]
-    opt = optimized.Automagic_CameAMP8bit(params, lr=1e-3, warmup_steps=4, compat="fixed")
+    opt = cls(params, lr=1e-3, warmup_steps=4, compat="fixed")
     n = params[0].numel()
-    gen = torch.Generator().manual_seed(3)
-    _run(opt, params, 2, gen)
+    run(cls, "fixed", 2, params, opt)
     warm = opt.state_bytes() / n
-    _run(opt, params, 3, gen)
+    run(cls, "fixed", 5, params, opt, start=2)
     after = opt.state_bytes() / n
     saved = opt.state_dict()["state"][0]
     assert saved["exp_avg_q"].dtype == torch.uint8 and saved["exp_avg_q_scale"].numel() == n // 4096

@@ -9,6 +9,7 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
+import optimized
 import reference
 from reference import blockwise_8bit
 from reference.contextual_lr import ContextualOptimizationModule
@@ -77,7 +78,11 @@ def test_resume_is_bit_identical(cls, compat):
         assert torch.isfinite(a).all()
 
 
-@pytest.mark.parametrize("cls", [reference.Automagic_CameAMP8bit, reference.Automagic_CameAMP_COptim8bit])
+@pytest.mark.parametrize(
+    "cls",
+    [reference.Automagic_CameAMP8bit, optimized.Automagic_CameAMP8bit, reference.Automagic_CameAMP_COptim8bit],
+    ids=lambda c: f"{c.__module__.split('.')[0]}.{c.__name__}",
+)
 def test_8bit_states_are_codes_with_absmax_and_no_fp32_copies(cls):
     params, opt = run(cls, "fixed", 3)
     sd = opt.state_dict()

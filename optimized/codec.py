@@ -47,7 +47,7 @@ class BlockLayout(NamedTuple):
     block_start: list  # first block of each tensor (None: the tensor has no rows here)
 
 
-def _blocks(row_counts, ntensors, device, rows_per_block) -> BlockLayout:
+def _blocks(row_counts, device, rows_per_block) -> BlockLayout:
     """Blocks of `rows_per_block` rows, cut per tensor; `row_counts[i]` rows of tensor i (None: none)."""
     row_block, row_tensor, block_tensor, block_start = [], [], [], []
     for i, rows in enumerate(row_counts):
@@ -69,14 +69,14 @@ def _blocks(row_counts, ntensors, device, rows_per_block) -> BlockLayout:
 def build_blocks(layout: Layout, device) -> BlockLayout:
     """Blocks of the element states: B = 4096 elements = 16 rows of the layout, per tensor."""
     rows = [layout.row_slice(i).stop - layout.chunk_start[i] for i in range(layout.ntensors)]
-    return _blocks(rows, layout.ntensors, device, ROWS_PER_BLOCK)
+    return _blocks(rows, device, ROWS_PER_BLOCK)
 
 
 def build_row_blocks(layout: Layout, device) -> BlockLayout:
     """Blocks of ALLoRA's ρ table ([nrows + 1], one entry per row of each 2-D tensor, as the reference's
     [rows, 1] state): B = 4096 entries per tensor; the last (dummy, ρ = 1) entry is a block of its own."""
     rows = [shape[0] if matrix else None for shape, matrix in zip(layout.shapes, layout.is_matrix, strict=True)]
-    return _blocks([*rows, 1], layout.ntensors, device, readable.BLOCKSIZE)
+    return _blocks([*rows, 1], device, readable.BLOCKSIZE)
 
 
 def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
