@@ -28,3 +28,27 @@ def test_graph_count_does_not_grow_with_tensor_count():
     assert many <= few, many
     _train(30)  # another size: no further compile at all
     assert counters["stats"]["unique_graphs"] - few - many == 0
+
+
+def test_8bit_loads_take_the_one_instruction_path():
+    """optimized.compile patches inductor's AVX2 load of 8 uint8 values (a stack copy that stalls) into
+    ATen's one-instruction loadu_one_fourth; the results are unchanged. On AVX-512 inductor already
+    loads them that way, and the patch has nothing to do."""
+    from torch._inductor import cpu_vec_isa
+    from torch._inductor.utils import run_and_get_code
+
+    from optimized.compile import FAST_BYTE_LOADS
+
+    assert FAST_BYTE_LOADS
+    codes = torch.randint(0, 256, (64, 256), dtype=torch.uint8)
+    table = torch.randn(256)
+    x = torch.randn(64, 256)
+
+    def decode_add(codes, table, x):
+        return x + table[codes.int()] * codes.float()
+
+    torch._dynamo.reset()
+    out, (code,) = run_and_get_code(torch.compile(decode_add), codes, table, x)
+    assert torch.equal(out, decode_add(codes, table, x))
+    if cpu_vec_isa.pick_vec_isa().bit_width() == 256:
+        assert "loadu_one_fourth" in code and "Vectorized<uint8_t>::loadu(" not in code

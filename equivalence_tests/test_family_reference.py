@@ -80,7 +80,12 @@ def test_resume_is_bit_identical(cls, compat):
 
 @pytest.mark.parametrize(
     "cls",
-    [reference.Automagic_CameAMP8bit, optimized.Automagic_CameAMP8bit, reference.Automagic_CameAMP_COptim8bit],
+    [
+        reference.Automagic_CameAMP8bit,
+        optimized.Automagic_CameAMP8bit,
+        reference.Automagic_CameAMP_COptim8bit,
+        optimized.Automagic_CameAMP_COptim8bit,
+    ],
     ids=lambda c: f"{c.__module__.split('.')[0]}.{c.__name__}",
 )
 def test_8bit_states_are_codes_with_absmax_and_no_fp32_copies(cls):

@@ -1,4 +1,5 @@
-"""optimized.Automagic_CameAMP against reference.Automagic_CameAMP, lockstep and free-running.
+"""optimized.Automagic_CameAMP and Automagic_CameAMP_COptim against their references, lockstep and
+free-running (COptim's context with losses: test_coptim_equivalence.py).
 
 Every case runs at least 2·W steps, so t = 1 (seeding), t = W/2 (TAM → consistency, OrthoGrad and
 weight decay off) and t = W (mask frozen, warm-up state dropped) are all crossed.
@@ -8,31 +9,39 @@ import pytest
 import torch
 
 from .harness import OPTIMIZER_CASES, free_running, lockstep
-from .tolerances import free_running_tolerance, lockstep_tolerance
+from .tolerances import free_running_tolerance, lockstep_tolerance, momentum_tolerance
 
 DTYPES = [torch.float32, torch.bfloat16]
 COMPATS = ["upstream", "fixed"]
+# COptim: the basic case, came=False (V2 without CAME: C beside the ADOPT clip) and full_finetune with
+# other betas and eps; the other switches are O1's. `make verify` runs every case.
+PAIRS = [("Automagic_CameAMP", case) for case in OPTIMIZER_CASES] + [
+    ("Automagic_CameAMP_COptim", OPTIMIZER_CASES[i]) for i in (0, 3, 5)
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("compat", COMPATS)
-@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=lambda c: c.name)
-def test_lockstep(case, compat, dtype):
+@pytest.mark.parametrize("name,case", PAIRS, ids=lambda x: getattr(x, "name", x))
+def test_lockstep(name, case, compat, dtype):
     assert case.steps >= 2 * case.warmup
-    tol = lockstep_tolerance(dtype)
-    worst = lockstep(case, dtype, compat)
+    tol, momentum_tol = lockstep_tolerance(dtype), momentum_tolerance(dtype, name, compat)
+    worst = lockstep(case, dtype, compat, name=name)
     expected = {"params", "step", "lr_max", "lr_mask", "avg_lr", "exp_avg", "exp_avg_res", "last_polarity", "s"}
+    if name == "Automagic_CameAMP_COptim":
+        expected |= {"momentum_scale_1", "momentum_count_5", "edge_case_count", "contextual_lr_multiplier"}
     assert expected <= set(worst), f"not compared: {expected - set(worst)}"
     for key, err in worst.items():
-        assert err <= tol.bound, f"{key}: {err:.3e} > {tol.bound}"
+        bound = momentum_tol.bound if key == "exp_avg" else tol.bound
+        assert err <= bound, f"{key}: {err:.3e} > {bound}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("compat", COMPATS)
-@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=lambda c: c.name)
-def test_free_running(case, compat, dtype):
+@pytest.mark.parametrize("name,case", PAIRS, ids=lambda x: getattr(x, "name", x))
+def test_free_running(name, case, compat, dtype):
     tol = free_running_tolerance(dtype)
-    err = free_running(case, dtype, compat)
+    err = free_running(case, dtype, compat, name=name)
     assert err <= tol.bound, f"{err:.3e} > {tol.bound}"
 
 

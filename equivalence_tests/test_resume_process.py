@@ -22,6 +22,7 @@ CLASSES = {
     "optimized.Automagic_CameAMP8bit": optimized.Automagic_CameAMP8bit,
     "Automagic_CameAMP_COptim": reference.Automagic_CameAMP_COptim,
     "Automagic_CameAMP_COptim8bit": reference.Automagic_CameAMP_COptim8bit,
+    "optimized.Automagic_CameAMP_COptim": optimized.Automagic_CameAMP_COptim,
     "Automagic_CameAMP_Improved": reference.Automagic_CameAMP_Improved,
     "Automagic_CameAMP_Improved_8Bit": reference.Automagic_CameAMP_Improved_8Bit,
     "Automagic_CameAMP_8Bit": reference.Automagic_CameAMP_8Bit,

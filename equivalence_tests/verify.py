@@ -29,6 +29,7 @@ from .tolerances import (
     TECHNIQUE_FP32,
     free_running_tolerance,
     lockstep_tolerance,
+    momentum_tolerance,
     scaled_error,
 )
 
@@ -61,39 +62,46 @@ def technique_rows():
 
 def optimizer_rows():
     rows = []
-    for case in OPTIMIZER_CASES:
-        for compat in ("upstream", "fixed"):
-            for dtype in (torch.float32, torch.bfloat16):
-                dt = str(dtype).replace("torch.", "")
-                lock = lockstep(case, dtype, compat)
-                name = f"O1 Automagic_CameAMP {compat} {dt} [{case.name}]"
-                rows.append([f"{name} lockstep (worst: {max(lock, key=lock.get)})", "optimizers.md O1", None,
-                             max(lock.values()), lockstep_tolerance(dtype).bound])  # fmt: skip
-                rows.append([f"{name} free-running {case.steps} steps", "optimizers.md O1", None,
-                             free_running(case, dtype, compat), free_running_tolerance(dtype).bound])  # fmt: skip
+    for spec, cls_name in (("O1", "Automagic_CameAMP"), ("O4", "Automagic_CameAMP_COptim")):
+        for case in OPTIMIZER_CASES:
+            for compat in ("upstream", "fixed"):
+                for dtype in (torch.float32, torch.bfloat16):
+                    dt = str(dtype).replace("torch.", "")
+                    lock = lockstep(case, dtype, compat, name=cls_name)
+                    name = f"{spec} {cls_name} {compat} {dt} [{case.name}]"
+                    others = {k: v for k, v in lock.items() if k != "exp_avg"}
+                    rows.append([f"{name} lockstep (worst: {max(others, key=others.get)})", f"optimizers.md {spec}",
+                                 None, max(others.values()), lockstep_tolerance(dtype).bound])  # fmt: skip
+                    rows.append([f"{name} lockstep exp_avg", f"optimizers.md {spec}", None, lock["exp_avg"],
+                                 momentum_tolerance(dtype, cls_name, compat).bound])  # fmt: skip
+                    rows.append([f"{name} free-running {case.steps} steps", f"optimizers.md {spec}", None,
+                                 free_running(case, dtype, compat, name=cls_name),
+                                 free_running_tolerance(dtype).bound])  # fmt: skip
     return rows
 
 
 def eight_bit_rows():
-    """optimized.Automagic_CameAMP8bit against the reference: parameters, de-quantised states, code flips."""
-    from .test_8bit_equivalence import MODES, NAME, free_running_bound, param_bound
+    """The optimized 8-bit classes against the reference: parameters, de-quantised states, code flips."""
+    from .test_8bit_equivalence import MODES, NAMES, free_running_bound, param_bound
 
     rows = []
-    for case in OPTIMIZER_CASES:
-        for compat, dtype in MODES:
-            dt = str(dtype).replace("torch.", "")
-            name = f"O2 Automagic_CameAMP8bit {compat} {dt} [{case.name}]"
-            lock = lockstep(case, dtype, compat, name=NAME)
-            states = max(v for k, v in lock.items() if k not in ("params", "code_flips"))
-            rows += [
-                [f"{name} lockstep parameters", "optimizers.md O2", None, lock["params"], param_bound(compat, dtype)],
-                [f"{name} lockstep states (de-quantised)", "techniques.md T19a", None, states,
-                 LOCKSTEP_8BIT_STATES.bound],
-                [f"{name} lockstep codes that differ (fraction)", "techniques.md T19a", None, lock["code_flips"],
-                 LOCKSTEP_8BIT_FLIPS.bound],
-                [f"{name} free-running {case.steps} steps", "optimizers.md O2", None,
-                 free_running(case, dtype, compat, name=NAME), free_running_bound(compat, dtype)],
-            ]  # fmt: skip
+    for cls_name, spec in zip(NAMES, ("O2", "O5"), strict=True):
+        for case in OPTIMIZER_CASES:
+            for compat, dtype in MODES:
+                dt = str(dtype).replace("torch.", "")
+                name = f"{spec} {cls_name} {compat} {dt} [{case.name}]"
+                lock = lockstep(case, dtype, compat, name=cls_name)
+                states = max(v for k, v in lock.items() if k not in ("params", "code_flips"))
+                rows += [
+                    [f"{name} lockstep parameters", f"optimizers.md {spec}", None, lock["params"],
+                     param_bound(cls_name, compat, dtype)],
+                    [f"{name} lockstep states (de-quantised)", "techniques.md T19a", None, states,
+                     LOCKSTEP_8BIT_STATES.bound],
+                    [f"{name} lockstep codes that differ (fraction)", "techniques.md T19a", None, lock["code_flips"],
+                     LOCKSTEP_8BIT_FLIPS.bound],
+                    [f"{name} free-running {case.steps} steps", f"optimizers.md {spec}", None,
+                     free_running(case, dtype, compat, name=cls_name), free_running_bound(cls_name, compat, dtype)],
+                ]  # fmt: skip
     return rows
 
 

@@ -2,6 +2,14 @@
 
 from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
+from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
 from .compile import compile_enabled, set_compile
 
-__all__ = ["Automagic_CameAMP", "Automagic_CameAMP8bit", "compile_enabled", "set_compile"]
+__all__ = [
+    "Automagic_CameAMP",
+    "Automagic_CameAMP8bit",
+    "Automagic_CameAMP_COptim",
+    "Automagic_CameAMP_COptim8bit",
+    "compile_enabled",
+    "set_compile",
+]

@@ -29,6 +29,8 @@ assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
 class Automagic_CameAMP(AutomagicBase):
     """Fused, flat-buffer Automagic_CameAMP. See reference.Automagic_CameAMP for the algorithm."""
 
+    quantized_states = False  # the *8bit classes: blockwise 8-bit states (codec.QState)
+
     @property
     def _variant(self) -> dict:
         """The pipeline switches of automagic_step.Flags where a subclass differs from O1."""
@@ -40,21 +42,34 @@ class Automagic_CameAMP(AutomagicBase):
 
     # ------------------------------------------------------------------ buckets
     def _group_buckets(self, gi: int) -> list[Bucket]:
+        """One bucket per (dtype, device); with 8-bit states, 0-d parameters get an fp32 bucket of their
+        own, as the reference quantises only tensors with a dimension."""
         if gi not in self._buckets:
             by_key: dict = {}
             for p in self.param_groups[gi]["params"]:
                 if p.numel() > 0:
-                    by_key.setdefault((p.dtype, p.device), []).append(p)
-            self._buckets[gi] = [Bucket(ps, self._state_dtype(dt)) for (dt, _), ps in by_key.items()]
+                    by_key.setdefault((p.dtype, p.device, self.quantized_states and p.dim() > 0), []).append(p)
+            self._buckets[gi] = [
+                Bucket(ps, torch.float32 if q else self._state_dtype(dt), quantized=q)
+                for (dt, _, q), ps in by_key.items()
+            ]
         return self._buckets[gi]
+
+    def _extra_states(self) -> dict:
+        """States beyond O1's, as {name: start value} (C-Optim's multi-scale momenta)."""
+        return {}
+
+    def _allocate(self, bucket: Bucket, group):
+        bucket.allocate(group["came"], self.fixed, self._start_lr(group))
+        bucket.ensure_warm_buffers(self.fixed)
+        bucket.add_states(self._extra_states())
 
     def _start(self, bucket: Bucket, group, new):
         """Initialise the state of the tensors that take their first step (spec O1 'State')."""
         start_lr = self._start_lr(group)
-        bucket.allocate(group["came"], self.fixed, start_lr)
-        bucket.ensure_warm_buffers(self.fixed)
+        self._allocate(bucket, group)
         fills = {"exp_avg": 0, "exp_avg_sq": 0, "exp_avg_res": 0, "s": 0, "lr_mask": start_lr,
-                 "last_polarity": 0}  # fmt: skip
+                 "last_polarity": 0, **self._extra_states()}  # fmt: skip
         for name, value in fills.items():
             bucket.fill(name, value, new)
         bucket.lr_max[new] = self._start_lr_max(group)
@@ -78,10 +93,19 @@ class Automagic_CameAMP(AutomagicBase):
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return
         for group, prep in zip(self.param_groups, prepared, strict=True):
+            context = self._group_context()  # per group, with or without gradients, as the reference
             if prep is not None:
                 work, group_sum, mu, sigma = prep
                 for b, has, grad, abs_sum, _ in work:
-                    self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum)
+                    self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum, context)
+
+    def _group_context(self) -> tuple:
+        """Per-group extras of the step (C-Optim: Λ and the edge flag)."""
+        return ()
+
+    def _bucket_context(self, b: Bucket, group, t, active, *context):
+        """automagic_step.Context of this step (C-Optim), or None."""
+        return None
 
     def _gather_group(self, gi, group):
         """Pack the group's gradients into its buckets' buffers (state is not touched). Returns (work, S = Σ|g|
@@ -111,7 +135,7 @@ class Automagic_CameAMP(AutomagicBase):
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
         return work, group_sum, mu, sigma
 
-    def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum):
+    def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum, context=()):
         active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)
         if not active.any():
             return
@@ -151,6 +175,7 @@ class Automagic_CameAMP(AutomagicBase):
             active, seed, early, warm, beta1_t, 1 - beta1_t, alpha, 1 - alpha,
             1 / (1 - beta3**tf) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
         ], axis=1).astype(np.float64)  # fmt: skip
+        step_context = self._bucket_context(b, group, t, active, *context)
         consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
                   group["weight_decay"], self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
                   self._mask_setting(group, "max_lr"), 1.0 / group["eta"] ** 2]  # fmt: skip
@@ -167,6 +192,7 @@ class Automagic_CameAMP(AutomagicBase):
             has_rho=not group["full_finetune"] and any(b.layout.is_matrix),
             masked=not active.all(),
             padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized,
+            contextual=step_context is not None,
             **self._variant,
         )
         st = b.states
@@ -177,7 +203,7 @@ class Automagic_CameAMP(AutomagicBase):
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
                          st["lr_mask"], st["last_polarity"], b.row_factor,
-                         b.blocks.blocks if b.quantized else None)  # fmt: skip
+                         b.blocks.blocks if b.quantized else None, step_context)  # fmt: skip
         dev = b.device
         per_tensor = torch.from_numpy(per_tensor).to(dev)
         consts = torch.tensor(consts, dtype=torch.float64, device=dev)
@@ -264,6 +290,8 @@ class Automagic_CameAMP(AutomagicBase):
             out.update(b.export(name, i))
         if not group["full_finetune"] and b.layout.is_matrix[i]:
             out.update(b.export_row_scaling(i))
+        for name in self._extra_states():
+            out.update(b.export(name, i))
         return out
 
     def _load_state_dict(self, state_dict):
@@ -278,11 +306,10 @@ class Automagic_CameAMP(AutomagicBase):
             self._import(b, i, group, saved)
 
     def _import(self, b: Bucket, i: int, group, saved: dict):
-        b.allocate(group["came"], self.fixed, self._start_lr(group))
-        b.ensure_warm_buffers(self.fixed)
+        self._allocate(b, group)
         b.step[i], b.lr_max[i] = int(saved["step"]), float(saved["lr_max"])
         b.avg_lr[i], b.avg_lr_stale[i] = float(saved["avg_lr"]), False
-        for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity", "s"):
+        for name in ("exp_avg", "exp_avg_sq", "exp_avg_res", "lr_mask", "last_polarity", "s", *self._extra_states()):
             b.load(name, i, saved)
         b.load_row_scaling(i, saved)
         b.started[i] = True

@@ -13,27 +13,17 @@ is never read, and not saved), so its state is 4 bytes/param smaller.
 
 from __future__ import annotations
 
-import torch
-
 from reference.state_8bit import Blockwise8bitStates
 
 from .automagic_cameamp import Automagic_CameAMP
-from .bucket import Bucket
 
 
 class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
     """Fused Automagic_CameAMP8bit. See reference.Automagic_CameAMP8bit for the algorithm."""
 
+    quantized_states = True
+
     @property
     def _variant(self) -> dict:
         upstream = not self.fixed
         return {"v2": True, "fresh_residual": upstream, "store_post_mask": upstream}
-
-    def _group_buckets(self, gi: int) -> list[Bucket]:
-        if gi not in self._buckets:
-            by_key: dict = {}
-            for p in self.param_groups[gi]["params"]:
-                if p.numel() > 0:
-                    by_key.setdefault((p.dtype, p.device, p.dim() > 0), []).append(p)
-            self._buckets[gi] = [Bucket(ps, torch.float32, quantized=q) for (_, _, q), ps in by_key.items()]
-        return self._buckets[gi]

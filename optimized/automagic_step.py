@@ -63,6 +63,24 @@ class Flags(NamedTuple):
     v2: bool = False  # T2 V2: v first, then u; no seeding step
     fresh_residual: bool = False  # [I-08] upstream: r is read as 0 and not stored; U = m ⊙ rsqrt(r)
     store_post_mask: bool = False  # T8b [I-10]: the scaled post-warm-up mask is stored
+    # Automagic_CameAMP_COptim (spec O4): the momentum's input is the multi-scale C (T17) and E is
+    # multiplied by Λ·ef (T16.6, T16.7); see `Context`
+    contextual: bool = False
+
+
+# columns of Context.coef; then, per momentum scale k, UPDATE_K (t mod k == 0) and WEIGHT_K (1/k once
+# μ_k has been updated, else 0)
+USE_U, CONTEXT_FACTOR, WEIGHT_TOTAL, FIRST_SCALE_COL = range(4)
+MULTISCALE_BETA = 0.9  # T17, hard-coded upstream
+
+
+class Context(NamedTuple):
+    """C-Optim's per-step inputs: the multi-scale momentum buffers μ_k (plain or QState) and a float32
+    [T, 3 + 2K] table: USE_U (1 where no μ_k is active yet, so the input is u), Λ·ef, Σ of the active
+    1/k, and the per-scale columns."""
+
+    scales: tuple
+    coef: torch.Tensor
 
 
 class Buffers(NamedTuple):
@@ -76,6 +94,7 @@ class Buffers(NamedTuple):
     polarity: torch.Tensor | None
     row_factor: torch.Tensor | None  # ρ of every element's row (ALLoRA), [N, C] float32
     blocks: C.Blocks | None = None  # the block index of the QState buffers (8-bit states)
+    context: Context | None = None  # C-Optim (Flags.contextual)
 
 
 def _select(cond, new, old):
@@ -115,9 +134,34 @@ def _rows(cond, idx: K.Idx):
 def _write(b: Buffers, name: str, value, cond, idx: K.Idx):
     """Store a state where `cond` ([T] bool, None = every tensor) holds; QState buffers are re-quantised
     with the padding zeroed, and keep the codes and absmax of the other tensors."""
-    buf = getattr(b, name)
+    _write_buffer(b, getattr(b, name), value, cond, idx)
+
+
+def _write_buffer(b: Buffers, buf, value, cond, idx: K.Idx):
     valid = K.valid_mask(idx) if isinstance(buf, C.QState) else None
     C.store(buf, value, b.blocks, _rows(cond, idx), cond, valid)
+
+
+def _context_col(b: Buffers, idx: K.Idx, k: int):
+    return b.context.coef[idx.chunk_tensor, k].view(-1, 1)
+
+
+def _multiscale(b: Buffers, gt, idx: K.Idx):
+    """T17: each μ_k after this step (μ_k ← 0.9μ_k + 0.1g̃ where t mod k == 0) and their 1/k-weighted mean
+    C = Σ μ_k/k / Σ 1/k over the active scales. Returns (list of μ_k, C)."""
+    mus, weighted = [], 0.0
+    for j, buf in enumerate(b.context.scales):
+        mu = C.load(buf, b.blocks)
+        update = _context_col(b, idx, FIRST_SCALE_COL + 2 * j) > 0
+        mu = torch.where(update, mu * MULTISCALE_BETA + gt * (1 - MULTISCALE_BETA), mu)
+        mus.append(mu)
+        weighted = weighted + mu * _context_col(b, idx, FIRST_SCALE_COL + 2 * j + 1)
+    return mus, weighted / _context_col(b, idx, WEIGHT_TOTAL)
+
+
+def _momentum_input(b: Buffers, u, contextual_input, idx: K.Idx):
+    """The input of TAM / consistency momentum: u, or C where a μ_k is active (C-Optim)."""
+    return torch.where(_context_col(b, idx, USE_U) > 0, u, contextual_input)
 
 
 def _load(b: Buffers, name: str):
@@ -146,19 +190,25 @@ def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
 def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags, u_out):
     """Σu², and the early-phase TAM reductions, all of the *unclipped* u (written to u_out for
     upstream TAM, whose column norms are taken eagerly)."""
-    _, u = _unclipped(b, idx, per_tensor, consts, group_sum, f)
+    gt, u = _unclipped(b, idx, per_tensor, consts, group_sum, f)
     out = {"uu": K.tensor_sum(u * u, idx)}
     if f.has_early:
         m = _load(b, "exp_avg")
+        if f.contextual:  # the momentum's input where C is (see coefficients)
+            _, c = _multiscale(b, gt, idx)
+            c = _select(None if f.padding_safe else K.valid_mask(idx), c, 0.0)
         if f.fixed:
             out["mu"], out["mm"] = K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx)
+            if f.contextual:
+                out["mc"], out["cc"] = K.tensor_sum(m * c, idx), K.tensor_sum(c * c, idx)
         else:
-            u_out.copy_(u)
+            u_out.copy_(_momentum_input(b, u, c, idx) if f.contextual else u)
     return out
 
 
-def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma, f: Flags):
-    """Per-tensor [T, NCOLS + 3] float32 table: the host columns plus clip divisor, TAM s, WD factor."""
+def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma, f: Flags, use_u=None):
+    """Per-tensor [T, NCOLS + 3] float32 table: the host columns plus clip divisor, TAM s, WD factor.
+    `use_u` ([T] bool, C-Optim): the tensors whose momentum input is u rather than C."""
     T = per_tensor.shape[0]
     inv_div = torch.ones(T, dtype=torch.float64, device=per_tensor.device)
     if f.came and f.has_update:
@@ -169,6 +219,9 @@ def coefficients(per_tensor, consts, partials, idx: K.Idx, s, abs_sum, mu, sigma
         tam_s = K.tam_cosine_coefficient(
             s, partials["mu"] * inv_div, partials["mm"].sqrt(), partials["uu"].sqrt() * inv_div
         )
+        if f.contextual:  # cos(m, C)
+            tam_c = K.tam_cosine_coefficient(s, partials["mc"], partials["mm"].sqrt(), partials["cc"].sqrt())
+            tam_s = torch.where(use_u, tam_s, tam_c)
     factor = torch.ones_like(inv_div)
     if f.has_wd:
         factor = K.decay_factor(abs_sum / idx.numel_t, mu, sigma, 1e-12 if f.fixed else 0.0)
@@ -199,15 +252,21 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         u = u * col(INV_DIV)
         v_new = K.second_moment(v_old, gt, c[BETA2], c[ONE_MINUS_BETA2], c[EPS1])
 
+    # T17 (C-Optim): the momentum's input x is the multi-scale C, else u
+    x = u
+    if f.contextual:
+        mus, contextual_input = _multiscale(b, gt, idx)
+        x = _momentum_input(b, u, contextual_input, idx)
+
     # T4a / T5: momentum
     m = _load(b, "exp_avg")
     if f.has_early:
         if f.fixed:
-            m_tam = K.tam_cosine(m, u, col(TAM_S), c[EPS1])
+            m_tam = K.tam_cosine(m, x, col(TAM_S), c[EPS1])
         else:
-            m_tam, s_new = K.tam_upstream(m, _load(b, "s"), u, normaliser, c[EPS1])
+            m_tam, s_new = K.tam_upstream(m, _load(b, "s"), x, normaliser, c[EPS1])
     if f.has_late:
-        m_con, m_bar_con = K.consistency(m, u, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1])
+        m_con, m_bar_con = K.consistency(m, x, col(BETA1_T), col(ONE_MINUS_BETA1_T), c[BETA1], c[ONE_MINUS_BETA1])
     if f.has_early and f.has_late:
         m_new, m_bar = torch.where(early, m_tam, m_con), torch.where(early, m_tam, m_bar_con)
     elif f.has_early:
@@ -242,6 +301,10 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         _write(b, "exp_avg_sq", v_store, cond.active, idx)
     if f.has_early and not f.fixed:
         _write(b, "s", s_new, _and(cond.upd, cond.early), idx)
+    if f.contextual:
+        for j, (buf, mu) in enumerate(zip(b.context.scales, mus, strict=True)):
+            update = b.context.coef[:, FIRST_SCALE_COL + 2 * j] > 0
+            _write_buffer(b, buf, mu, update if cond.active is None else update & cond.active, idx)
     return mask_sums
 
 
@@ -259,7 +322,7 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
         lr_eff = _select(c_warm, mask_warm, mask_post) if f.has_warm else mask_post
     else:
         lr_eff = mask_warm
-    if f.store_post_mask:
+    if f.store_post_mask:  # (before the C-Optim factor, as the reference)
         _write(b, "lr_mask", lr_eff, cond.upd, idx)
     elif f.has_warm:
         _write(b, "lr_mask", mask_warm, _and(cond.upd, cond.warm), idx)
@@ -269,6 +332,8 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
         b.polarity.copy_(_select(moved, polarity, b.polarity))
         if isinstance(b.lr_mask, C.QState):
             mask_sums = K.tensor_sum(torch.where(K.valid_mask(idx), mask_warm, 0.0), idx)
+    if f.contextual:  # T16.6, T16.7: E ← E·Λ·ef
+        lr_eff = lr_eff * _context_col(b, idx, CONTEXT_FACTOR)
     if f.has_rho:
         lr_eff = lr_eff * b.row_factor
     return lr_eff, mask_sums
@@ -332,10 +397,14 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor, consts, group_sum, mu
     u_out = scratch("u") if upstream_tam else None
     if f.has_update and (f.came or f.has_early):
         partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f, u_out)
-    coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f)
-    if upstream_tam:  # dim-0 normalisation, written over u
+    use_u = b.context.coef[:, USE_U] > 0 if f.contextual else None
+    coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f, use_u)
+    if upstream_tam:  # dim-0 normalisation, written over the momentum's input (u, unclipped, or C)
         m = C.load(b.exp_avg, b.blocks)
-        K.column_normaliser(m, u_out, coef[:, INV_DIV].double(), layout, out=u_out)
+        inv_div = coef[:, INV_DIV].double()
+        if f.contextual:
+            inv_div = torch.where(use_u, inv_div, 1.0)
+        K.column_normaliser(m, u_out, inv_div, layout, out=u_out)
     update = scratch("update") if f.has_early and f.has_update else None
     mask_sums = main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:

@@ -50,6 +50,7 @@ class Bucket:
         self.row_factor_stale = True
         self.grad_views: list = []
         self.grad_live = np.zeros(T, dtype=bool)  # which gradient views hold a gradient
+        self.host: dict[str, np.ndarray] = {}  # per-tensor host counters of a subclass (C-Optim)
 
     # ------------------------------------------------------------------ storage
     def allocate(self, came: bool, fixed: bool, start_lr: float):
@@ -81,6 +82,14 @@ class Bucket:
             "row_scaling": torch.ones(L.nrows + 1, dtype=dt, device=dev),
         }
         self.ensure_warm_buffers(fixed)
+
+    def add_states(self, names) -> None:
+        """Create further element-wise states (zeros) if they do not exist yet."""
+        for name in names:
+            if name not in self.states:
+                self.states[name] = (
+                    self._qstate() if self.quantized else self.layout.empty(self.state_dtype, self.device, 0)
+                )
 
     def _qstate(self):
         return C.empty_state(self.layout, self.blocks, self.device)
@@ -128,9 +137,8 @@ class Bucket:
         if buf is None:
             return
         if isinstance(buf, C.QState):
-            full = self.layout.empty(torch.float32, self.device, fill=value)
-            valid = torch.arange(full.shape[1], device=self.device) < self.layout.chunk_valid
-            C.fill(buf, full, self.blocks.blocks, valid, torch.from_numpy(tensors).to(self.device))
+            valid = torch.arange(buf.codes.shape[1], device=self.device) < self.layout.chunk_valid
+            C.fill_constant(buf, value, self.blocks.blocks, valid, torch.from_numpy(tensors).to(self.device))
         elif tensors.all():
             buf.fill_(value)
         else:

@@ -86,16 +86,20 @@ def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
 
 def dequantize(q: QState, blocks: Blocks) -> torch.Tensor:
     """x̂ = code[q] · N_b, float32 [N, CHUNK]."""
-    return blocks.code[q.codes.long()] * q.absmax[blocks.row_block].view(-1, 1)
+    # int32 indices: inductor's CPU gather from int64 ones costs twice as much
+    return blocks.code[q.codes.int()] * q.absmax[blocks.row_block].view(-1, 1)
 
 
 def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
     """x (float32 [N, CHUNK], zero on padding) → (codes, absmax)."""
     # N_b = max |x| over the block's rows
     absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
-    # v = x / N_b; an all-zero block gives 0/0, taken as −1 (code 0), as bitsandbytes does
-    v = (x / absmax[blocks.row_block].view(-1, 1)).nan_to_num(nan=-1.0).clamp(-1.0, 1.0)
-    k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).long()
+    # v = x / N_b; an all-zero block is taken as v = −1 (code 0), as bitsandbytes does (a select, not
+    # nan_to_num, which inductor's CPU backend runs one element at a time)
+    n_b = absmax[blocks.row_block].view(-1, 1)
+    v = torch.where(n_b > 0, x / n_b, -1.0).clamp(-1.0, 1.0)
+    # the clamp keeps a NaN (whose int conversion is undefined) inside the table
+    k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
     return blocks.table[k], absmax
 
 
@@ -132,6 +136,23 @@ def fill(q: QState, value: torch.Tensor, blocks: Blocks, valid, tensors: torch.T
     """Quantise `value` into the rows and blocks of the tensors in `tensors` ([T] bool)."""
     ext = torch.cat([tensors, tensors.new_zeros(1)])  # index T: ALLoRA's dummy row, never written
     store(q, value, blocks, ext[blocks.row_tensor].view(-1, 1), ext, valid)
+
+
+def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch.Tensor) -> None:
+    """Set every element of the tensors in `tensors` ([T] bool) to `value`, writing codes directly: what
+    `fill` would store for a constant (absmax |value|; the code of ±1, or code 0 for an all-zero block;
+    padding gets the code of 0), with no fp32 copy of the state. `valid`: [N, CHUNK] bool."""
+    n_b = abs(float(value))
+    unit = -1.0 if n_b == 0 else value / n_b
+
+    def code_of(v: float) -> int:  # quantize's rule for one normalised value
+        return int(blocks.table[int((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5)])
+
+    pad = code_of(-1.0 if n_b == 0 else 0.0)
+    rows = tensors[blocks.row_tensor].view(-1, 1)
+    codes = torch.where(valid, code_of(unit), pad).to(torch.uint8)
+    q.codes.copy_(torch.where(rows, codes, q.codes))
+    q.absmax.masked_fill_(tensors[blocks.block_tensor], n_b)
 
 
 def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:

@@ -18,6 +18,54 @@ GRAPH_VARIANT_LIMIT = 256
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_VARIANT_LIMIT)
 
 
+# No bounds check per gathered element: the indices are 8-bit codes into the 256-entry code, bins
+# clamped to the 2^16-entry table (codec.quantize), and the rows' own tensor and block ids.
+INDUCTOR_OPTIONS = {"assert_indirect_indexing": False}
+
+# Passes over 8-bit states: recompute rather than store. A state is re-quantised with its block's
+# absmax, a reduction of the new values, so a pass reads each new value twice (for the absmax, then
+# for the codes). Inductor's default materialises those values as fp32 buffers, 12-16 bytes/param
+# during the step; these limits make it recompute them from the codes (0.1 byte/param measured), at
+# about 1.6x the compile time, so fp32 passes keep the defaults.
+RECOMPUTE_OPTIONS = {**INDUCTOR_OPTIONS, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
+                     "realize_acc_reads_threshold": 100_000}  # fmt: skip
+
+
+def _patch_byte_loads() -> bool:
+    """Inductor's AVX2 code loads 8 uint8/int8 values (one float vector's worth) with
+    `Vectorized<uint8_t>::loadu(ptr, 8)`, which goes through a stack copy and stalls on store
+    forwarding: reading an 8-bit state then costs 4x reading an fp32 one. ATen's `loadu_one_fourth`
+    loads the same 8 bytes with one instruction (AVX-512's `loadu` already takes that path); the
+    conversions that follow use only those 8 lanes. Returns False, changing nothing, where this torch
+    has no such code generator."""
+    try:
+        from torch._inductor.codegen import cpp
+    except ImportError:
+        return False
+    original = getattr(cpp.CppVecKernel, "_get_vec_load_line", None)
+    if original is None or getattr(original, "_cameamp", False):
+        return original is not None
+    slow = ", static_cast<int64_t>(8))"
+
+    def load_line(self, var, index, dtype, load_mask=None):
+        line = original(self, var, index, dtype, load_mask)
+        if load_mask is None and dtype in (torch.uint8, torch.int8) and line.endswith(slow) and "::loadu(" in line:
+            line = line[: -len(slow)].replace("::loadu(", "::loadu_one_fourth(", 1) + ")"
+        return line
+
+    load_line._cameamp = True
+    cpp.CppVecKernel._get_vec_load_line = load_line
+    return True
+
+
+FAST_BYTE_LOADS = _patch_byte_loads()
+
+
+def _reads_8bit_state(args) -> bool:
+    """Whether a pass gets an automagic_step.Buffers whose states are blockwise 8-bit."""
+    return any(getattr(a, "blocks", None) is not None for a in args)
+
+
 def set_compile(enabled: bool) -> None:
     """Turn compilation of the fused steps on or off (takes effect at the next call)."""
     global _enabled
@@ -28,6 +76,7 @@ def compile_enabled() -> bool:
     return _enabled
 
 
+@functools.cache
 def _have_cxx() -> bool:
     """Inductor's CPU backend needs a C++ compiler; CUDA graphs are compiled by Triton instead."""
     return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
@@ -43,13 +92,15 @@ def compiled(fn):
     def wrapper(*args, **kwargs):
         if not _enabled:
             return fn(*args, **kwargs)
-        if "fn" not in cache:
-            if not _have_cxx():
-                warnings.warn("no C++ compiler found: the fused step runs uncompiled (same results, slower)",
-                              stacklevel=2)  # fmt: skip
-                set_compile(False)
-                return fn(*args, **kwargs)
-            cache["fn"] = torch.compile(fn, dynamic=None, fullgraph=True)
-        return cache["fn"](*args, **kwargs)
+        if not _have_cxx():
+            warnings.warn("no C++ compiler found: the fused step runs uncompiled (same results, slower)",
+                          stacklevel=2)  # fmt: skip
+            set_compile(False)
+            return fn(*args, **kwargs)
+        recompute = _reads_8bit_state(args)
+        if recompute not in cache:
+            options = RECOMPUTE_OPTIONS if recompute else INDUCTOR_OPTIONS
+            cache[recompute] = torch.compile(fn, dynamic=None, fullgraph=True, options=options)
+        return cache[recompute](*args, **kwargs)
 
     return wrapper

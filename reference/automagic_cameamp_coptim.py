@@ -49,11 +49,10 @@ MULTISCALE_BETA = 0.9  # T17, hard-coded upstream
 MODULE_DEFAULTS = {"context_window": 50, "edge_threshold": 0.9, "adaptation_rate": 0.1}  # [I-19]
 
 
-class Automagic_CameAMP_COptim(Automagic_CameAMP):
-    """Readable reference of Automagic_CameAMP_COptim. Keyword arguments: the O1 table plus
-    `momentum_scales`, `preset` (T16.8 constant set) and `seed` (the context's generator)."""
-
-    config_class = COptimConfig
+class ContextualOptimization:
+    """The C-Optim context around a step (spec O4 'Global context pass', 'Per group'): the module, the
+    loss it learns from (closure, `loss=` or `observe_loss`), Λ and the edge flag per group, and its
+    histories in the state_dict. Mixed into the reference and the optimized COptim classes."""
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
@@ -67,17 +66,6 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         self.momentum_scales = list(self.config.momentum_scales)
         self._pending_loss = None
 
-    def _init_state(self, p, group):
-        super()._init_state(p, group)  # the O1 state
-        state = self.state[p]
-        dtype = self._work_dtype(p)
-        state["edge_case_count"] = 0
-        state["contextual_lr_multiplier"] = 1.0
-        for k in self.momentum_scales:  # T17
-            self._store(state, f"momentum_scale_{k}", torch.zeros(p.shape, dtype=dtype, device=p.device))
-            state[f"momentum_count_{k}"] = 0
-
-    # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure=None, loss=None):
         """One step. The loss for the context comes from the closure (run with grad enabled), from
@@ -112,6 +100,8 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         else:  # r = sqrt(mean_q ‖g_q‖²)
             norms = [g.norm().item() for g in grads]
             signal = torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)
+        if not bool(torch.isfinite(signal).all()):  # a NaN/Inf gradient: the step is refused or skipped
+            return
         self.c_optim.update_context(signal, loss, self.param_groups[-1]["lr"])
 
     def _group_context(self):
@@ -119,16 +109,48 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         same values and no randomness is consumed [I-31]."""
         return self.c_optim.compute_contextual_lr_multiplier(), self.c_optim.detect_edge_case()
 
+    def _state_dict(self):
+        sd = super()._state_dict()
+        sd["c_optim_state"] = self.c_optim.context_state()
+        sd["momentum_scales"] = list(self.momentum_scales)
+        return sd
+
+    def _load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        context = state_dict.pop("c_optim_state", None)
+        scales = state_dict.pop("momentum_scales", None)
+        if scales is not None and list(scales) != self.momentum_scales:
+            raise ValueError(f"state_dict momentum_scales {list(scales)} differ from {self.momentum_scales}")
+        super()._load_state_dict(state_dict)
+        if context is not None:
+            self.c_optim.load_context_state(context)
+
+
+class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
+    """Readable reference of Automagic_CameAMP_COptim. Keyword arguments: the O1 table plus
+    `momentum_scales`, `preset` (T16.8 constant set) and `seed` (the context's generator)."""
+
+    config_class = COptimConfig
+
+    def _init_state(self, p, group):
+        super()._init_state(p, group)  # the O1 state
+        state = self.state[p]
+        dtype = self._work_dtype(p)
+        state["edge_case_count"] = 0
+        state["contextual_lr_multiplier"] = 1.0
+        for k in self.momentum_scales:  # T17
+            self._store(state, f"momentum_scale_{k}", torch.zeros(p.shape, dtype=dtype, device=p.device))
+            state[f"momentum_count_{k}"] = 0
+
     def _step_param(self, p, group, group_sum, mu, sigma, multiplier, edge):
         state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
 
         # T17: μ_k ← 0.9·μ_k + 0.1·g̃ when t mod k == 0
+        scales = {k: self._load(state, f"momentum_scale_{k}") for k in self.momentum_scales}
         for k in self.momentum_scales:
             if t % k == 0:
-                mu_k = self._load(state, f"momentum_scale_{k}")
-                self._store(
-                    state, f"momentum_scale_{k}", mu_k.mul(MULTISCALE_BETA).add(grad, alpha=1 - MULTISCALE_BETA)
-                )
+                scales[k] = scales[k].mul(MULTISCALE_BETA).add(grad, alpha=1 - MULTISCALE_BETA)
+                self._store(state, f"momentum_scale_{k}", scales[k])
                 state[f"momentum_count_{k}"] += 1
 
         # T16.7: edge factor
@@ -153,7 +175,8 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
         # T17: C = Σ_{k: c_k>0} μ_k/k / Σ 1/k, the momentum's input
         active = [k for k in self.momentum_scales if state[f"momentum_count_{k}"] > 0]
         if active:
-            weighted = [self._load(state, f"momentum_scale_{k}") * (1.0 / k) for k in active]
+            # the μ_k of this step as computed (8bit: not their stored codes; O5 b is O4's numerics)
+            weighted = [scales[k] * (1.0 / k) for k in active]
             contextual = sum(weighted) / sum(1.0 / k for k in active)
         else:
             contextual = u
@@ -183,23 +206,6 @@ class Automagic_CameAMP_COptim(Automagic_CameAMP):
             lr_eff = lr_eff * self._load(state, "row_scaling").to(dtype)
 
         self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E
-
-    # ------------------------------------------------------------------ persistence
-    def _state_dict(self):
-        sd = super()._state_dict()
-        sd["c_optim_state"] = self.c_optim.context_state()
-        sd["momentum_scales"] = list(self.momentum_scales)
-        return sd
-
-    def _load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        context = state_dict.pop("c_optim_state", None)
-        scales = state_dict.pop("momentum_scales", None)
-        if scales is not None and list(scales) != self.momentum_scales:
-            raise ValueError(f"state_dict momentum_scales {list(scales)} differ from {self.momentum_scales}")
-        super()._load_state_dict(state_dict)
-        if context is not None:
-            self.c_optim.load_context_state(context)
 
 
 class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim):

@@ -5,7 +5,8 @@ Writes reports/bench.md.
 Workloads: 4M and 16M parameters in one flat tensor, and a LoRA-like set of 1,400 small tensors
 (16×768 and 768×16 factors, 17.2M parameters). Times are medians of per-round best-of-two steps.
 The optimized class is timed per phase (t < W/2; W/2 ≤ t < W; t ≥ W, which is most of a run), and its
-first step is timed in a fresh process with an empty inductor cache (compile included).
+first step is timed in a fresh process with an empty inductor cache (compile included). "Step peak extra"
+is the most memory allocated and not yet freed during one more step (the profiler's allocation events).
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ def state_bytes(opt) -> int:
     return total
 
 
+def step_peak_bytes(opt) -> int:
+    """Peak bytes allocated and not yet freed during one step (temporaries; a step that allocates state
+    counts it too), from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        opt.step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
 def bench_workload(workload, repeats, include_slow):
     import bitsandbytes as bnb
 
@@ -83,12 +99,12 @@ def bench_workload(workload, repeats, include_slow):
     for _ in range(3):
         base.step()
     rows = [("torch AdamW(fused=True)", statistics.median(timed_step(base) for _ in range(repeats)), 1.0,
-             state_bytes(base) / n)]  # fmt: skip
+             state_bytes(base) / n, step_peak_bytes(base) / n)]  # fmt: skip
 
     def add(name, opt_factory, warmup=2, rounds=repeats):
         opt = opt_factory(make_params(workload))
         _, t, ratio = interleaved(base, opt, rounds, warmup, steps_per_round=2)
-        rows.append((name, t, ratio, state_bytes(opt) / n))
+        rows.append((name, t, ratio, state_bytes(opt) / n, step_peak_bytes(opt) / n))
         return opt
 
     add("bitsandbytes AdamW8bit (CPU)", lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), rounds=max(2, repeats // 3))
@@ -104,6 +120,11 @@ def bench_workload(workload, repeats, include_slow):
         add(name.replace("optimized", "optimized 8bit (fixed)"),
             lambda p, kw=kw: optimized.Automagic_CameAMP8bit(p, lr=1e-4, compat="fixed", **kw),
             warmup=warmup)  # fmt: skip
+    for name, cls in (
+        ("optimized COptim", optimized.Automagic_CameAMP_COptim),
+        ("optimized COptim8bit (fixed)", optimized.Automagic_CameAMP_COptim8bit),
+    ):
+        add(f"{name}, t ≥ W", lambda p, cls=cls: cls(p, lr=1e-4, warmup_steps=4, compat="fixed"), warmup=6)
     if include_slow:
         add("reference, t ≥ W", lambda p: reference.Automagic_CameAMP(p, lr=1e-4, warmup_steps=4), warmup=6,
             rounds=max(2, repeats // 3))  # fmt: skip
@@ -113,7 +134,7 @@ def bench_workload(workload, repeats, include_slow):
     return n, rows, workspace
 
 
-TABLE_HEADER = "| optimizer | step (ms) | × fused AdamW | state bytes/param |"
+TABLE_HEADER = "| optimizer | step (ms) | × fused AdamW | state bytes/param | step peak extra bytes/param |"
 FIRST_STEP = """
 import time, torch, sys
 sys.path.insert(0, {root!r})
@@ -148,9 +169,9 @@ def main():
     for workload in args.workloads:
         n, rows, workspace = bench_workload(workload, args.repeats, not args.no_reference)
         first, six = first_step(workload)
-        lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- | --- | --- | --- |"]
-        for name, t, ratio, bpp in rows:
-            lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} |")
+        lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- | --- | --- | --- | --- |"]
+        for name, t, ratio, bpp, peak in rows:
+            lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} |")
         lines += ["", f"optimized workspace (gradient buffer that p.grad points into, early-phase scratch freed at "
                       f"W/2): {workspace:.1f} bytes/param after warm-up",
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "

@@ -121,6 +121,13 @@ ROWS = [
     ("optimized Automagic_CameAMP8bit", _family("Automagic_CameAMP8bit", "optimized"), 1e-3, True),
     ("Automagic_CameAMP_COptim", _family("Automagic_CameAMP_COptim", **SGD_SCALE), 3.0, True),
     ("Automagic_CameAMP_COptim8bit", _family("Automagic_CameAMP_COptim8bit", **SGD_SCALE), 3.0, True),
+    ("optimized Automagic_CameAMP_COptim", _family("Automagic_CameAMP_COptim", "optimized", **SGD_SCALE), 3.0, True),
+    (
+        "optimized Automagic_CameAMP_COptim8bit",
+        _family("Automagic_CameAMP_COptim8bit", "optimized", **SGD_SCALE),
+        3.0,
+        True,
+    ),
     ("Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved"), 1e-3, True),
     ("Automagic_CameAMP_Improved_8Bit", _family("Automagic_CameAMP_Improved_8Bit", force_8bit=True), 1.0, True),
     ("Automagic_CameAMP_8Bit (seed 004)", _family("Automagic_CameAMP_8Bit"), 1e-3, True),
