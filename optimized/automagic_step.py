@@ -376,7 +376,7 @@ def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, group_sum, update, pr
 
 
 gradient_partials = compiled(_gradient_partials)
-scaled_partials = compiled(_scaled_partials)
+scaled_partials = compiled(_scaled_partials, stores_states=False)  # (u_out is scratch)
 main_pass = compiled(_main_pass)
 orthograd_partials = compiled(_orthograd_partials)
 perp_sumsq = compiled(_perp_sumsq)

@@ -82,8 +82,9 @@ def _have_cxx() -> bool:
     return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
 
 
-def compiled(fn):
-    """Compile `fn` on first use. Shapes are 'automatic dynamic': a dimension that changes between calls
+def compiled(fn, stores_states: bool = True):
+    """Compile `fn` on first use; `stores_states=False`: it never writes a state, so it needs no recompute
+    limits even over 8-bit states. Shapes are 'automatic dynamic': a dimension that changes between calls
     (the number of rows of a bucket, the number of tensors) becomes symbolic after one recompile, while
     the chunk width stays a constant 256, which lets inductor fuse every element-wise loop of a pass."""
     cache = {}
@@ -97,7 +98,7 @@ def compiled(fn):
                           stacklevel=2)  # fmt: skip
             set_compile(False)
             return fn(*args, **kwargs)
-        recompute = _reads_8bit_state(args)
+        recompute = stores_states and _reads_8bit_state(args)
         if recompute not in cache:
             options = RECOMPUTE_OPTIONS if recompute else INDUCTOR_OPTIONS
             cache[recompute] = torch.compile(fn, dynamic=None, fullgraph=True, options=options)
