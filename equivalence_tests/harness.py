@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 
 import optimized
@@ -60,6 +61,11 @@ OPTIMIZER_CASES = [
 ]
 
 
+def with_compiled(params, compiled) -> list:
+    """pytest params (tuples), those for which `compiled(*values)` holds marked `compiled` (conftest.py)."""
+    return [pytest.param(*values, marks=[pytest.mark.compiled] if compiled(*values) else []) for values in params]
+
+
 def make_params(dtype: torch.dtype, seed: int):
     gen = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in SHAPES]
@@ -88,8 +94,9 @@ def set_grads(params, grads):
 
 
 # Scale floors for quantities bounded by 1 in magnitude: the fixed-mode TAM coefficient s is an EMA of
-# cosines, often near 0, so its error is judged against 1 rather than against |s|.
-SCALE_FLOOR = {"s": 1.0}
+# cosines, often near 0, so its error is judged against 1 rather than against |s|; HinaAdamW's TAM
+# alignment A is one too.
+SCALE_FLOOR = {"s": 1.0, "momentum_alignment": 1.0}
 
 
 def undefined(p, compat, early: bool) -> bool:

@@ -11,7 +11,7 @@ import torch
 import optimized
 import reference
 
-from .harness import OPTIMIZER_CASES, free_running, lockstep, roundtrip
+from .harness import OPTIMIZER_CASES, free_running, lockstep, roundtrip, with_compiled
 from .test_family_reference import kwargs_for, resume_runs, run
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
@@ -25,14 +25,21 @@ from .tolerances import (
 
 NAMES = ["Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit"]
 MODES = [("fixed", torch.float32), ("fixed", torch.bfloat16), ("upstream", torch.float32)]
-# `make test` runs a subset: every 8-bit graph compiles in ~20-40 s on 2 cores (the recompute options),
-# and a cold cache (CI) must compile each. O2: every case in fixed fp32, the basic case in the other two
-# modes; COptim8bit (its own paths: C, Λ·ef, the μ_k codes) the basic case in fixed and upstream fp32.
-# `make verify` runs every case in every mode for both classes.
-MATRIX = (
+# `make test` runs a subset, and compiles one of it (conftest.py): every 8-bit graph compiles in ~20-40 s
+# on 2 cores (the recompute options), and a cold cache (CI) must compile each. O2: every case in fixed
+# fp32, the basic case in the other two modes; COptim8bit (its own paths: C, Λ·ef, the μ_k codes) the
+# basic case in fixed and upstream fp32. `make verify` runs every case in every mode, compiled.
+MATRIX = with_compiled(
     [("Automagic_CameAMP8bit", case, "fixed", torch.float32) for case in OPTIMIZER_CASES]
     + [("Automagic_CameAMP8bit", OPTIMIZER_CASES[0], *mode) for mode in MODES[1:]]
-    + [("Automagic_CameAMP_COptim8bit", OPTIMIZER_CASES[0], compat, torch.float32) for compat in ("fixed", "upstream")]
+    + [("Automagic_CameAMP_COptim8bit", OPTIMIZER_CASES[0], compat, torch.float32) for compat in ("fixed", "upstream")],
+    # compiled in `make test` (conftest.py): O2's basic case in fixed and upstream fp32 (COptim8bit: `make
+    # verify`). Upstream O2 must be: its fresh residual amplifies round-off without bound (LOCKSTEP_8BIT_UPSTREAM),
+    # so its free-running error depends on the arithmetic, and the bound was calibrated on the compiled one
+    # (uncompiled: 0.33 over 40 steps).
+    lambda name, case, compat, dtype: (
+        name == "Automagic_CameAMP8bit" and case is OPTIMIZER_CASES[0] and dtype == torch.float32
+    ),
 )
 
 
@@ -114,7 +121,7 @@ def test_states_are_8bit_and_small():
     assert warm <= 6.5 and after <= 4.2, (warm, after)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.compiled)], ids=["eager", "compiled"])
 def test_fused_codec_matches_bitsandbytes(compiled):
     """codec.quantize over a bucket (tensors cut into their own blocks, short last blocks, padding,
     an all-zero tensor, outliers) gives bitsandbytes' codes and absmax for every tensor, and
@@ -173,7 +180,8 @@ def test_constant_fill_writes_what_quantising_the_constant_would(value):
     assert torch.equal(got.codes, want.codes) and torch.equal(got.absmax, want.absmax)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.compiled  # what is measured is the compiled kernels' allocations
+@pytest.mark.parametrize("name", NAMES[:1])
 def test_step_makes_no_fp32_copy_of_the_states(name):
     """Issue 6: a step's temporaries stay ≤ 2 bytes/param (the passes recompute new values for the block
     absmax instead of storing them: compile.RECOMPUTE_OPTIONS; 0.06-0.09 measured). Measured after the

@@ -1,9 +1,12 @@
 """The fused step compiles a bounded number of graphs, independent of how many tensors there are."""
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
 import optimized
+
+pytestmark = pytest.mark.compiled
 
 
 def _train(n_tensors, steps=10, warmup=6):

@@ -8,7 +8,7 @@ weight decay off) and t = W (mask frozen, warm-up state dropped) are all crossed
 import pytest
 import torch
 
-from .harness import OPTIMIZER_CASES, free_running, lockstep
+from .harness import OPTIMIZER_CASES, free_running, lockstep, with_compiled
 from .tolerances import free_running_tolerance, lockstep_tolerance, momentum_tolerance
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -20,9 +20,21 @@ PAIRS = [("Automagic_CameAMP", case) for case in OPTIMIZER_CASES] + [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("compat", COMPATS)
-@pytest.mark.parametrize("name,case", PAIRS, ids=lambda x: getattr(x, "name", x))
+def _compiled(name, case, compat, dtype) -> bool:
+    """Compiled in `make test` (conftest.py): the basic case, which crosses every phase, of O1 in every mode
+    and dtype, and of COptim in fixed fp32 and upstream bf16 (its own tolerance); the rest runs eagerly."""
+    if case is not OPTIMIZER_CASES[0]:
+        return False
+    return name == "Automagic_CameAMP" or (compat, dtype) in (("fixed", torch.float32), ("upstream", torch.bfloat16))
+
+
+MATRIX = with_compiled(
+    [(name, case, compat, dtype) for name, case in PAIRS for compat in COMPATS for dtype in DTYPES], _compiled
+)
+IDS = lambda x: getattr(x, "name", str(x))  # noqa: E731
+
+
+@pytest.mark.parametrize("name,case,compat,dtype", MATRIX, ids=IDS)
 def test_lockstep(name, case, compat, dtype):
     assert case.steps >= 2 * case.warmup
     tol, momentum_tol = lockstep_tolerance(dtype), momentum_tolerance(dtype, name, compat)
@@ -36,15 +48,14 @@ def test_lockstep(name, case, compat, dtype):
         assert err <= bound, f"{key}: {err:.3e} > {bound}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("compat", COMPATS)
-@pytest.mark.parametrize("name,case", PAIRS, ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize("name,case,compat,dtype", MATRIX, ids=IDS)
 def test_free_running(name, case, compat, dtype):
     tol = free_running_tolerance(dtype)
     err = free_running(case, dtype, compat, name=name)
     assert err <= tol.bound, f"{err:.3e} > {tol.bound}"
 
 
+@pytest.mark.compiled
 def test_eager_switch_runs_the_same_code():
     """The uncompiled path (CAMEAMP_COMPILE=0 / set_compile(False)) gives the compiled results."""
     import optimized

@@ -23,16 +23,18 @@ CLASSES = {
     "Automagic_CameAMP_COptim": reference.Automagic_CameAMP_COptim,
     "Automagic_CameAMP_COptim8bit": reference.Automagic_CameAMP_COptim8bit,
     "optimized.Automagic_CameAMP_COptim": optimized.Automagic_CameAMP_COptim,
+    "optimized.Automagic_CameAMP_COptim8bit": optimized.Automagic_CameAMP_COptim8bit,
     "Automagic_CameAMP_Improved": reference.Automagic_CameAMP_Improved,
     "Automagic_CameAMP_Improved_8Bit": reference.Automagic_CameAMP_Improved_8Bit,
     "Automagic_CameAMP_8Bit": reference.Automagic_CameAMP_8Bit,
     "HinaAdamWOptimizer": reference.HinaAdamWOptimizer,
+    "optimized.HinaAdamWOptimizer": optimized.HinaAdamWOptimizer,
 }
 
 
 def build(name, params, compat, **kwargs):
     cls = CLASSES[name]
-    if cls is reference.HinaAdamWOptimizer:
+    if issubclass(cls, reference.HinaAdamWOptimizer):
         return cls(params, lr=1e-2, compat=compat, wd_transition_steps=5, **kwargs)
     if cls is reference.Automagic_CameAMP_Improved_8Bit:
         kwargs = {"force_8bit": True, **kwargs}

@@ -95,6 +95,16 @@ LOCKSTEP_8BIT_STATES = Tolerance(
     observed="1.4095e-2 (a negative block maximum), fp32 and bf16, both modes (2026-11-22)",
 )
 
+FREE_RUNNING_BF16_CAUTIOUS = Tolerance(
+    bound=0.25,
+    reason="HinaAdamW with OrthoGrad and Cautious, bf16: where g is nearly parallel to θ, g⊥ = g − πθ cancels "
+    "to bf16 round-off, and the reference's π is a bf16 dot product summed in another order, so a Cautious "
+    "mask element can flip: that element skips or takes one whole step. On a LoRA-B that starts at 0 one step "
+    "is a large part of max|θ| in the first steps (the error then shrinks as θ grows); lockstep agrees to "
+    "LOCKSTEP_BF16",
+    observed="0.155 at step 3, 0.05 at step 12 (orthogonal, cautious, no adopt, eps 0; fixed) (2026-11-23)",
+)
+
 LOCKSTEP_8BIT_FLIPS = Tolerance(
     bound=1e-4,
     reason="fraction of codes that differ after one lockstep step: only values within fp32 round-off "

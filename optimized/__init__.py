@@ -4,12 +4,15 @@ from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
 from .compile import compile_enabled, set_compile
+from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 
 __all__ = [
     "Automagic_CameAMP",
     "Automagic_CameAMP8bit",
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
+    "CustomAdamW",
+    "HinaAdamWOptimizer",
     "compile_enabled",
     "set_compile",
 ]

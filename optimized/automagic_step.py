@@ -164,6 +164,11 @@ def _momentum_input(b: Buffers, u, contextual_input, idx: K.Idx):
     return torch.where(_context_col(b, idx, USE_U) > 0, u, contextual_input)
 
 
+def _valid(f: Flags, idx: K.Idx):
+    """The real elements ([N, CHUNK] bool), or None where padding stays 0 without a mask."""
+    return None if f.padding_safe else K.valid_mask(idx)
+
+
 def _load(b: Buffers, name: str):
     return C.load(getattr(b, name), b.blocks)
 
@@ -184,7 +189,7 @@ def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
         u = K.came_unclipped(gt, _load(b, "exp_avg_sq"))
     else:
         u = K.adopt_clip(gt, K.per_row(per_tensor[:, CLIP_BOUND], idx))
-    return gt, _select(None if f.padding_safe else K.valid_mask(idx), u, 0.0)
+    return gt, _select(_valid(f, idx), u, 0.0)
 
 
 def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags, u_out):
@@ -196,7 +201,7 @@ def _scaled_partials(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: F
         m = _load(b, "exp_avg")
         if f.contextual:  # the momentum's input where C is (see coefficients)
             _, c = _multiscale(b, gt, idx)
-            c = _select(None if f.padding_safe else K.valid_mask(idx), c, 0.0)
+            c = _select(_valid(f, idx), c, 0.0)
         if f.fixed:
             out["mu"], out["mm"] = K.tensor_sum(m * u, idx), K.tensor_sum(m * m, idx)
             if f.contextual:
@@ -239,7 +244,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
     cond = _conds(coef, f)
     seed = _rows(cond.seed, idx)
     early = _rows(cond.early, idx)
-    valid = None if f.padding_safe else K.valid_mask(idx)
+    valid = _valid(f, idx)
 
     theta = b.theta.float()
     gt, u = _unclipped(b, idx, coef, consts, group_sum, f)
@@ -302,9 +307,8 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
     if f.has_early and not f.fixed:
         _write(b, "s", s_new, _and(cond.upd, cond.early), idx)
     if f.contextual:
-        for j, (buf, mu) in enumerate(zip(b.context.scales, mus, strict=True)):
-            update = b.context.coef[:, FIRST_SCALE_COL + 2 * j] > 0
-            _write_buffer(b, buf, mu, update if cond.active is None else update & cond.active, idx)
+        for j, (buf, mu) in enumerate(zip(b.context.scales, mus, strict=True)):  # updated: active, t mod k = 0
+            _write_buffer(b, buf, mu, b.context.coef[:, FIRST_SCALE_COL + 2 * j] > 0, idx)
     return mask_sums
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import codec as C
-from .kernels import expand_rows, index_tensors
+from .kernels import expand_rows, index_tensors, valid_mask
 from .layout import build_layout
 
 
@@ -137,8 +137,8 @@ class Bucket:
         if buf is None:
             return
         if isinstance(buf, C.QState):
-            valid = torch.arange(buf.codes.shape[1], device=self.device) < self.layout.chunk_valid
-            C.fill_constant(buf, value, self.blocks.blocks, valid, torch.from_numpy(tensors).to(self.device))
+            tensors = torch.from_numpy(tensors).to(self.device)
+            C.fill_constant(buf, value, self.blocks.blocks, valid_mask(self.idx), tensors)
         elif tensors.all():
             buf.fill_(value)
         else:

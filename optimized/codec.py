@@ -146,7 +146,7 @@ def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch
     unit = -1.0 if n_b == 0 else value / n_b
 
     def code_of(v: float) -> int:  # quantize's rule for one normalised value
-        return int(blocks.table[int((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5)])
+        return int(readable.table_code_index(torch.tensor(v, dtype=torch.float32)))
 
     pad = code_of(-1.0 if n_b == 0 else 0.0)
     rows = tensors[blocks.row_tensor].view(-1, 1)

@@ -82,11 +82,13 @@ def _have_cxx() -> bool:
     return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
 
 
-def compiled(fn, stores_states: bool = True):
+def compiled(fn, stores_states: bool = True, exact_casts: bool = False):
     """Compile `fn` on first use; `stores_states=False`: it never writes a state, so it needs no recompute
-    limits even over 8-bit states. Shapes are 'automatic dynamic': a dimension that changes between calls
-    (the number of rows of a bucket, the number of tensors) becomes symbolic after one recompile, while
-    the chunk width stays a constant 256, which lets inductor fuse every element-wise loop of a pass."""
+    limits even over 8-bit states. `exact_casts=True`: a round trip such as `x.to(bf16).float()` rounds, as
+    it does uncompiled (inductor drops it by default). Shapes are 'automatic dynamic': a dimension that
+    changes between calls (the number of rows of a bucket, the number of tensors) becomes symbolic after one
+    recompile, while the chunk width stays a constant 256, which lets inductor fuse every element-wise loop
+    of a pass."""
     cache = {}
 
     @functools.wraps(fn)
@@ -101,6 +103,8 @@ def compiled(fn, stores_states: bool = True):
         recompute = stores_states and _reads_8bit_state(args)
         if recompute not in cache:
             options = RECOMPUTE_OPTIONS if recompute else INDUCTOR_OPTIONS
+            if exact_casts:
+                options = {**options, "emulate_precision_casts": True}
             cache[recompute] = torch.compile(fn, dynamic=None, fullgraph=True, options=options)
         return cache[recompute](*args, **kwargs)
 

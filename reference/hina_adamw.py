@@ -4,7 +4,8 @@ Upstream: `hinablue/sd-scripts`, `library/custom_hina_adamw_optimizer.py` @ 9d42
 Upstream subclasses bitsandbytes' AdamW8bit but never uses its 8-bit state [I-42], and current
 bitsandbytes refuses its constructor [I-43]; this is plain PyTorch. The AdamW8bit arguments are
 accepted: `optim_bits=8` stores m, v and v̄ of tensors with ≥ `min_8bit_size` elements as bitsandbytes
-blockwise 8-bit codes (reference.blockwise_8bit, B = 4096); `amsgrad`, `percentile_clipping`,
+blockwise 8-bit codes (reference.blockwise_8bit, B = 4096; v̄ keeps v's codes rather than re-quantising
+them, which can move a code by one); `amsgrad`, `percentile_clipping`,
 `block_wise`, `is_paged` and `args` are ignored, as upstream ignores them.
 
 Per parameter with a gradient (t = its step after increment, η = group lr):
@@ -188,10 +189,14 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
             self._load(state, "exp_avg"), self._load(state, "exp_avg_sq"), grad,
             beta1, beta2, group["eps"], t, stale=self.use_adopt_stability, floor=self.fixed,
         )  # fmt: skip
+        if v_prev is not None:  # v̄: the stored v as it was (8-bit: its codes, not re-quantised)
+            if "exp_avg_sq_q" in state:
+                state["exp_avg_sq_prev_q"] = state["exp_avg_sq_q"]
+                state["exp_avg_sq_prev_q_scale"] = state["exp_avg_sq_q_scale"]
+            else:
+                self._store(state, "exp_avg_sq_prev", v_prev, p)
         self._store(state, "exp_avg", m, p)
         self._store(state, "exp_avg_sq", v, p)
-        if v_prev is not None:
-            self._store(state, "exp_avg_sq_prev", v_prev, p)
         step_size = adopt_stability.step_size(lr, beta1, beta2, t)
         update = m / denom
 

@@ -61,7 +61,8 @@ def tam_damping(m: torch.Tensor, grad: torch.Tensor, alignment, tam_beta: float,
     """
     m_norm, g_norm = m.norm(), grad.norm()
     if float(m_norm) > 0 and float(g_norm) > 0:
-        a = torch.dot(m.reshape(-1), grad.reshape(-1)) / (m_norm * g_norm)
+        # (m is fp32 where it is stored 8-bit beside a bf16/fp16 gradient: the dot product is taken in m's dtype)
+        a = torch.dot(m.reshape(-1), grad.reshape(-1).to(m.dtype)) / (m_norm * g_norm)
     else:
         a = 0.0
     alignment = tam_beta * alignment + (1 - tam_beta) * a

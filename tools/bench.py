@@ -125,7 +125,13 @@ def bench_workload(workload, repeats, include_slow):
         ("optimized COptim8bit (fixed)", optimized.Automagic_CameAMP_COptim8bit),
     ):
         add(f"{name}, t ≥ W", lambda p, cls=cls: cls(p, lr=1e-4, warmup_steps=4, compat="fixed"), warmup=6)
+    # HinaAdamW (O9) at its defaults: AGR, ADOPT-style stale denominator, TAM, Grams, Cautious, SPD
+    add("optimized HinaAdamW", lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3), warmup=3)
+    add("optimized HinaAdamW, optim_bits=8",
+        lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3, optim_bits=8, min_8bit_size=4096), warmup=3)  # fmt: skip
     if include_slow:
+        add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2,
+            rounds=max(2, repeats // 3))  # fmt: skip
         add("reference, t ≥ W", lambda p: reference.Automagic_CameAMP(p, lr=1e-4, warmup_steps=4), warmup=6,
             rounds=max(2, repeats // 3))  # fmt: skip
         add("reference 8bit (fixed), t ≥ W",

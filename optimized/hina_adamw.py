@@ -1,0 +1,276 @@
+"""Fast HinaAdamWOptimizer (alias CustomAdamW): same name, kwargs, compat modes and state_dict format as
+reference.HinaAdamWOptimizer, stepped by the fused passes of hina_step.py over flat buckets.
+
+Buckets are per param group and (dtype, device, 8-bit or not, wave). The reference steps the parameters
+one by one, and a paired LoRA-A's or a LoKr factor's step size reads its partner's value, the new one when
+the partner came first; such tensors go to a second bucket ("wave") stepped after the first, with the
+factors computed just before each bucket steps (lora_factors.py). As in optimized.Automagic_CameAMP,
+parameters become views of the bucket buffers, `optimizer.state` stays empty (per-parameter state is read
+through `state_dict()`), and bf16 arithmetic is done in fp32 with one rounding per stored value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reference import hina_adamw as readable
+from reference.dynamic_weight_decay import weight_decay_multiplier
+from reference.persistence import saved_param_map
+from reference.validation import check_grad, nonfinite_step_allowed
+
+from . import hina_step as H
+from .bucket import Bucket
+from .lora_factors import BucketFactors, dependencies
+
+MOMENTS = ("exp_avg", "exp_avg_sq", "exp_avg_sq_prev")
+
+
+class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
+    """Fused, flat-buffer HinaAdamW. See reference.HinaAdamWOptimizer for the algorithm."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        # SPD anchors wait here until their bucket exists, then live in it
+        self._anchors = {p: state.pop("spd_anchor") for p, state in self.state.items() if "spd_anchor" in state}
+        self.state.clear()
+        self._buckets: dict[int, list[Bucket]] = {}
+        self._factors: dict[int, BucketFactors] = {}
+        self._wave = self._waves()
+
+    # ------------------------------------------------------------------ buckets
+    def _waves(self) -> dict:
+        """id(p) → 1, or 2 where p's LoRA factor reads a parameter that the reference steps before p."""
+        order = {id(p): k for k, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        deps = dependencies(self.layout) if self.use_alora else {}
+        return {pid: 2 if any(order[id(q)] < k for q in deps.get(pid, [])) else 1 for pid, k in order.items()}
+
+    def _moments(self):
+        return MOMENTS if self.use_adopt_stability else MOMENTS[:2]
+
+    def _group_buckets(self, gi: int) -> list[Bucket]:
+        if gi not in self._buckets:
+            by_key: dict = {}
+            for p in self.param_groups[gi]["params"]:
+                if p.numel() > 0:
+                    key = (self._wave[id(p)], p.dtype, p.device, self._eight_bit("exp_avg", p))
+                    by_key.setdefault(key, []).append(p)
+            self._buckets[gi] = [self._new_bucket(ps, q, wave) for (wave, _, _, q), ps in by_key.items()]
+        return self._buckets[gi]
+
+    def _new_bucket(self, params, quantized: bool, wave: int) -> Bucket:
+        b = Bucket(params, torch.float32 if quantized else params[0].dtype, quantized=quantized)
+        b.host["wave"] = wave
+        b.add_states(self._moments())
+        T = len(b.params)
+        b.states["momentum_alignment"] = torch.zeros(T, dtype=b.state_dtype, device=b.device)
+        b.host["spd_on"] = np.array([p in self._anchors for p in b.params], dtype=bool)
+        if b.host["spd_on"].any():
+            b.states["spd_anchor"] = b.layout.empty(b.dtype, b.device, fill=0)
+            for i, p in enumerate(b.params):
+                if b.host["spd_on"][i]:
+                    b.layout.view(b.states["spd_anchor"], i).copy_(self._anchors.pop(p))
+        kinds = [self.layout.kinds.get(id(p), "regular") for p in b.params]
+        b.host["lora"] = np.array([k in ("lora_a", "lora_b") for k in kinds])
+        b.host["lokr"] = np.array([k.startswith("lokr_") for k in kinds])
+        b.host["projectable"] = np.array([p.dim() >= 2 for p in b.params])
+        b.host["has_dim"] = np.array([p.dim() > 0 for p in b.params])
+        self._factors[id(b)] = BucketFactors(b.params, self.layout, self.alora_ratio, self.fixed, b.device)
+        return b
+
+    def _all_buckets(self):
+        return [(gi, b) for gi in range(len(self.param_groups)) for b in self._group_buckets(gi)]
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for gi in range(len(self.param_groups)):
+            for b in self._group_buckets(gi):
+                b.check_views()
+                has = np.array([p.grad is not None for p in b.params], dtype=bool)
+                for p in b.params:
+                    if p.grad is not None:
+                        check_grad(p, type(self).__name__)
+                if has.any():
+                    grad = b.gather_grads(has)
+                    work.append((gi, b, has, H.gradient_sums(b.theta, grad, b.idx, self.use_orthogonal_grad)))
+        # Σ|g| of a tensor is NaN or Inf exactly when its gradient holds NaN or Inf: one sync per step
+        finite = not work or bool(torch.isfinite(torch.cat([sums["abs"] for *_, sums in work])).all())
+        if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
+            return loss
+        # per group, the first wave then the second; a wave's factors are computed before any of its
+        # buckets steps (its buckets may hold both factors of a pair)
+        for gi, group in enumerate(self.param_groups):
+            for wave in (1, 2):
+                phase = [item for item in work if item[0] == gi and item[1].host["wave"] == wave]
+                factors = [self._factors[id(b)].compute() if self.use_alora else None for _, b, _, _ in phase]
+                for (_, b, has, sums), factor in zip(phase, factors, strict=True):
+                    self._step_bucket(b, group, has, sums, factor)
+        return loss
+
+    def _step_bucket(self, b: Bucket, group, active, sums, lora_factor):
+        new = active & ~b.started
+        if new.any():
+            for name in (*self._moments(), "momentum_alignment"):
+                b.fill(name, 0.0, new)
+            b.started |= new
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        t = b.step + active
+        tf = np.maximum(t, 1).astype(np.float64)
+        step_size = np.where(active, lr * np.sqrt(1 - beta2**tf) / (1 - beta1**tf), 0.0)
+        decay = np.where(active, lr * (group["weight_decay"] * self._decay_multipliers(b, t)), 0.0)
+        dev, dt = b.device, b.dtype
+        flags = H.Flags(
+            adopt=self.use_adopt_stability,
+            floor=self.fixed,
+            orthogonal=self.use_orthogonal_grad,
+            tam=self.use_tam,
+            grams=self.use_grams,
+            cautious=self.use_cautious,
+            masked=not active.all(),
+            padding_safe=group["eps"] > 0 and not b.quantized,
+        )
+        consts = H.group_constants(group, dev)
+        host = torch.from_numpy(np.stack([active, (t > 1) & self.use_adopt_stability, step_size, decay], axis=1))
+        table = torch.zeros(len(t), H.NCOLS, dtype=torch.float64, device=dev)
+        table[:, : H.PROJ] = host.to(dev)
+        if lora_factor is not None:
+            table[:, H.STEP] *= lora_factor
+        active_t = torch.from_numpy(active).to(dev)
+
+        # T7c: π = ⟨θ,g⟩/⟨θ,θ⟩ in the parameter dtype, for tensors with ≥ 2 dims and θ ≠ 0
+        g_sum, g_sq = sums["sum"], sums["sq"]
+        if self.use_orthogonal_grad:
+            ww = sums["ww"].to(dt)
+            keep = torch.from_numpy(b.host["projectable"]).to(dev) & (ww > 0)
+            table[:, H.PROJ] = torch.where(keep, sums["wg"].to(dt) / ww, 0).double()
+            g_sum, g_sq = H.projected_sums(b.theta, b.grad, table.float(), b.idx, flags)
+        # T1b: 1 + |Σg|/‖g‖ in the parameter dtype; 1 for 0-d tensors and g = 0
+        agr = torch.ones_like(table[:, 0])
+        if self.use_agr:
+            norm = g_sq.sqrt().to(dt)
+            use = torch.from_numpy(b.host["has_dim"]).to(dev) & (norm > 0)
+            agr = torch.where(use, 1.0 + g_sum.to(dt).abs() / norm, 1.0).double()
+        table[:, H.AGR] = agr
+        if self.use_tam:
+            table[:, H.TAM] = self._tam_factor(b, table, consts, flags, t, active_t)
+
+        spd = self.use_spd and bool(b.host["spd_on"][active].any())
+        buffers = H.Buffers(b.theta, b.grad, *(b.states.get(name) for name in MOMENTS),
+                            b.states.get("spd_anchor"), b.blocks.blocks if b.quantized else None)  # fmt: skip
+        spd_sums = H.main_pass(buffers, table.float(), b.idx, consts, flags, spd)
+        if self.use_adopt_stability:
+            self._swap_stale(b, active)
+        if spd:  # T11d: η·λ·r with r = ‖θ − θ0‖/‖θ‖ in the parameter dtype (0 where ‖θ‖ = 0)
+            diff_norm, theta_norm = spd_sums[0].sqrt().to(dt), spd_sums[1].sqrt().to(dt)
+            ratio = torch.where(theta_norm > 0, diff_norm / theta_norm, 0)
+            on = active_t & torch.from_numpy(b.host["spd_on"]).to(dev)
+            coef = torch.where(on, (self.spd_lambda * ratio).double() * lr, 0.0)
+            table[:, H.SPD] = coef
+            H.spd_pass(b.theta, b.states["spd_anchor"], table.float(), b.idx)
+        b.step = t
+
+    @staticmethod
+    def _swap_stale(b: Bucket, active) -> None:
+        """The main pass wrote the new v into v̄'s buffer: the buffers trade names, so v̄ is the old v. A tensor
+        that did not step keeps both: its entries trade back."""
+        st = b.states
+        st["exp_avg_sq"], st["exp_avg_sq_prev"] = st["exp_avg_sq_prev"], st["exp_avg_sq"]
+        for i in np.flatnonzero(~active & b.started):
+            v, v_prev = b.export("exp_avg_sq", i), b.export("exp_avg_sq_prev", i)
+            b.load("exp_avg_sq", i, {k.replace("_prev", ""): x for k, x in v_prev.items()})
+            b.load("exp_avg_sq_prev", i, {k.replace("exp_avg_sq", "exp_avg_sq_prev"): x for k, x in v.items()})
+
+    def _decay_multipliers(self, b: Bucket, t) -> np.ndarray:
+        """T14 per tensor (1 unless dynamic_weight_decay and a LoRA/LoKr factor past the transition)."""
+        out = np.ones(len(t))
+        if not self.dynamic_weight_decay:
+            return out
+        for kind, is_kind in (("lora_a", b.host["lora"]), ("lokr_w1", b.host["lokr"])):
+            late = is_kind & (t > self.wd_transition_steps)
+            for step in np.unique(t[late]):  # one value per distinct step count (usually one)
+                out[late & (t == step)] = weight_decay_multiplier(
+                    kind, int(step), self.wd_transition_steps, self.wd_decay_factor, self.wd_min_ratio
+                )
+        return out
+
+    def _tam_factor(self, b: Bucket, table, consts, flags, t, active_t):
+        """T4e: a = cos(m_t, g̃), A ← τβ·A + (1−τβ)·a, factor (1 + A/bc)/2, in the state dtype."""
+        buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None, None,
+                            b.blocks.blocks if b.quantized else None)  # fmt: skip
+        dot, mm, gg = H.tam_sums(buffers, table.float(), b.idx, consts, flags)
+        sdt = b.state_dtype
+        m_norm, g_norm = mm.sqrt().to(sdt), gg.sqrt().to(sdt)
+        a = torch.where((m_norm > 0) & (g_norm > 0), dot.to(sdt) / (m_norm * g_norm), 0)
+        old = b.states["momentum_alignment"]
+        alignment = self.tam_beta * old + (1 - self.tam_beta) * a
+        old.copy_(torch.where(active_t, alignment, old))
+        if self.fixed:  # Â = A/(1 − τβ^t), the scalar taken in float32 as torch takes a Python scalar
+            tf = torch.from_numpy(np.maximum(t, 1).astype(np.float64)).to(b.device)
+            alignment = (alignment.float() / (1 - self.tam_beta**tf).float()).to(sdt)
+        return ((1 + alignment) / 2).double()
+
+    # ------------------------------------------------------------------ persistence, monitoring
+    def state_dict(self):
+        sd = super().state_dict()  # param_groups in torch's format; self.state is empty
+        ids = {}
+        for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
+            ids.update(zip(group["params"], saved["params"], strict=True))
+        state = {}
+        for _, b in self._all_buckets():
+            for i, p in enumerate(b.params):
+                entry = b.export("spd_anchor", i) if b.host["spd_on"][i] else {}
+                if b.started[i]:
+                    entry["step"] = int(b.step[i])
+                    for name in self._moments():
+                        entry.update(b.export(name, i))
+                    alignment = b.states["momentum_alignment"][i]
+                    entry["momentum_alignment"] = alignment.clone() if self.use_tam else float(alignment)
+                if entry:
+                    state[ids[p]] = entry
+        sd["state"] = dict(sorted(state.items()))
+        return sd
+
+    def load_state_dict(self, state_dict):
+        torch.optim.Optimizer.load_state_dict(self, {"state": {}, "param_groups": state_dict["param_groups"]})
+        self.state.clear()
+        id_map = saved_param_map(self, state_dict)
+        where = {p: (b, i) for _, b in self._all_buckets() for i, p in enumerate(b.params)}
+        for _, b in self._all_buckets():
+            b.started[:] = False
+            b.host["spd_on"][:] = False
+        for pid, saved in state_dict["state"].items():
+            b, i = where[id_map[pid]]
+            b.host["spd_on"][i] = "spd_anchor" in saved
+            if "spd_anchor" in saved:
+                if "spd_anchor" not in b.states:
+                    b.states["spd_anchor"] = b.layout.empty(b.dtype, b.device, fill=0)
+                b.load("spd_anchor", i, saved)
+            if "step" not in saved:
+                continue
+            b.step[i], b.started[i] = int(saved["step"]), True
+            for name in self._moments():
+                b.load(name, i, saved)
+            b.states["momentum_alignment"][i] = torch.as_tensor(saved.get("momentum_alignment", 0.0))
+
+    def state_bytes(self) -> int:
+        """Bytes held by optimizer state (moments, alignments, SPD anchors)."""
+        return sum(b.state_bytes() for _, b in self._all_buckets())
+
+    def workspace_bytes(self) -> int:
+        """Bytes of the persistent gradient buffers (which `p.grad` then points into)."""
+        return sum(b.workspace_bytes() for _, b in self._all_buckets())
+
+    def update_device(self, device) -> None:
+        raise NotImplementedError(
+            "optimized.HinaAdamWOptimizer keeps its state in flat buffers: build the optimizer after moving the model"
+        )
+
+
+CustomAdamW = HinaAdamWOptimizer

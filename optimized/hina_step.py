@@ -1,0 +1,170 @@
+"""The fused HinaAdamW step over one bucket (readable twin: reference.hina_adamw, spec O9).
+
+Per-tensor scalars that the reference takes as 0-d tensors (the AGR factor, the TAM alignment and factor,
+the SPD ratio) are computed between the passes on [T] tensors, in the dtype the reference computes them
+in, so their roundings are the reference's. The passes, all compiled:
+1. `gradient_sums`: per tensor Σ|g| (the NaN/Inf check), Σg, Σg², and with OrthoGrad ⟨θ,g⟩, ⟨θ,θ⟩;
+   then, with OrthoGrad, `projected_sums`: Σg⊥, Σg⊥² of the projected gradient AGR is applied to.
+2. `tam_sums` (TAM): ⟨m_t, g̃⟩, ‖m_t‖², ‖g̃‖² of this step's momentum, which is not stored yet.
+3. `main_pass`: moments, U, the TAM/Grams/Cautious transforms, θ ← θ − step·U, the weight decay, and
+   the writes of m and v (into v̄'s buffer, which then swaps with v's: `swap_stale`); with SPD it also
+   returns ‖θ − θ0‖², ‖θ‖² of the new θ.
+4. `spd_pass` (SPD): θ ← θ − η·λ·r·(θ − θ0).
+
+A state is a plain tensor or a `codec.QState` (optim_bits=8), read and written through codec.load/store.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import codec as C
+from . import kernels as K
+from .compile import compiled
+
+# columns of the per-tensor table
+ACTIVE, STALE, STEP, DECAY, PROJ, AGR, TAM, SPD = range(8)
+NCOLS = 8
+
+
+class Flags(NamedTuple):
+    adopt: bool  # use_adopt_stability: v̄ is stored and the denominator is one step stale
+    floor: bool  # fixed mode: the stale denominator is √max(v̄, v) + ε
+    orthogonal: bool
+    tam: bool
+    grams: bool
+    cautious: bool
+    masked: bool  # some tensor of the bucket has no gradient this step
+    padding_safe: bool  # ε > 0 and no 8-bit state: padding stays 0 without masks
+
+
+class Buffers(NamedTuple):
+    theta: torch.Tensor
+    grad: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    exp_avg_sq_prev: torch.Tensor | None
+    anchor: torch.Tensor | None  # θ0 of SPD
+    blocks: C.Blocks | None = None  # the block index of the QState buffers (optim_bits=8)
+
+
+# entries of the group constant vector (float32; 1 − β taken in float64 first, as the reference's scalars)
+BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS = range(5)
+
+
+def group_constants(group, device) -> torch.Tensor:
+    beta1, beta2 = group["betas"]
+    values = [beta1, 1 - beta1, beta2, 1 - beta2, group["eps"]]
+    return torch.tensor(values, dtype=torch.float64, device=device).float()
+
+
+def _col(table, idx: K.Idx, k: int):
+    return table[idx.chunk_tensor, k].view(-1, 1)
+
+
+def _rounded(x, dtype):
+    """x rounded to a bf16/fp16 gradient's dtype, as the reference's op in that dtype rounds it."""
+    return x if dtype == torch.float32 else x.to(dtype).float()
+
+
+def _projected(theta, grad, table, idx: K.Idx, f: Flags):
+    """g, or with OrthoGrad g⊥ = g − π·θ (π = 0 where the reference leaves g as it is). Where g is nearly
+    parallel to θ, g⊥'s sign rests on these roundings, and Cautious masks by that sign."""
+    g = grad.float()
+    if not f.orthogonal:
+        return g
+    return _rounded(g - _rounded(_col(table, idx, PROJ) * theta.float(), grad.dtype), grad.dtype)
+
+
+def _agr(theta, grad, table, idx: K.Idx, f: Flags):
+    """g̃ = g·(1 + |Σg|/‖g‖) (the factor is 1 where the reference leaves g as it is), rounded to the gradient
+    dtype as the reference's g̃ is: 8-bit m and v take it from there in fp32, so a bf16 rounding left out
+    would move codes (these passes compile with emulated precision casts, see compile.compiled)."""
+    return _rounded(_projected(theta, grad, table, idx, f) * _col(table, idx, AGR), grad.dtype)
+
+
+def _gradient_sums(theta, grad, idx: K.Idx, orthogonal: bool):
+    g = grad.float()
+    out = {"abs": K.tensor_sum(g.abs(), idx), "sum": K.tensor_sum(g, idx), "sq": K.tensor_sum(g * g, idx)}
+    if orthogonal:
+        w = theta.float()
+        out["wg"], out["ww"] = K.tensor_sum(w * g, idx), K.tensor_sum(w * w, idx)
+    return out
+
+
+def _projected_sums(theta, grad, table, idx: K.Idx, f: Flags):
+    g = _projected(theta, grad, table, idx, f)
+    return K.tensor_sum(g, idx), K.tensor_sum(g * g, idx)
+
+
+def _momentum(b: Buffers, gt, c):
+    """m_t = β1·m + (1−β1)·g̃."""
+    return C.load(b.exp_avg, b.blocks) * c[BETA1] + gt * c[ONE_MINUS_BETA1]
+
+
+def _tam_sums(b: Buffers, table, idx: K.Idx, c, f: Flags):
+    gt = _agr(b.theta, b.grad, table, idx, f)
+    m = _momentum(b, gt, c)
+    if not f.padding_safe:  # 8-bit padding codes need not decode to 0 (a loaded state leaves them as they are)
+        m = torch.where(K.valid_mask(idx), m, 0.0)
+    return K.tensor_sum(m * gt, idx), K.tensor_sum(m * m, idx), K.tensor_sum(gt * gt, idx)
+
+
+def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
+    def col(k):
+        return _col(table, idx, k)
+
+    rows = (col(ACTIVE) > 0) if f.masked else None
+    tensors = (table[:, ACTIVE] > 0) if f.masked else None
+    valid = None if f.padding_safe else K.valid_mask(idx)
+    gt = _agr(b.theta, b.grad, table, idx, f)
+
+    # T13: v ← β2·v + (1−β2)·g̃²; m ← β1·m + (1−β1)·g̃; denom = √v̄ + ε (t > 1), else √v + ε
+    v_old = C.load(b.exp_avg_sq, b.blocks)
+    v = v_old * c[BETA2] + gt * gt * c[ONE_MINUS_BETA2]
+    m = _momentum(b, gt, c)
+    second = v
+    if f.adopt:
+        stale = torch.maximum(v_old, v) if f.floor else v_old
+        second = torch.where(col(STALE) > 0, stale, v)
+    update = m / (second.sqrt() + c[EPS])
+    # T4e TAM damping, T6 Grams, T12 Cautious
+    if f.tam:
+        update = update * col(TAM)
+    if f.grams:
+        update = update.abs() * torch.sign(gt)
+    if f.cautious:
+        update = update * (update * gt > 0).float()
+    if valid is not None:
+        update = torch.where(valid, update, 0.0)
+
+    # θ ← θ − step·U (step with the LoRA factor); θ ← θ − η·wd·m_t·θ
+    theta = b.theta.float() - col(STEP) * update
+    theta = theta - col(DECAY) * theta
+    b.theta.copy_(theta if rows is None else torch.where(rows, theta, b.theta.float()))
+
+    # With the stale denominator the new v goes to the v̄ buffer, and the caller swaps the two buffers: v̄ is
+    # then v's old buffer, with no copy. (A copy would also meet an inductor 2.13 bug: in one graph,
+    # `b.copy_(a.clone()); a.copy_(...)` gives b the new value of a.)
+    valid = K.valid_mask(idx) if isinstance(b.exp_avg, C.QState) else None
+    C.store(b.exp_avg, m, b.blocks, rows, tensors, valid)
+    C.store(b.exp_avg_sq_prev if f.adopt else b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
+    if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ (inactive tensors: their SPD column is 0)
+        diff = theta - b.anchor.float()
+        return K.tensor_sum(diff * diff, idx), K.tensor_sum(theta * theta, idx)
+    return None
+
+
+def _spd_pass(theta, anchor, table, idx: K.Idx):
+    """T11d: θ ← θ − (η·λ·r)·(θ − θ0); the SPD column holds η·λ·r (0: no change)."""
+    t = theta.float()
+    theta.copy_(t - _col(table, idx, SPD) * (t - anchor.float()))
+
+
+gradient_sums = compiled(_gradient_sums)
+projected_sums = compiled(_projected_sums, exact_casts=True)
+tam_sums = compiled(_tam_sums, stores_states=False, exact_casts=True)
+main_pass = compiled(_main_pass, exact_casts=True)
+spd_pass = compiled(_spd_pass)
