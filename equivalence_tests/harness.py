@@ -184,11 +184,16 @@ def lockstep(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP
         worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
         for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
             worst[key] = max(worst.get(key, 0.0), err)
-        opt.load_state_dict(ref.state_dict())
-        with torch.no_grad():
-            for a, b in zip(ref_params, opt_params, strict=True):
-                b.copy_(a)
+        resync(ref, opt, ref_params, opt_params)
     return worst
+
+
+def resync(ref, opt, ref_params, opt_params) -> None:
+    """Lockstep: give the optimized optimizer the reference's state and parameters."""
+    opt.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for a, b in zip(ref_params, opt_params, strict=True):
+            b.copy_(a)
 
 
 def free_running(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP") -> float:

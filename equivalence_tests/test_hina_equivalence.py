@@ -16,7 +16,7 @@ import torch
 import optimized
 import reference
 
-from .harness import code_flip_fraction, compare_states, dequantized, roundtrip, with_compiled
+from .harness import code_flip_fraction, compare_states, dequantized, resync, roundtrip, with_compiled
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     FREE_RUNNING_BF16_CAUTIOUS,
@@ -143,10 +143,7 @@ def lockstep(case: HinaCase, dtype, compat, seed=0, skip=None) -> dict:
         worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
         for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
             worst[key] = max(worst.get(key, 0.0), err)
-        opt.load_state_dict(ref.state_dict())
-        with torch.no_grad():
-            for a, b in zip(ref_params, opt_params, strict=True):
-                b.copy_(a)
+        resync(ref, opt, ref_params, opt_params)
     return worst
 
 

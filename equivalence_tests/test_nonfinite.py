@@ -70,7 +70,7 @@ def test_skipped_step_leaves_the_run_as_if_it_never_happened():
 @pytest.mark.parametrize(
     "cls", [reference.Automagic_CameAMP, optimized.Automagic_CameAMP, optimized.Automagic_CameAMP8bit,
             optimized.Automagic_CameAMP_COptim, optimized.Automagic_CameAMP_COptim8bit,
-            reference.Automagic_CameAMP_Improved,
+            reference.Automagic_CameAMP_Improved, optimized.Automagic_CameAMP_Improved,
             reference.Automagic_CameAMP_Improved_8Bit, reference.HinaAdamWOptimizer,
             optimized.HinaAdamWOptimizer]
 )  # fmt: skip

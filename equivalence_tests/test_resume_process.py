@@ -25,6 +25,7 @@ CLASSES = {
     "optimized.Automagic_CameAMP_COptim": optimized.Automagic_CameAMP_COptim,
     "optimized.Automagic_CameAMP_COptim8bit": optimized.Automagic_CameAMP_COptim8bit,
     "Automagic_CameAMP_Improved": reference.Automagic_CameAMP_Improved,
+    "optimized.Automagic_CameAMP_Improved": optimized.Automagic_CameAMP_Improved,
     "Automagic_CameAMP_Improved_8Bit": reference.Automagic_CameAMP_Improved_8Bit,
     "Automagic_CameAMP_8Bit": reference.Automagic_CameAMP_8Bit,
     "HinaAdamWOptimizer": reference.HinaAdamWOptimizer,

@@ -126,6 +126,24 @@ def hina_rows():
     return rows
 
 
+def improved_rows():
+    """optimized.Automagic_CameAMP_Improved against the reference (O6): every case, mode and dtype."""
+    from . import test_improved_equivalence as imp
+    from .tolerances import free_running_tolerance, lockstep_tolerance
+
+    rows = []
+    for case, compat, dtype in imp.MATRIX:
+        name = f"O6 Automagic_CameAMP_Improved {compat} {str(dtype).replace('torch.', '')} [{case}]"
+        lock = imp.run(case, dtype, compat, lockstep=True)
+        worst = max(lock, key=lock.get)
+        rows.append([f"{name} lockstep (worst: {worst})", "optimizers.md O6", None, lock[worst],
+                     lockstep_tolerance(dtype).bound])  # fmt: skip
+        free = imp.run(case, dtype, compat, lockstep=False)["params"]
+        rows.append([f"{name} free-running {imp.STEPS} steps", "optimizers.md O6", None, free,
+                     free_running_tolerance(dtype).bound])  # fmt: skip
+    return rows
+
+
 def family_rows():
     """Every reference class of the family: resume across save/load (weights_only) is bit-identical."""
     from . import test_family_reference as fam
@@ -195,7 +213,7 @@ def fmt(x):
 
 def main() -> int:
     start = time.perf_counter()
-    rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows()
+    rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows() + improved_rows()
     rows += family_rows() + paper_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]

@@ -3,6 +3,7 @@
 from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
+from .automagic_cameamp_improved import Automagic_CameAMP_Improved
 from .compile import compile_enabled, set_compile
 from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 
@@ -11,6 +12,7 @@ __all__ = [
     "Automagic_CameAMP8bit",
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
+    "Automagic_CameAMP_Improved",
     "CustomAdamW",
     "HinaAdamWOptimizer",
     "compile_enabled",

@@ -7,6 +7,10 @@ Workloads: 4M and 16M parameters in one flat tensor, and a LoRA-like set of 1,40
 The optimized class is timed per phase (t < W/2; W/2 ≤ t < W; t ≥ W, which is most of a run), and its
 first step is timed in a fresh process with an empty inductor cache (compile included). "Step peak extra"
 is the most memory allocated and not yet freed during one more step (the profiler's allocation events).
+
+"GB/s" is the least traffic a step must move (parameters read and written, the gradient read, every
+state byte read and written) over its time, beside a bandwidth line measured in the same run (the best
+of a few `c = a + s·b` passes over 768 MB, which moves 12 bytes per element). Writes reports/bench.png.
 """
 
 from __future__ import annotations
@@ -87,6 +91,24 @@ def step_peak_bytes(opt) -> int:
     return peak
 
 
+def bandwidth_line(n=64 * 2**20, repeats=5) -> float:
+    """GB/s of the best `torch.add(a, b, alpha=s, out=c)` (a STREAM-triad-like pass, 12 bytes/element)."""
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    best = min(_timed(lambda: torch.add(a, b, alpha=0.5, out=c)) for _ in range(repeats))
+    return 12 * n / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def least_traffic(params, state_total: int) -> int:
+    """Bytes a step must move at least: θ read and written, g read, the states read and written."""
+    return sum(p.numel() * p.element_size() * 3 for p in params) + 2 * state_total
+
+
 def bench_workload(workload, repeats, include_slow):
     import bitsandbytes as bnb
 
@@ -98,16 +120,25 @@ def bench_workload(workload, repeats, include_slow):
     base = torch.optim.AdamW(base_params, lr=1e-3, fused=True)
     for _ in range(3):
         base.step()
-    rows = [("torch AdamW(fused=True)", statistics.median(timed_step(base) for _ in range(repeats)), 1.0,
-             state_bytes(base) / n, step_peak_bytes(base) / n)]  # fmt: skip
+    base_time = statistics.median(timed_step(base) for _ in range(repeats))
+    rows = [("torch AdamW(fused=True)", base_time, 1.0, state_bytes(base) / n, step_peak_bytes(base) / n,
+             least_traffic(base_params, state_bytes(base)) / base_time / 1e9)]  # fmt: skip
 
     def add(name, opt_factory, warmup=2, rounds=repeats):
-        opt = opt_factory(make_params(workload))
+        params = make_params(workload)
+        opt = opt_factory(params)
         _, t, ratio = interleaved(base, opt, rounds, warmup, steps_per_round=2)
-        rows.append((name, t, ratio, state_bytes(opt) / n, step_peak_bytes(opt) / n))
+        total = state_bytes(opt)
+        rows.append((name, t, ratio, total / n, step_peak_bytes(opt) / n, least_traffic(params, total) / t / 1e9))
         return opt
 
     add("bitsandbytes AdamW8bit (CPU)", lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), rounds=max(2, repeats // 3))
+    try:
+        from pytorch_optimizer import CAME
+    except ImportError:
+        CAME = None
+    if CAME is not None:
+        add("pytorch-optimizer CAME", lambda p: CAME(p, lr=1e-3), rounds=max(2, repeats // 3))
     phases = [
         ("optimized, t < W/2 (TAM, OrthoGrad, decay)", dict(warmup_steps=10**6), 3),
         ("optimized, W/2 ≤ t < W (mask warm-up)", dict(warmup_steps=60), 32),
@@ -129,7 +160,14 @@ def bench_workload(workload, repeats, include_slow):
     add("optimized HinaAdamW", lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3), warmup=3)
     add("optimized HinaAdamW, optim_bits=8",
         lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3, optim_bits=8, min_8bit_size=4096), warmup=3)  # fmt: skip
+    # Improved (O6): stacks of same-shape tensors, batched eager ops (not yet compiled)
+    add("optimized Improved, t < W/2", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=10**6),
+        warmup=1, rounds=max(2, repeats // 3))  # fmt: skip
+    add("optimized Improved, t ≥ W", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
+        warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
     if include_slow:
+        add("reference Improved, t ≥ W", lambda p: reference.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
+            warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
         add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2,
             rounds=max(2, repeats // 3))  # fmt: skip
         add("reference, t ≥ W", lambda p: reference.Automagic_CameAMP(p, lr=1e-4, warmup_steps=4), warmup=6,
@@ -140,7 +178,7 @@ def bench_workload(workload, repeats, include_slow):
     return n, rows, workspace
 
 
-TABLE_HEADER = "| optimizer | step (ms) | × fused AdamW | state bytes/param | step peak extra bytes/param |"
+TABLE_HEADER = "| optimizer | step (ms) | × fused AdamW | state bytes/param | step peak extra bytes/param | GB/s |"
 FIRST_STEP = """
 import time, torch, sys
 sys.path.insert(0, {root!r})
@@ -171,13 +209,17 @@ def main():
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--no-reference", action="store_true", help="skip the slow reference rows")
     args = parser.parse_args()
-    lines = [f"# Benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, CPU)", ""]
+    line = bandwidth_line()
+    lines = [f"# Benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, CPU)", "",
+             f"Bandwidth line (triad c = a + s·b, 768 MB): {line:.1f} GB/s", ""]  # fmt: skip
+    results = {}
     for workload in args.workloads:
         n, rows, workspace = bench_workload(workload, args.repeats, not args.no_reference)
+        results[workload] = rows
         first, six = first_step(workload)
-        lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- | --- | --- | --- | --- |"]
-        for name, t, ratio, bpp, peak in rows:
-            lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} |")
+        lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- " * 6 + "|"]
+        for name, t, ratio, bpp, peak, gbs in rows:
+            lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} | {gbs:.1f} |")
         lines += ["", f"optimized workspace (gradient buffer that p.grad points into, early-phase scratch freed at "
                       f"W/2): {workspace:.1f} bytes/param after warm-up",
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "
@@ -186,7 +228,32 @@ def main():
     out = ROOT / "reports" / "bench.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"written to {out}")
+    plot(results, line, out.with_suffix(".png"))
+    print(f"written to {out} and {out.with_suffix('.png')}")
+
+
+def plot(results: dict, line: float, path: Path) -> None:
+    """Per workload: step time as × fused AdamW (log scale) and effective GB/s beside the bandwidth line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = 0.32 * max(len(r) for r in results.values()) * len(results) + 1.5
+    fig, axes = plt.subplots(len(results), 2, figsize=(13, height), squeeze=False)
+    for (workload, rows), (left, right) in zip(results.items(), axes, strict=True):
+        names = [r[0] for r in rows][::-1]
+        left.barh(names, [r[2] for r in rows][::-1], color="tab:blue")
+        left.set_xscale("log")
+        left.axvline(1.0, color="k", lw=0.8)
+        left.set_title(f"{workload}: step time, × fused AdamW")
+        right.barh(names, [r[5] for r in rows][::-1], color="tab:green")
+        right.axvline(line, color="tab:red", ls="--", label=f"bandwidth line {line:.0f} GB/s")
+        right.set_yticks([])
+        right.set_title("least traffic / step time (GB/s)")
+        right.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

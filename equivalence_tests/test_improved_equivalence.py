@@ -1,0 +1,169 @@
+"""optimized.Automagic_CameAMP_Improved against reference.Automagic_CameAMP_Improved, lockstep and
+free-running, over every phase: TAM + OrthoGrad + Grams + edge suppression (t < W/2), the mask warm-up
+with SPD (t < W), and the cautious phase with the post-warm-up mask, whose lr is halved at step 11.
+
+The parameters repeat shapes (so stacks hold several tensors), include a 100×120 matrix (over TAM's
+10,000-element switch to the global cosine), 16×24 and 24×16 matrices (rank > 10, so the rank penalty
+acts), a 4-D, a 1-D, a 0-d (OrthoGrad's output is rounding there upstream) and a non-contiguous one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optimized
+import reference
+
+from .harness import compare_states, resync, roundtrip
+from .tolerances import free_running_tolerance, lockstep_tolerance, scaled_error
+
+SHAPES = [(16, 24), (16, 24), (16, 24), (24, 16), (100, 120), (4, 3, 3, 3), (4, 3, 3, 3), (37,), (), (1, 5)]
+NONCONTIGUOUS = (24, 33)
+MASK = dict(lr=1e-3, min_lr=1e-5, max_lr=1e-2, lr_bump=1e-4)
+CASES = {
+    "defaults, W 8": dict(MASK, warmup_steps=8),
+    "exact SVD penalty, no came/dual/edge/spatial/background, d_coef 3": dict(
+        MASK,
+        warmup_steps=6,
+        came=False,
+        enable_dual_momentum=False,
+        edge_suppression=False,
+        spatial_awareness=False,
+        use_approximate_svd=False,
+        background_regularization=False,
+        betas=(0.9, 0.95, 0.99),
+        d_coef=3.0,
+    ),
+    "edge threshold 0.01 (edges fire), no rank penalty": dict(
+        MASK, warmup_steps=6, edge_threshold=0.01, edge_penalty=0.5, lora_rank_penalty=False
+    ),
+}
+STEPS = 16
+LR_HALVED_AT = 11
+MATRIX = [(case, compat, dtype) for case in CASES for compat in ("upstream", "fixed")
+          for dtype in (torch.float32, torch.bfloat16)]  # fmt: skip
+
+
+def make_params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in SHAPES]
+    base = (torch.randn(NONCONTIGUOUS[::-1], generator=gen) * 0.5).to(dtype)
+    return [*params, torch.nn.Parameter(base.t())]
+
+
+def build(case, dtype, compat):
+    ref_params = make_params(dtype)
+    opt_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
+    ref = reference.Automagic_CameAMP_Improved(ref_params, compat=compat, **CASES[case])
+    opt = optimized.Automagic_CameAMP_Improved(opt_params, compat=compat, **CASES[case])
+    return ref, opt, ref_params, opt_params
+
+
+def run(case, dtype, compat, lockstep: bool, skip=None) -> dict:
+    """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference
+    after each step. `skip(t, i)`: parameter i has no gradient at step t."""
+    ref, opt, ref_params, opt_params = build(case, dtype, compat)
+    gen = torch.Generator().manual_seed(1)
+    worst = {"params": 0.0}
+    for t in range(1, STEPS + 1):
+        if t == LR_HALVED_AT:
+            for o in (ref, opt):
+                o.param_groups[0]["lr"] *= 0.5
+        for i, (a, b) in enumerate(zip(ref_params, opt_params, strict=True)):
+            g = torch.randn(a.shape, generator=gen).to(dtype)
+            a.grad, b.grad = (None, None) if skip is not None and skip(t, i) else (g.clone(), g.clone())
+        ref.step()
+        opt.step()
+        worst["params"] = max(worst["params"], max(map(scaled_error, ref_params, opt_params)))
+        if not lockstep:
+            continue
+        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
+        for key, err in compare_states(ref_sd, opt_sd).items():
+            worst[key] = max(worst.get(key, 0.0), err)
+        resync(ref, opt, ref_params, opt_params)
+    return worst
+
+
+@pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
+def test_lockstep(case, compat, dtype):
+    worst = run(case, dtype, compat, lockstep=True)
+    expected = {"params", "step", "exp_avg", "exp_avg_res", "lr_mask", "lr_max", "avg_lr", "pre", "s"}
+    assert expected <= set(worst), f"not compared: {expected - set(worst)}"
+    bound = lockstep_tolerance(dtype).bound
+    for key, err in worst.items():
+        assert err <= bound, f"{key}: {err:.3e} > {bound}"
+
+
+@pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
+def test_free_running(case, compat, dtype):
+    err = run(case, dtype, compat, lockstep=False)["params"]
+    assert err <= free_running_tolerance(dtype).bound, f"{err:.3e}"
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_tensors_without_a_gradient_split_the_stacks(compat):
+    """Tensors that skip steps fall behind their shape-mates: the stacks split by step count (and re-form),
+    and every tensor keeps the reference's state."""
+    worst = run("defaults, W 8", torch.float32, compat, lockstep=True, skip=lambda t, i: (t + i) % 4 == 0)
+    for key, err in worst.items():
+        assert err <= lockstep_tolerance(torch.float32).bound, f"{key}: {err:.3e}"
+
+
+def test_same_shapes_share_one_stack():
+    """40 LoRA-like tensors of two shapes are stepped as two stacks; parameters and states are views."""
+    params = [torch.nn.Parameter(torch.randn(s) * 0.1) for _ in range(20) for s in ((16, 64), (64, 16))]
+    opt = optimized.Automagic_CameAMP_Improved(params, **MASK, warmup_steps=4)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert len(opt._stacks) == 2
+    for stack in opt._stacks.values():
+        for i, p in enumerate(stack.params):
+            assert p.data_ptr() == stack.theta[i].data_ptr()
+            assert opt.state[p]["exp_avg"].data_ptr() == stack.states["exp_avg"][i].data_ptr()
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_resume_is_bit_identical(compat):
+    """N steps == k steps, save (weights_only), load into a fresh optimizer, N − k steps (k = 3 in the TAM
+    phase, where s and pre exist)."""
+    gen = torch.Generator().manual_seed(5)
+    grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
+
+    def train(stop_at=None):
+        params = make_params(torch.float32)
+        opt = optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
+        for t, gs in enumerate(grads):
+            if t == stop_at:
+                saved = roundtrip(opt.state_dict())
+                weights = [p.detach().clone() for p in params]
+                params = make_params(torch.float32)
+                with torch.no_grad():
+                    for p, w in zip(params, weights, strict=True):
+                        p.copy_(w)
+                opt = optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
+                opt.load_state_dict(saved)
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    for a, b in zip(train(), train(stop_at=3), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_dicts_load_across_the_two_classes():
+    ref, opt, ref_params, opt_params = build("defaults, W 8", torch.float32, "fixed")
+    for _ in range(3):
+        for a, b in zip(ref_params, opt_params, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        ref.step()
+        opt.step()
+    saved = roundtrip(opt.state_dict())
+    fresh = reference.Automagic_CameAMP_Improved(make_params(torch.float32), compat="fixed", **CASES["defaults, W 8"])
+    fresh.load_state_dict(saved)
+    assert compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+    assert max(compare_states(ref.state_dict(), saved).values()) <= lockstep_tolerance(torch.float32).bound
