@@ -178,14 +178,46 @@ def lockstep(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP
         opt.step()
         early = t < case.warmup / 2
         worst["params"] = max(worst["params"], compare_params(ref_params, opt_params, compat, early))
-        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
-        for pid, saved in ref_sd["state"].items():
-            assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
-        worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
-        for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
-            worst[key] = max(worst.get(key, 0.0), err)
+        record_state_errors(worst, ref, opt, t)
         resync(ref, opt, ref_params, opt_params)
     return worst
+
+
+def record_state_errors(worst: dict, ref, opt, t: int) -> None:
+    """Lockstep: the state keys must match; raise `worst` to this step's 8-bit code-flip fraction and
+    per-key state errors."""
+    ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
+    for pid, saved in ref_sd["state"].items():
+        assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
+    worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
+    for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
+        worst[key] = max(worst.get(key, 0.0), err)
+
+
+def straight_and_resumed(new_params, new_optimizer, grads, stop_at: int):
+    """Parameters after one run over `grads`, and after a run that at step `stop_at` saves (weights_only),
+    then continues with a fresh optimizer over fresh parameters holding the saved weights.
+    `new_params()` returns (what the optimizer is built from, the parameter list)."""
+
+    def train(stop=None):
+        source, params = new_params()
+        opt = new_optimizer(source)
+        for t, gs in enumerate(grads):
+            if t == stop:
+                saved = roundtrip(opt.state_dict())
+                weights = [p.detach().clone() for p in params]
+                source, params = new_params()
+                with torch.no_grad():
+                    for p, w in zip(params, weights, strict=True):
+                        p.copy_(w)
+                opt = new_optimizer(source)
+                opt.load_state_dict(saved)
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    return train(), train(stop_at)
 
 
 def resync(ref, opt, ref_params, opt_params) -> None:

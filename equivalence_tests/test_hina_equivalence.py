@@ -16,7 +16,13 @@ import torch
 import optimized
 import reference
 
-from .harness import code_flip_fraction, compare_states, dequantized, resync, roundtrip, with_compiled
+from .harness import (
+    record_state_errors,
+    resync,
+    roundtrip,
+    straight_and_resumed,
+    with_compiled,
+)
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     FREE_RUNNING_BF16_CAUTIOUS,
@@ -137,12 +143,7 @@ def lockstep(case: HinaCase, dtype, compat, seed=0, skip=None) -> dict:
         ref.step()
         opt.step()
         worst["params"] = max(worst["params"], max(map(scaled_error, ref_params, opt_params)))
-        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
-        for pid, saved in ref_sd["state"].items():
-            assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
-        worst["code_flips"] = max(worst.get("code_flips", 0.0), code_flip_fraction(ref_sd, opt_sd))
-        for key, err in compare_states(dequantized(ref_sd), dequantized(opt_sd)).items():
-            worst[key] = max(worst.get(key, 0.0), err)
+        record_state_errors(worst, ref, opt, t)
         resync(ref, opt, ref_params, opt_params)
     return worst
 
@@ -223,27 +224,14 @@ def test_resume_is_bit_identical(case):
     gen = torch.Generator().manual_seed(5)
     grads = [[torch.randn(p.shape, generator=gen) for _, p in make_named(torch.float32)] for _ in range(8)]
 
-    def run(stop_at=None):
+    def new_params():
         named = make_named(torch.float32)
-        params = [p for _, p in named]
-        opt = optimized.HinaAdamWOptimizer(named, compat="fixed", **case.kwargs)
-        for t, gs in enumerate(grads):
-            if t == stop_at:
-                saved = roundtrip(opt.state_dict())
-                weights = [p.detach().clone() for p in params]
-                named = make_named(torch.float32)
-                params = [p for _, p in named]
-                with torch.no_grad():
-                    for p, w in zip(params, weights, strict=True):
-                        p.copy_(w)
-                opt = optimized.HinaAdamWOptimizer(named, compat="fixed", **case.kwargs)
-                opt.load_state_dict(saved)
-            for p, g in zip(params, gs, strict=True):
-                p.grad = g.clone()
-            opt.step()
-        return params
+        return named, [p for _, p in named]
 
-    for a, b in zip(run(), run(stop_at=3), strict=True):
+    straight, resumed = straight_and_resumed(
+        new_params, lambda named: optimized.HinaAdamWOptimizer(named, compat="fixed", **case.kwargs), grads, 3
+    )
+    for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
 
 

@@ -15,7 +15,7 @@ import torch
 import optimized
 import reference
 
-from .harness import compare_states, resync, roundtrip
+from .harness import compare_states, record_state_errors, resync, roundtrip, straight_and_resumed
 from .tolerances import free_running_tolerance, lockstep_tolerance, scaled_error
 
 SHAPES = [(16, 24), (16, 24), (16, 24), (24, 16), (100, 120), (4, 3, 3, 3), (4, 3, 3, 3), (37,), (), (1, 5)]
@@ -78,9 +78,7 @@ def run(case, dtype, compat, lockstep: bool, skip=None) -> dict:
         worst["params"] = max(worst["params"], max(map(scaled_error, ref_params, opt_params)))
         if not lockstep:
             continue
-        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
-        for key, err in compare_states(ref_sd, opt_sd).items():
-            worst[key] = max(worst.get(key, 0.0), err)
+        record_state_errors(worst, ref, opt, t)
         resync(ref, opt, ref_params, opt_params)
     return worst
 
@@ -132,25 +130,15 @@ def test_resume_is_bit_identical(compat):
     gen = torch.Generator().manual_seed(5)
     grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
 
-    def train(stop_at=None):
+    def new_params():
         params = make_params(torch.float32)
-        opt = optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
-        for t, gs in enumerate(grads):
-            if t == stop_at:
-                saved = roundtrip(opt.state_dict())
-                weights = [p.detach().clone() for p in params]
-                params = make_params(torch.float32)
-                with torch.no_grad():
-                    for p, w in zip(params, weights, strict=True):
-                        p.copy_(w)
-                opt = optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
-                opt.load_state_dict(saved)
-            for p, g in zip(params, gs, strict=True):
-                p.grad = g.clone()
-            opt.step()
-        return params
+        return params, params
 
-    for a, b in zip(train(), train(stop_at=3), strict=True):
+    def new_optimizer(params):
+        return optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
+
+    straight, resumed = straight_and_resumed(new_params, new_optimizer, grads, 3)
+    for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
 
 

@@ -266,9 +266,7 @@ class Automagic_CameAMP(AutomagicBase):
 
     def _state_dict(self):
         sd = super()._state_dict()  # param_groups in torch's format; self.state is empty
-        ids = {}
-        for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
-            ids.update(zip(group["params"], saved["params"], strict=True))
+        ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
         state = {}
         for gi, group in enumerate(self.param_groups):
             for b in self._buckets.get(gi, []):

@@ -56,19 +56,13 @@ class ShapeStack:
             self.optimizer.state[p][key] = stacked[i]
 
     def write(self, key: str, value: torch.Tensor) -> None:
-        """Store a new value of state `key` (in place when the buffer exists)."""
-        if key in self.states:
-            self.states[key].copy_(value)
-        else:
-            self.set(key, value.clone() if value.data_ptr() in self._owned() else value)
+        """Store a new value of state `key` in its buffer."""
+        self.states[key].copy_(value)
 
     def drop(self, key: str) -> None:
         self.states.pop(key, None)
         for p in self.params:
             self.optimizer.state[p].pop(key, None)
-
-    def _owned(self) -> set:
-        return {t.data_ptr() for t in self.states.values()} | {self.theta.data_ptr()}
 
     def flush_avg_lr(self) -> None:
         if self.avg_lr is not None:
@@ -263,16 +257,14 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
         lr, st = group["lr"], stack.states
         mask = st["lr_mask"]
         if t >= group["warmup_steps"]:
-            if self.fixed:
-                scale = []
-                for state in states:
-                    _, state["lr_max"] = lr_mask.post_warmup_lr_mask(mask, lr, state["lr_max"])
-                    scale.append(max(lr / state["lr_max"], lr_mask.POST_WARMUP_MIN_SCALE))
+            for state in states:
+                state["lr_max"] = max(state["lr_max"], lr)
+            if self.fixed:  # lr_mask.post_warmup_lr_mask per tensor: E = M·max(η/lr_max, 0.1), not stored
+                floor = lr_mask.POST_WARMUP_MIN_SCALE
+                scale = [max(lr / state["lr_max"], floor) if lr < state["lr_max"] else 1.0 for state in states]
                 if all(s == 1.0 for s in scale):
                     return mask
                 return mask * S.per(torch.tensor(scale, dtype=mask.dtype, device=mask.device), mask)
-            for state in states:
-                state["lr_max"] = max(state["lr_max"], lr)
             scale = [lr / state["lr_max"] for state in states]
             if any(s != 1.0 for s in scale):  # stored: compounding [I-10]
                 stack.write("lr_mask", mask * S.per(torch.tensor(scale, dtype=mask.dtype, device=mask.device), mask))

@@ -219,9 +219,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     # ------------------------------------------------------------------ persistence, monitoring
     def state_dict(self):
         sd = super().state_dict()  # param_groups in torch's format; self.state is empty
-        ids = {}
-        for saved, group in zip(sd["param_groups"], self.param_groups, strict=True):
-            ids.update(zip(group["params"], saved["params"], strict=True))
+        ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
         state = {}
         for _, b in self._all_buckets():
             for i, p in enumerate(b.params):

@@ -50,17 +50,13 @@ def tensor_dot(a, b):
     return per(torch.stack([torch.dot(x, y) for x, y in zip(rows(a), rows(b), strict=True)]), a)
 
 
-def laplacian(x: torch.Tensor) -> torch.Tensor:
-    """edge_suppression.laplacian over each tensor of a stack of 2-D tensors (last two dims)."""
-    return edge_suppression.laplacian(x, "full")
-
-
 def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
     """edge_suppression.edge_penalty(x[i], threshold, "optimized") for each i (the "optimized" Laplacian is
     defined for 2-D tensors only; other ≥ 2-D shapes give fp32 zeros, < 2-D ones zeros of x's dtype)."""
     if ndim < 2:
         return torch.zeros_like(x)
-    strength = laplacian(x).abs() if ndim == 2 else torch.zeros_like(x)
+    # the "full" variant takes the Laplacian over the last two dims, i.e. per tensor of the stack
+    strength = edge_suppression.laplacian(x, "full").abs() if ndim == 2 else torch.zeros_like(x)
     return (strength > threshold).float() * strength
 
 

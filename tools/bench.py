@@ -42,9 +42,9 @@ def make_params(workload):
     return params
 
 
-def timed_step(opt) -> float:
+def timed(fn) -> float:
     start = time.perf_counter()
-    opt.step()
+    fn()
     return time.perf_counter() - start
 
 
@@ -55,8 +55,8 @@ def interleaved(base, opt, rounds, warmup, steps_per_round=1):
         opt.step()
     base_times, times, ratios = [], [], []
     for _ in range(rounds):
-        tb = min(timed_step(base) for _ in range(steps_per_round))
-        to = min(timed_step(opt) for _ in range(steps_per_round))
+        tb = min(timed(base.step) for _ in range(steps_per_round))
+        to = min(timed(opt.step) for _ in range(steps_per_round))
         base_times.append(tb)
         times.append(to)
         ratios.append(to / tb)
@@ -94,14 +94,8 @@ def step_peak_bytes(opt) -> int:
 def bandwidth_line(n=64 * 2**20, repeats=5) -> float:
     """GB/s of the best `torch.add(a, b, alpha=s, out=c)` (a STREAM-triad-like pass, 12 bytes/element)."""
     a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
-    best = min(_timed(lambda: torch.add(a, b, alpha=0.5, out=c)) for _ in range(repeats))
+    best = min(timed(lambda: torch.add(a, b, alpha=0.5, out=c)) for _ in range(repeats))
     return 12 * n / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def least_traffic(params, state_total: int) -> int:
@@ -120,7 +114,7 @@ def bench_workload(workload, repeats, include_slow):
     base = torch.optim.AdamW(base_params, lr=1e-3, fused=True)
     for _ in range(3):
         base.step()
-    base_time = statistics.median(timed_step(base) for _ in range(repeats))
+    base_time = statistics.median(timed(base.step) for _ in range(repeats))
     rows = [("torch AdamW(fused=True)", base_time, 1.0, state_bytes(base) / n, step_peak_bytes(base) / n,
              least_traffic(base_params, state_bytes(base)) / base_time / 1e9)]  # fmt: skip
 
