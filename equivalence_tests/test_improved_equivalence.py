@@ -45,25 +45,33 @@ MATRIX = [(case, compat, dtype) for case in CASES for compat in ("upstream", "fi
           for dtype in (torch.float32, torch.bfloat16)]  # fmt: skip
 
 
-def make_params(dtype, seed=0):
+# compiled in `make test` (conftest.py): each stack class (ndim, one tensor or several, size over 4,096)
+# is a graph per phase at 5-10 s each on two cold cores, so fewer shapes; `make verify` compiles the matrix
+COMPILED_SHAPES = [(16, 24), (16, 24), (100, 120), (37,), ()]
+COMPILED = [("upstream", torch.float32), ("fixed", torch.bfloat16)]  # upstream bf16 runs uncompiled
+
+
+def make_params(dtype, seed=0, shapes=None):
     gen = torch.Generator().manual_seed(seed)
+    if shapes is not None:
+        return [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in shapes]
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in SHAPES]
     base = (torch.randn(NONCONTIGUOUS[::-1], generator=gen) * 0.5).to(dtype)
     return [*params, torch.nn.Parameter(base.t())]
 
 
-def build(case, dtype, compat):
-    ref_params = make_params(dtype)
+def build(case, dtype, compat, shapes=None):
+    ref_params = make_params(dtype, shapes=shapes)
     opt_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
     ref = reference.Automagic_CameAMP_Improved(ref_params, compat=compat, **CASES[case])
     opt = optimized.Automagic_CameAMP_Improved(opt_params, compat=compat, **CASES[case])
     return ref, opt, ref_params, opt_params
 
 
-def run(case, dtype, compat, lockstep: bool, skip=None) -> dict:
+def run(case, dtype, compat, lockstep: bool, skip=None, shapes=None) -> dict:
     """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference
-    after each step. `skip(t, i)`: parameter i has no gradient at step t."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat)
+    after each step. `skip(t, i)`: parameter i has no gradient at step t; `shapes`: other parameters."""
+    ref, opt, ref_params, opt_params = build(case, dtype, compat, shapes)
     gen = torch.Generator().manual_seed(1)
     worst = {"params": 0.0}
     for t in range(1, STEPS + 1):
@@ -97,6 +105,19 @@ def test_lockstep(case, compat, dtype):
 def test_free_running(case, compat, dtype):
     err = run(case, dtype, compat, lockstep=False)["params"]
     assert err <= free_running_tolerance(dtype).bound, f"{err:.3e}"
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("compat,dtype", COMPILED, ids=str)
+def test_compiled(compat, dtype):
+    """The compiled stack step (`improved_step.fused_stack_step`), lockstep and free-running, on a stack of
+    two matrices, a matrix over the cascade-sum and TAM switches, a vector and a 0-d tensor."""
+    case = "defaults, W 8"
+    worst = run(case, dtype, compat, lockstep=True, shapes=COMPILED_SHAPES)
+    for key, err in worst.items():
+        assert err <= lockstep_tolerance(dtype).bound, f"lockstep {key}: {err:.3e}"
+    err = run(case, dtype, compat, lockstep=False, shapes=COMPILED_SHAPES)["params"]
+    assert err <= free_running_tolerance(dtype).bound, f"free-running: {err:.3e}"
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])

@@ -60,6 +60,31 @@ def _patch_byte_loads() -> bool:
 
 FAST_BYTE_LOADS = _patch_byte_loads()
 
+_outer_loop_fusion = True
+
+
+def _patch_outer_loop_fusion() -> None:
+    """Let `compiled(..., outer_loop_fusion=False)` turn off inductor's CPU outer-loop fusion (a per-row
+    reduction fused with its consumers over a shared outer loop) while its graphs compile: on
+    Automagic_CameAMP_Improved's early-phase graph of 2-D stacks, torch 2.13's local-buffer analysis of
+    such a fusion raises KeyError inside inductor."""
+    try:
+        from torch._inductor.codegen.cpp import CppScheduling
+    except ImportError:
+        return
+    original = CppScheduling.can_fuse_vertical_outer_loop
+    if getattr(original, "_cameamp", False):
+        return
+
+    def can_fuse_vertical_outer_loop(self, node1, node2):
+        return _outer_loop_fusion and original(self, node1, node2)
+
+    can_fuse_vertical_outer_loop._cameamp = True
+    CppScheduling.can_fuse_vertical_outer_loop = can_fuse_vertical_outer_loop
+
+
+_patch_outer_loop_fusion()
+
 
 def _reads_8bit_state(args) -> bool:
     """Whether a pass gets an automagic_step.Buffers whose states are blockwise 8-bit."""
@@ -82,13 +107,17 @@ def _have_cxx() -> bool:
     return torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
 
 
-def compiled(fn, stores_states: bool = True, exact_casts: bool = False):
+def compiled(fn, stores_states: bool = True, exact_casts: bool = False, outer_loop_fusion: bool = True,
+             dynamic: bool | None = None):  # fmt: skip
     """Compile `fn` on first use; `stores_states=False`: it never writes a state, so it needs no recompute
     limits even over 8-bit states. `exact_casts=True`: a round trip such as `x.to(bf16).float()` rounds, as
-    it does uncompiled (inductor drops it by default). Shapes are 'automatic dynamic': a dimension that
-    changes between calls (the number of rows of a bucket, the number of tensors) becomes symbolic after one
-    recompile, while the chunk width stays a constant 256, which lets inductor fuse every element-wise loop
-    of a pass."""
+    it does uncompiled (inductor drops it by default). `outer_loop_fusion=False`: see
+    `_patch_outer_loop_fusion`.
+
+    Shapes are 'automatic dynamic' by default: a dimension that changes between calls (the number of rows
+    of a bucket, the number of tensors) becomes symbolic after one recompile, while the chunk width stays a
+    constant 256, which lets inductor fuse every element-wise loop of a pass. `dynamic=True` makes every
+    dimension symbolic from the first compile (for steps over tensors of many shapes)."""
     cache = {}
 
     @functools.wraps(fn)
@@ -105,7 +134,12 @@ def compiled(fn, stores_states: bool = True, exact_casts: bool = False):
             options = RECOMPUTE_OPTIONS if recompute else INDUCTOR_OPTIONS
             if exact_casts:
                 options = {**options, "emulate_precision_casts": True}
-            cache[recompute] = torch.compile(fn, dynamic=None, fullgraph=True, options=options)
-        return cache[recompute](*args, **kwargs)
+            cache[recompute] = torch.compile(fn, dynamic=dynamic, fullgraph=True, options=options)
+        global _outer_loop_fusion
+        _outer_loop_fusion = outer_loop_fusion
+        try:
+            return cache[recompute](*args, **kwargs)
+        finally:
+            _outer_loop_fusion = True
 
     return wrapper

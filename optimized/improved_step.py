@@ -4,17 +4,29 @@ every dim but the first, and the 2-D stencils (Laplacian, finite differences, ro
 rank penalty's eigh/SVD are batched over the stack. Per-tensor branches of the reference (the d_coef and
 SPD conditions, the background test, the global-cosine guard, OrthoGrad's guards) are `torch.where`
 selects, so nothing is read back to the host.
+
+`stack_step` is the whole step of one stack after the rank penalty, compiled as one graph per `Flags`
+(a run sees about three: early, late warm-up, post-warm-up) and shape class; it writes θ and every state
+in place. Two parts stay outside the fused loops: the rank penalty (batched eigh/SVD on small matrices,
+computed before) and OrthoGrad, an opaque op (`cameamp::stack_orthograd`) run eagerly inside the graph,
+because upstream's OrthoGrad of an update nearly parallel to θ returns rounding noise rescaled to ‖x‖,
+which only the reference's own summation order (torch.dot per tensor) and FMA reproduce.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from reference import edge_suppression, low_rank_penalty, spatial_awareness
 from reference.came_style import V3_BETA2
+from reference.dual_momentum import dual_momentum
 from reference.orthograd import PARALLEL_TOL
 from reference.tam import CORRELATION_SWITCH, IMPROVED_TAM_BETA
+
+from .compile import compiled
 
 AGR_EPS = 1e-10
 CAUTIOUS_MIN_MEAN = 1e-3
@@ -43,11 +55,36 @@ def tensor_rms(x):
     return tensor_norm(x) / (rows(x).shape[1] ** 0.5 + 1e-10)
 
 
+@torch.library.custom_op("cameamp::tensor_dots", mutates_args=())
+def tensor_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[c]: ⟨a_i, b_i⟩ per tensor with torch.dot, one call per tensor, run eagerly even inside a compiled
+    graph. The reference's OrthoGrad and global cosine use torch.dot: upstream's OrthoGrad of an update
+    nearly parallel to θ (the rank penalty makes g̃ ≈ 20·θ) amplifies any other summation order to ~1e-6
+    of the parameter, and the cosine of two near-orthogonal tensors of 10,000+ elements (TAM) is a sum
+    that cancels to ~1/√n of its terms, so its relative round-off grows to ~1e-5."""
+    return torch.stack([torch.dot(x, y) for x, y in zip(rows(a), rows(b), strict=True)])
+
+
+@tensor_dots.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[:1])
+
+
+@torch.library.custom_op("cameamp::tensor_norms", mutates_args=())
+def tensor_norms(a: torch.Tensor) -> torch.Tensor:
+    """[c]: ‖a_i‖₂ per tensor by ATen, as the reference's TAM cosine takes them: ATen's fp32 norm sums
+    serially (5e-6 off the exact value on 12,000 elements, 3e-3 on 4M equal ones), inductor's differently."""
+    return torch.stack([x.norm() for x in rows(a)])
+
+
+@tensor_norms.register_fake
+def _(a):
+    return a.new_empty(a.shape[:1])
+
+
 def tensor_dot(a, b):
-    """⟨a_i, b_i⟩ per tensor with torch.dot, one call per tensor: the reference's OrthoGrad and global
-    cosine use torch.dot, and upstream's OrthoGrad of an update nearly parallel to θ (the rank penalty
-    makes g̃ ≈ 20·θ) amplifies any other summation order to ~1e-6 of the parameter."""
-    return per(torch.stack([torch.dot(x, y) for x, y in zip(rows(a), rows(b), strict=True)]), a)
+    """⟨a_i, b_i⟩ per tensor, broadcast against the stack (see `tensor_dots`)."""
+    return per(tensor_dots(a.contiguous(), b.contiguous()), a)
 
 
 def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
@@ -109,7 +146,7 @@ def correlation(m: torch.Tensor, x: torch.Tensor, ndim: int) -> torch.Tensor:
         denominator = torch.clamp(m.norm(p=2, dim=1, keepdim=True) * x.norm(p=2, dim=1, keepdim=True), min=1e-12)
         cos = torch.ones_like(m).mul(dot / denominator)
     else:
-        denominator = tensor_norm(m) * tensor_norm(x)
+        denominator = per(tensor_norms(m.contiguous()) * tensor_norms(x.contiguous()), m)
         cos = torch.where(denominator < 1e-12, 0.0, tensor_dot(m, x) / denominator).expand_as(m).to(m.dtype)
     return cos.squeeze(1) if ndim == 0 else cos
 
@@ -127,6 +164,17 @@ def tam(m, s, x, gamma: float, eps1: float, emphasis: float, ndim: int, fixed: b
         s = s.mul(emphasis)
     d = s.add(1.0).div(2.0).add(eps1).mul(x)
     return m.mul(IMPROVED_TAM_BETA).add(d), s
+
+
+@torch.library.custom_op("cameamp::stack_orthograd", mutates_args=())
+def stack_orthograd(theta: torch.Tensor, x: torch.Tensor, fixed: bool) -> torch.Tensor:
+    """`orthograd`, run eagerly even inside a compiled graph (see the module doc)."""
+    return orthograd(theta, x, fixed)
+
+
+@stack_orthograd.register_fake
+def _(theta, x, fixed):
+    return torch.empty_like(x)
 
 
 def orthograd(theta, x, fixed: bool):
@@ -172,3 +220,180 @@ def spd_step(theta, update, anchor, decay):
     curr, prev = tensor_norm(new_theta - anchor), tensor_norm(theta - anchor)
     ratio = F.hardtanh((curr - prev) / (curr + 1e-8), 0.0, 1.0)
     return new_theta - (new_theta - anchor) * (ratio * decay)
+
+
+# ---------------------------------------------------------------- the fused step of one stack
+def abs_sum(grads: torch.Tensor, fixed: bool) -> torch.Tensor:
+    """Σ|g| of a stack of gradients (a part of AGR's group sum S), in fp32 when fixed, else the grads' dtype."""
+    return (grads.float() if fixed else grads).abs().sum()
+
+
+fused_abs_sum = compiled(abs_sum, stores_states=False, dynamic=True)
+
+
+class Flags(NamedTuple):
+    """Static switches of `stack_step`: one graph per combination."""
+
+    ndim: int  # the parameters' ndim (the stack has one more)
+    fixed: bool
+    came: bool  # T2 V3
+    dual: bool  # T15a dual momentum
+    early: bool  # TAM, OrthoGrad, Grams, edge suppression
+    warm: bool  # t < W: the mask warm-up, SPD
+    d_coef_phase: bool  # t < W/2: the condition scales the mask bumps
+    edge: bool  # T20
+    spatial: bool  # T21b, T23a
+    spatial_variance: bool  # the stack holds the spatial_variance state (every ndim; updated when ≥ 2-D)
+    background: bool  # T22
+
+
+class Consts(NamedTuple):
+    """The group's hyperparameters: constants of the graph (a change recompiles; see `fused_stack_step`)."""
+
+    eps1: float
+    eps2: float
+    clip: float
+    edge_threshold: float
+    edge_penalty: float
+    frequency_penalty: float
+    beta1: float
+    beta2: float
+    long_term_beta: float
+    mix: float
+    beta1_decay: float
+    emphasis: float
+    beta3: float
+    lr_bump: float
+    d_coef: float
+    detail_preservation: float
+    min_lr: float
+    max_lr: float
+
+
+def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts):
+    """_lr_mask per tensor (T8c + T23a). Returns E."""
+    mask = st["lr_mask"]
+    if not f.warm:
+        if mask_scale is None:
+            return mask
+        scaled = mask * per(mask_scale, mask)
+        if not f.fixed:  # stored: compounding [I-10]
+            mask.copy_(scaled)
+        return scaled
+    # polarity agreement σ = ±1, π = (u' > 0)
+    agree = torch.where(st["last_polarity"] == (x > 0), 1.0, -1.0)
+    st["last_polarity"].copy_(x > 0)
+    bump = c.lr_bump
+    if f.spatial:
+        vs = st["spatial_variance"] if f.spatial_variance else torch.ones_like(mask)
+        bump = spatial_awareness.spatial_bump(bump, vs, c.detail_preservation)
+    bump_up = bump_down = bump
+    if f.d_coef_phase:
+        scaled = bump * c.d_coef
+        if not torch.is_tensor(bump):
+            bump, scaled = (torch.full_like(condition, b, dtype=torch.float32) for b in (bump, scaled))
+        bump_up = torch.where(condition > 0.0, scaled, bump)
+        bump_down = torch.where(condition < 0.0, scaled, bump)
+    # + (lr − lr_max) where the lr rose above lr_max
+    mask = mask + torch.where(agree > 0, bump_up, -bump_down) + per(jumps, mask)
+    mask = mask.clamp(min=c.min_lr, max=c.max_lr)
+    st["lr_mask"].copy_(mask)
+    return st["lr_mask"]
+
+
+# entries of stack_step's `scalars`
+BETA1_T, ONE_MINUS_BETA1_T, DECAY = range(3)
+
+
+def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, rank_term, res_weight, mask_scale, jumps,
+               f: Flags, c: Consts):  # fmt: skip
+    """One step of a stack: θ (`theta_store`, the parameters' dtype) and the states `st` (the state dtype)
+    are written in place. `scalars`: [β1_t, 1 − β1_t, λ] (the consistency momentum's coefficients, unused
+    while early, and SPD's decay, rank-aware on matrices), tensors so that a new value is no new graph;
+    `rank_term`: the rank penalty added to g̃ (or None); `res_weight` [c]: the fixed residual's bias
+    correction; `mask_scale` [c]: the post-warm-up mask scale (None: all 1); `jumps` [c]: the warm-up
+    mask's lr jumps (zeros where the lr did not rise)."""
+    dtype = st["exp_avg"].dtype
+    raw_grad = raw_grad.to(dtype)
+    theta = theta_store.to(dtype)
+
+    # T1a + T20 U1: α = |g|/(S + 1e-10) ⊙ (1 + edge_penalty·E_τ(g));  g̃ = g ⊙ (1 − α)
+    alpha = raw_grad.abs() / (group_sum + AGR_EPS)
+    if f.edge:
+        alpha = (alpha * (1.0 + c.edge_penalty * edge_penalty(raw_grad, f.ndim, c.edge_threshold))).to(alpha.dtype)
+    grad = raw_grad * (1 - alpha)
+    # T21b, T24
+    if f.spatial and f.ndim >= 2:
+        grad = grad.sub(finite_difference_penalty(grad, f.ndim), alpha=c.frequency_penalty)
+    if rank_term is not None:
+        grad = grad + rank_term
+
+    # T2 V3
+    u = scale_v3(grad, st["exp_avg_sq"], c.eps1, c.clip, not f.fixed)[0] if f.came else grad
+
+    # T15a dual momentum; m := M
+    m = st["exp_avg"]
+    if f.dual:
+        x, m, long_term, mixed_sq = dual_momentum(
+            u, st["long_term_momentum"], st["mixed_momentum_sq"], c.beta1, c.beta2, c.long_term_beta, c.mix, c.eps1
+        )
+        st["long_term_momentum"].copy_(long_term)
+        st["mixed_momentum_sq"].copy_(mixed_sq)
+    else:
+        x = u
+
+    # T4b TAM while early, else T5 consistency momentum
+    if f.early:
+        m, s = tam(m, st["s"], x, c.beta1_decay, c.eps1, c.emphasis, f.ndim, f.fixed)
+        st["s"].copy_(s)
+    else:
+        m = m.mul(scalars[BETA1_T]).add(x * scalars[ONE_MINUS_BETA1_T])
+    st["exp_avg"].copy_(m)
+
+    # T3 residual
+    r = st["exp_avg_res"].mul_(c.beta3).add_(x.sub(m).pow(2).add(c.eps2), alpha=1.0 - c.beta3)
+    if f.fixed:
+        r = r / per(res_weight.to(r.dtype if r.dtype == torch.float64 else torch.float32), r)
+    update = m * r.rsqrt()
+
+    # the d_coef / SPD condition per tensor
+    condition = None
+    if f.warm:
+        source, anchor = (raw_grad, theta - st["pre"]) if f.fixed else (grad, theta)
+        condition = -tensor_sum(source * anchor)
+
+    lr_eff = lr_mask_step(st, x, condition, mask_scale, jumps, f, c)
+
+    if f.early:
+        update = stack_orthograd(theta, update, f.fixed)
+        update = update.abs() * x.sign()
+        if f.edge:
+            update, edge_history = suppress_update(update, st["edge_history"], c.edge_penalty, f.ndim)
+            st["edge_history"].copy_(edge_history)
+    else:
+        update = cautious(update, x, f.background)
+
+    update = (update * lr_eff).to(update.dtype)
+
+    # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U
+    new_theta = theta - update
+    if f.warm:
+        new_theta = torch.where(condition < 0.0, spd_step(theta, update, st["pre"], scalars[DECAY]), new_theta)
+        if not f.fixed:  # upstream re-anchors before the plain update: θ_{t+1} where SPD fired, else θ_t [I-29]
+            st["pre"].copy_(torch.where(condition < 0.0, new_theta.to(theta_store.dtype), theta_store))
+    theta_store.copy_(new_theta)
+
+    # T23a
+    if f.spatial_variance and f.ndim >= 2:
+        st["spatial_variance"].copy_(spatial_awareness.update_spatial_variance(st["spatial_variance"], x))
+
+
+_compiled_stack_step = compiled(stack_step, exact_casts=True, outer_loop_fusion=False, dynamic=True)
+
+
+def fused_stack_step(*args):
+    """`stack_step` compiled, with `Consts` taken as constants: dynamo would turn a float that changed into
+    a symbolic input, and torch 2.13's inductor then bakes `1 − x` of it into the kernel unguarded (found
+    with `alpha=1 − β1_t`, which is why the per-step scalars are a tensor input)."""
+    with torch._dynamo.config.patch(specialize_float=True):
+        return _compiled_stack_step(*args)
