@@ -33,6 +33,37 @@ def test_graph_count_does_not_grow_with_tensor_count():
     assert counters["stats"]["unique_graphs"] - few - many == 0
 
 
+def _train_improved(n_tensors, steps=9):
+    """The compiled Improved test's settings (its 2-D graphs come from the inductor cache), every phase."""
+    from .test_improved_equivalence import CASES
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 24), (24, 16)] * (n_tensors // 2)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    opt = optimized.Automagic_CameAMP_Improved(params, compat="upstream", **CASES["defaults, W 8"])
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+
+
+def test_improved_graph_count_does_not_grow_with_tensor_count():
+    """Improved compiles one graph per (phase, ndim) with every dimension symbolic from the start (stacks
+    of one tensor and stacks over 4,096 elements per tensor aside): two shapes of matrix share them, and
+    200 tensors per shape compile at most one graph more than 2 per shape (the group sum Σ|g| of a stack
+    crosses 4,096 elements, where inductor switches to a cascade sum), and 150 per shape nothing more."""
+    torch._dynamo.reset()
+    counters.clear()
+    _train_improved(4)  # early (t < W/2), warm-up, post warm-up
+    few = counters["stats"]["unique_graphs"]
+    _train_improved(400)
+    many = counters["stats"]["unique_graphs"]
+    _train_improved(300)
+    assert few <= 5, few
+    assert many - few <= 1, many - few
+    assert counters["stats"]["unique_graphs"] == many
+
+
 def test_8bit_loads_take_the_one_instruction_path():
     """optimized.compile patches inductor's AVX2 load of 8 uint8 values (a stack copy that stalls) into
     ATen's one-instruction loadu_one_fourth; the results are unchanged. On AVX-512 inductor already

@@ -3,8 +3,9 @@ reference.Automagic_CameAMP_Improved, stepped a stack of same-shape tensors at a
 
 Each step partitions a group's stepping parameters by (shape, dtype, device, step count). A partition is a
 `ShapeStack`: the parameters become views of one stacked θ buffer and each state of `optimizer.state[p]`
-a view of one stacked state buffer, so the step (improved_step.py) runs once per partition with batched
-ops instead of once per tensor, and nothing is read back to the host. A LoRA of 1,400 tensors has a few
+a view of one stacked state buffer, so the step (improved_step.stack_step, compiled) runs once per
+partition with batched ops instead of once per tensor, and nothing is read back to the host but the
+step's one finiteness flag. A LoRA of 1,400 tensors has a few
 partitions. A partition changes (and its buffers are re-stacked, a copy) only when its parameters'
 step counts diverge, after `load_state_dict`, or when a parameter's storage is replaced. A partition
 whose parameters do not hold the same state keys is stepped by the reference, tensor by tensor.

@@ -154,7 +154,7 @@ def bench_workload(workload, repeats, include_slow):
     add("optimized HinaAdamW", lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3), warmup=3)
     add("optimized HinaAdamW, optim_bits=8",
         lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3, optim_bits=8, min_8bit_size=4096), warmup=3)  # fmt: skip
-    # Improved (O6): stacks of same-shape tensors, batched eager ops (not yet compiled)
+    # Improved (O6): stacks of same-shape tensors, one compiled graph per stack class and phase
     add("optimized Improved, t < W/2", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=10**6),
         warmup=1, rounds=max(2, repeats // 3))  # fmt: skip
     add("optimized Improved, t ≥ W", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
