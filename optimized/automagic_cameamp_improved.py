@@ -23,9 +23,6 @@ from reference.validation import nonfinite_step_allowed
 
 from . import improved_step as S
 
-# the scalar entries of a parameter's state, kept on the host
-HOST_KEYS = ("step", "lr_max", "avg_lr", "exp_avg_res_weight")
-
 
 class ShapeStack:
     """Same-shape parameters whose θ and tensor states are stacked along a new dim 0."""
@@ -54,10 +51,6 @@ class ShapeStack:
         self.states[key] = stacked
         for i, p in enumerate(self.params):
             self.optimizer.state[p][key] = stacked[i]
-
-    def write(self, key: str, value: torch.Tensor) -> None:
-        """Store a new value of state `key` in its buffer."""
-        self.states[key].copy_(value)
 
     def drop(self, key: str) -> None:
         self.states.pop(key, None)
@@ -171,13 +164,13 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
         if rank_aware:  # T24, batched eigh/SVD outside the fused graph
             form = "fixed" if self.fixed else ("approximate" if self.config.use_approximate_svd else "exact")
             rank_term = S.rank_penalty(theta, group["rank_penalty_strength"], form)
-        res_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        res_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the host scalars
         res_weight = None
         if self.fixed:
             beta3 = readable.EARLY_RESIDUAL_BETA if early else group["betas"][2]
             for state in states:
                 state["exp_avg_res_weight"] = beta3 * state["exp_avg_res_weight"] + (1.0 - beta3)
-            res_weight = self._host_column(states, "exp_avg_res_weight", theta)
+            res_weight = torch.tensor([s["exp_avg_res_weight"] for s in states], dtype=res_dtype, device=theta.device)
         mask_scale, jumps = self._mask_host_terms(states, group, t, st["lr_mask"])
 
         flags = S.Flags(
@@ -240,12 +233,6 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
             min_lr=self._mask_setting(group, "min_lr"),
             max_lr=self._mask_setting(group, "max_lr"),
         )
-
-    @staticmethod
-    def _host_column(states, key, like: torch.Tensor) -> torch.Tensor:
-        """A per-tensor host scalar of the states as a [c] tensor (fp32 unless `like` is fp64)."""
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        return torch.tensor([s[key] for s in states], dtype=dtype, device=like.device)
 
     def _mask_host_terms(self, states, group, t, mask):
         """_lr_mask's host part per tensor (T8c): lr_max moves, and returns (the post-warm-up scale [c] or

@@ -128,12 +128,12 @@ def rank_penalty(theta: torch.Tensor, strength: float, form: str) -> torch.Tenso
 
 
 def scale_v3(grad, v, eps1: float, clip_threshold: float, improved_clip: bool):
-    """came_style.scale_v3 per tensor, v updated in place. Returns (u, v)."""
+    """came_style.scale_v3 per tensor, v updated in place. Returns u."""
     v.mul_(V3_BETA2).add_(grad.pow(2).add(eps1), alpha=1 - V3_BETA2)
     u = grad * v.rsqrt()
     if improved_clip:  # u·c / max(RMS(u), 1)
-        return u.mul(clip_threshold / tensor_rms(u).clamp(min=1.0)), v
-    return u / (tensor_rms(u) / clip_threshold).clamp(min=1.0), v
+        return u.mul(clip_threshold / tensor_rms(u).clamp(min=1.0))
+    return u / (tensor_rms(u) / clip_threshold).clamp(min=1.0)
 
 
 def correlation(m: torch.Tensor, x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -329,7 +329,7 @@ def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, rank_term, r
         grad = grad + rank_term
 
     # T2 V3
-    u = scale_v3(grad, st["exp_avg_sq"], c.eps1, c.clip, not f.fixed)[0] if f.came else grad
+    u = scale_v3(grad, st["exp_avg_sq"], c.eps1, c.clip, not f.fixed) if f.came else grad
 
     # T15a dual momentum; m := M
     m = st["exp_avg"]
@@ -353,7 +353,7 @@ def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, rank_term, r
     # T3 residual
     r = st["exp_avg_res"].mul_(c.beta3).add_(x.sub(m).pow(2).add(c.eps2), alpha=1.0 - c.beta3)
     if f.fixed:
-        r = r / per(res_weight.to(r.dtype if r.dtype == torch.float64 else torch.float32), r)
+        r = r / per(res_weight, r)
     update = m * r.rsqrt()
 
     # the d_coef / SPD condition per tensor
