@@ -28,6 +28,7 @@ CLASSES = {
     "optimized.Automagic_CameAMP_Improved": optimized.Automagic_CameAMP_Improved,
     "Automagic_CameAMP_Improved_8Bit": reference.Automagic_CameAMP_Improved_8Bit,
     "Automagic_CameAMP_8Bit": reference.Automagic_CameAMP_8Bit,
+    "optimized.Automagic_CameAMP_8Bit": optimized.Automagic_CameAMP_8Bit,
     "HinaAdamWOptimizer": reference.HinaAdamWOptimizer,
     "optimized.HinaAdamWOptimizer": optimized.HinaAdamWOptimizer,
 }

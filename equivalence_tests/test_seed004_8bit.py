@@ -9,12 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference
+from optimized import minmax_codec
 from reference import minmax_8bit
 
 from .harness import roundtrip
 
 EightBit = reference.Automagic_CameAMP_8Bit
 BLOCK_SIZES = (64, 256, 1024, 4096)
+# D(q) + e_new = x + e up to two roundings (e_new = t − D(q), then the sum), relative to max |x + e|
+FEEDBACK_ROUNDING = 2 * torch.finfo(torch.float32).eps
 ROUNDING_SLACK = 4  # fp32 ulps of the block range: (x − z)/s and q·s + z each round once (observed ≤ 1)
 
 
@@ -49,6 +52,26 @@ def test_round_trip_within_half_a_step(x, block_size):
     assert ((x - y).abs() <= bound + slack).all()
     if bool((scale == 0).all()):  # constant blocks are exact [I-50]
         assert torch.equal(y, x.float())
+
+
+@given(x=tensors(), block_size=st.sampled_from(BLOCK_SIZES), count=st.integers(1, 3))
+def test_stacked_codec_is_the_readable_one_bit_for_bit(x, block_size, count):
+    """optimized.minmax_codec on a stack of `count` tensors: each row's codes, scales and zeros are the
+    reference's, and so is its de-quantised value; storing with feedback keeps x + e = D(q) + e_new."""
+    stack = torch.stack([x * (i + 1) for i in range(count)])
+    ix = minmax_codec.block_index(x.numel(), block_size, x.device)
+    q, scale, zero = minmax_codec.quantize(stack, ix)
+    for i in range(count):
+        q_i, scale_i, zero_i = minmax_8bit.quantize(stack[i], block_size)
+        assert torch.equal(q[i], q_i) and torch.equal(scale[i], scale_i) and torch.equal(zero[i], zero_i)
+        assert torch.equal(
+            minmax_codec.dequantize(q, scale, zero, ix)[i], minmax_8bit.dequantize(q_i, scale_i, zero_i, block_size)
+        )
+    error = torch.randn(stack.shape) * scale.max() / 4
+    states = {"k_q": q.clone(), "k_scale": scale.clone(), "k_zero": zero.clone(), "k_err": error.clone()}
+    minmax_codec.store(states, "k", stack, ix)
+    kept = minmax_codec.load(states, "k", ix) + states["k_err"]
+    assert torch.allclose(kept, stack + error, rtol=0, atol=FEEDBACK_ROUNDING * float((stack + error).abs().max()))
 
 
 def test_error_feedback_reduces_accumulated_drift():

@@ -160,6 +160,45 @@ def improved_rows():
     return rows
 
 
+def seed004_rows():
+    """optimized.Automagic_CameAMP_8Bit (seed 004) against the reference (O8): every case, mode and dtype on
+    the full shape set uncompiled; compiled, every case on matrices and the first on every stack class."""
+    import optimized
+
+    from . import test_seed004_equivalence as s4
+
+    def rows_for(case, compat, dtype, label, shapes=None):
+        name = f"O8 Automagic_CameAMP_8Bit {compat} {str(dtype).replace('torch.', '')} [{case}] {label}"
+        lock = s4.run(case, dtype, compat, lockstep=True, shapes=shapes)
+        steps = lock.pop("code_steps")
+        params = lock.pop("params")
+        worst = max(lock, key=lock.get)
+        free = s4.run(case, dtype, compat, lockstep=False, shapes=shapes)["params"]
+        return [[f"{name} lockstep params", "optimizers.md O8", None, params, s4.lockstep_tolerance(dtype).bound],
+                [f"{name} lockstep D(q)+e (worst: {worst})", "optimizers.md O8, T18", None, lock[worst],
+                 s4.state_bound(case, dtype)],
+                [f"{name} lockstep codes, in code steps", "techniques.md T18", None, steps,
+                 s4.code_step_bound(compat, dtype)],
+                [f"{name} free-running {s4.STEPS} steps", "optimizers.md O8", None, free,
+                 s4.free_running_bound(dtype)]]  # fmt: skip
+
+    rows = []
+    compiling = optimized.compile_enabled()
+    try:
+        optimized.set_compile(False)
+        for case, compat, dtype in s4.MATRIX:
+            rows += rows_for(case, compat, dtype, "eager")
+        optimized.set_compile(compiling)
+        label = "compiled" if compiling else "eager"
+        for compat, dtype in s4.COMPILED:
+            for case in s4.CASES:
+                rows += rows_for(case, compat, dtype, f"{label}, matrices", s4.MAKE_TEST_COMPILED_SHAPES)
+            rows += rows_for(next(iter(s4.CASES)), compat, dtype, f"{label}, every class", s4.COMPILED_SHAPES)
+    finally:
+        optimized.set_compile(compiling)
+    return rows
+
+
 def family_rows():
     """Every reference class of the family: resume across save/load (weights_only) is bit-identical."""
     from . import test_family_reference as fam
@@ -229,7 +268,7 @@ def fmt(x):
 
 def main() -> int:
     start = time.perf_counter()
-    rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows() + improved_rows()
+    rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows() + improved_rows() + seed004_rows()
     rows += family_rows() + paper_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]

@@ -2,6 +2,7 @@
 
 from .automagic_cameamp import Automagic_CameAMP
 from .automagic_cameamp_8bit import Automagic_CameAMP8bit
+from .automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
 from .automagic_cameamp_improved import Automagic_CameAMP_Improved
 from .compile import compile_enabled, set_compile
@@ -10,6 +11,7 @@ from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 __all__ = [
     "Automagic_CameAMP",
     "Automagic_CameAMP8bit",
+    "Automagic_CameAMP_8Bit",
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
     "Automagic_CameAMP_Improved",

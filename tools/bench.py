@@ -159,7 +159,13 @@ def bench_workload(workload, repeats, include_slow):
         warmup=1, rounds=max(2, repeats // 3))  # fmt: skip
     add("optimized Improved, t ≥ W", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
         warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
+    # seed 004's 8-bit class (O8): the Improved stacks with block min/max states and error feedback
+    add("optimized 8Bit (seed 004), t ≥ W", lambda p: optimized.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4),
+        warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
     if include_slow:
+        add("reference 8Bit (seed 004), t ≥ W",
+            lambda p: reference.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4), warmup=5,
+            rounds=max(2, repeats // 3))  # fmt: skip
         add("reference Improved, t ≥ W", lambda p: reference.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
             warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
         add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2,

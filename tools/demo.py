@@ -92,9 +92,9 @@ def _family(name, impl="reference", **extra):
         import reference
 
         params = [p for _, p in named]
-        if name == "HinaAdamWOptimizer":
-            return reference.HinaAdamWOptimizer(named, lr=lr, compat=compat)
         cls = getattr(optimized if impl == "optimized" else reference, name)
+        if name == "HinaAdamWOptimizer":  # finds the LoRA A/B pairs by name
+            return cls(named, lr=lr, compat=compat)
         return cls(params, lr=lr, warmup_steps=100, compat=compat, **extra)
 
     return build
@@ -129,9 +129,12 @@ ROWS = [
         True,
     ),
     ("Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved"), 1e-3, True),
+    ("optimized Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved", "optimized"), 1e-3, True),
     ("Automagic_CameAMP_Improved_8Bit", _family("Automagic_CameAMP_Improved_8Bit", force_8bit=True), 1.0, True),
     ("Automagic_CameAMP_8Bit (seed 004)", _family("Automagic_CameAMP_8Bit"), 1e-3, True),
+    ("optimized Automagic_CameAMP_8Bit (seed 004)", _family("Automagic_CameAMP_8Bit", "optimized"), 1e-3, True),
     ("HinaAdamWOptimizer", _family("HinaAdamWOptimizer"), 3e-3, True),
+    ("optimized HinaAdamWOptimizer", _family("HinaAdamWOptimizer", "optimized"), 3e-3, True),
 ]
 
 
