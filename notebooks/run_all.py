@@ -1,5 +1,6 @@
-"""Execute every notebook (jupytext percent-format .py) in a fresh kernel; fail on the first error.
+"""Execute every notebook (jupytext percent-format .py) in a fresh kernel; fail if any fails.
 
+One notebook per core at a time (most of a notebook's time is its kernel starting and importing torch).
 Executed copies go to reports/notebooks/. Usage: python -m notebooks.run_all [name ...]
 """
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import jupytext
@@ -37,10 +40,18 @@ def execute(path: Path) -> float:
 def main() -> int:
     os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     paths = notebooks(sys.argv[1:])
-    for path in paths:
-        print(f"notebook {path.stem:28} {execute(path):6.1f} s", flush=True)
-    print(f"{len(paths)} passed, 0 failed")
-    return 0
+    failed = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        runs = {pool.submit(execute, path): path for path in paths}
+        for run in as_completed(runs):
+            path = runs[run]
+            try:
+                print(f"notebook {path.stem:28} {run.result():6.1f} s", flush=True)
+            except Exception:
+                failed.append(path.stem)
+                print(f"notebook {path.stem:28} FAILED\n{traceback.format_exc()}", flush=True)
+    print(f"{len(paths) - len(failed)} passed, {len(failed)} failed {failed if failed else ''}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
