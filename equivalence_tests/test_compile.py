@@ -33,63 +33,48 @@ def test_graph_count_does_not_grow_with_tensor_count():
     assert counters["stats"]["unique_graphs"] - few - many == 0
 
 
-def _train_improved(n_tensors, steps=9):
-    """The compiled Improved test's settings (its 2-D graphs come from the inductor cache), every phase."""
+def _improved():
     from .test_improved_equivalence import CASES
 
-    gen = torch.Generator().manual_seed(0)
-    shapes = [(16, 24), (24, 16)] * (n_tensors // 2)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    opt = optimized.Automagic_CameAMP_Improved(params, compat="upstream", **CASES["defaults, W 8"])
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen)
-        opt.step()
+    return optimized.Automagic_CameAMP_Improved, CASES["defaults, W 8"], 5
 
 
-def test_improved_graph_count_does_not_grow_with_tensor_count():
-    """Improved compiles one graph per (phase, ndim) with every dimension symbolic from the start (stacks
-    of one tensor and stacks over 4,096 elements per tensor aside): two shapes of matrix share them, and
-    200 tensors per shape compile at most one graph more than 2 per shape (the group sum Σ|g| of a stack
-    crosses 4,096 elements, where inductor switches to a cascade sum), and 150 per shape nothing more.
-    Counted as increments, without resetting dynamo, so the compiled Improved test reuses the 2-D graphs."""
-    start = counters["stats"]["unique_graphs"]
-    _train_improved(4)  # early (t < W/2), warm-up, post warm-up
-    few = counters["stats"]["unique_graphs"]
-    _train_improved(400)
-    many = counters["stats"]["unique_graphs"]
-    _train_improved(300)
-    assert few - start <= 5, few - start
-    assert many - few <= 1, many - few
-    assert counters["stats"]["unique_graphs"] == many
-
-
-def _train_seed004(n_tensors, steps=9):
-    """The compiled seed-004 test's settings (its graphs come from the inductor cache), every phase."""
+def _seed004():
     from .test_seed004_equivalence import CASES
 
+    return optimized.Automagic_CameAMP_8Bit, CASES["defaults, W 8, B 64, sync 5"], 4
+
+
+def _train_stacks(cls, kwargs, n_tensors, steps=9):
+    """The class's compiled test settings (its 2-D graphs come from the inductor cache), every phase:
+    early (t < W/2), warm-up, post warm-up."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 24), (24, 16)] * (n_tensors // 2)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    opt = optimized.Automagic_CameAMP_8Bit(params, compat="upstream", **CASES["defaults, W 8, B 64, sync 5"])
+    opt = cls(params, compat="upstream", **kwargs)
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
         opt.step()
 
 
-def test_seed004_graph_count_does_not_grow_with_tensor_count():
-    """Seed 004's class compiles one graph per phase for stacks of matrices of any shape and count (the block
-    indices are inputs, not part of the graph); as for Improved, 200 tensors per shape may add the group
-    sum's cascade-sum graph, and another count adds nothing. Counted as increments, without resetting dynamo,
-    so test_seed004_equivalence's compiled test reuses these graphs (4 at most: the phases and Σ|g|)."""
+@pytest.mark.parametrize("settings", [_improved, _seed004], ids=["Improved", "8Bit (seed 004)"])
+def test_stacked_graph_count_does_not_grow_with_tensor_count(settings):
+    """The stacked classes compile one graph per phase and stack class with every dimension symbolic from
+    the start (stacks of one tensor and stacks over 4,096 elements per tensor aside; seed 004's block
+    indices are inputs, not part of the graph): two shapes of matrix share them (Improved: at most 5 graphs
+    with Σ|g| and its cascade variant; seed 004: 4), 200 tensors per shape compile at most one graph more
+    (the group sum Σ|g| of a stack crosses 4,096 elements, where inductor switches to a cascade sum), and
+    150 per shape nothing more. Counted as increments, without resetting dynamo, so the classes' compiled
+    equivalence tests reuse these graphs."""
+    cls, kwargs, few_bound = settings()
     start = counters["stats"]["unique_graphs"]
-    _train_seed004(4)
+    _train_stacks(cls, kwargs, 4)
     few = counters["stats"]["unique_graphs"]
-    _train_seed004(400)
+    _train_stacks(cls, kwargs, 400)
     many = counters["stats"]["unique_graphs"]
-    _train_seed004(300)
-    assert few - start <= 4, few - start
+    _train_stacks(cls, kwargs, 300)
+    assert few - start <= few_bound, few - start
     assert many - few <= 1, many - few
     assert counters["stats"]["unique_graphs"] == many
 

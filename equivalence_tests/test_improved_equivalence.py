@@ -72,7 +72,13 @@ def build(case, dtype, compat, shapes=None):
 def run(case, dtype, compat, lockstep: bool, skip=None, shapes=None) -> dict:
     """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference
     after each step. `skip(t, i)`: parameter i has no gradient at step t; `shapes`: other parameters."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat, shapes)
+    return drive(*build(case, dtype, compat, shapes), dtype, record_state_errors if lockstep else None, skip)
+
+
+def drive(ref, opt, ref_params, opt_params, dtype, record=None, skip=None) -> dict:
+    """STEPS steps of both optimizers on the same gradients, the lr halved at LR_HALVED_AT. Returns the
+    worst parameter error, and with `record(worst, ref, opt, t)` (lockstep) what it records after each
+    step, before the optimized optimizer is re-synced to the reference."""
     gen = torch.Generator().manual_seed(1)
     worst = {"params": 0.0}
     for t in range(1, STEPS + 1):
@@ -85,9 +91,9 @@ def run(case, dtype, compat, lockstep: bool, skip=None, shapes=None) -> dict:
         ref.step()
         opt.step()
         worst["params"] = max(worst["params"], max(map(scaled_error, ref_params, opt_params)))
-        if not lockstep:
+        if record is None:
             continue
-        record_state_errors(worst, ref, opt, t)
+        record(worst, ref, opt, t)
         resync(ref, opt, ref_params, opt_params)
     return worst
 

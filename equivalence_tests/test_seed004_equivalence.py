@@ -17,7 +17,8 @@ import optimized
 import reference
 from reference import minmax_8bit
 
-from .harness import compare_states, resync, roundtrip, straight_and_resumed
+from .harness import compare_states, roundtrip, straight_and_resumed
+from .test_improved_equivalence import MASK, drive, make_params
 from .tolerances import (
     FREE_RUNNING_MINMAX_FP32,
     LOCKSTEP_MINMAX_CODE_STEPS,
@@ -25,13 +26,10 @@ from .tolerances import (
     LOCKSTEP_MINMAX_NO_FEEDBACK,
     free_running_tolerance,
     lockstep_tolerance,
-    scaled_error,
 )
 
-# 384 elements: one full block of 256 and a short one; (4, 3, 3, 3) and smaller stay unquantised at B = 256
-SHAPES = [(16, 24), (16, 24), (16, 24), (24, 16), (100, 120), (4, 3, 3, 3), (4, 3, 3, 3), (37,), (), (1, 5)]
-NONCONTIGUOUS = (24, 33)
-MASK = dict(lr=1e-3, min_lr=1e-5, max_lr=1e-2, lr_bump=1e-4)
+# the Improved test's parameters (test_improved_equivalence.make_params): at B = 256 the 384-element matrices
+# are one full block and a short one, and (4, 3, 3, 3) and smaller stay unquantised
 CASES = {
     "defaults, W 8, B 64, sync 5": dict(MASK, warmup_steps=8, block_size=64, sync_frequency=5),
     "no came/edge/spatial/background, rank penalty, β3 0.99": dict(
@@ -54,8 +52,6 @@ CASES = {
     ),
     "no error feedback, B 128": dict(MASK, warmup_steps=6, block_size=128, error_correction=False),
 }
-STEPS = 16
-LR_HALVED_AT = 11
 MATRIX = [(case, compat, dtype) for case in CASES for compat in ("upstream", "fixed")
           for dtype in (torch.float32, torch.bfloat16)]  # fmt: skip
 
@@ -66,15 +62,6 @@ MATRIX = [(case, compat, dtype) for case in CASES for compat in ("upstream", "fi
 COMPILED_SHAPES = [(16, 24), (16, 24), (100, 120), (300,), ()]
 MAKE_TEST_COMPILED_SHAPES = [(16, 24), (16, 24), (24, 16), (24, 16)]
 COMPILED = [("upstream", torch.float32), ("fixed", torch.bfloat16)]
-
-
-def make_params(dtype, seed=0, shapes=None):
-    gen = torch.Generator().manual_seed(seed)
-    if shapes is not None:
-        return [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in shapes]
-    params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(dtype)) for s in SHAPES]
-    base = (torch.randn(NONCONTIGUOUS[::-1], generator=gen) * 0.5).to(dtype)
-    return [*params, torch.nn.Parameter(base.t())]
 
 
 def build(case, dtype, compat, shapes=None):
@@ -115,32 +102,21 @@ def code_steps(ref_sd, opt_sd, block_size: int) -> float:
     return worst
 
 
+def record(worst: dict, ref, opt, t: int) -> None:
+    """Lockstep: the state keys must match; raise `worst` to this step's code steps and effective-state
+    errors."""
+    block_size = ref.config.block_size
+    ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
+    for pid, saved in ref_sd["state"].items():
+        assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
+    worst["code_steps"] = max(worst.get("code_steps", 0.0), code_steps(ref_sd, opt_sd, block_size))
+    for key, err in compare_states(effective(ref_sd, block_size), effective(opt_sd, block_size)).items():
+        worst[key] = max(worst.get(key, 0.0), err)
+
+
 def run(case, dtype, compat, lockstep: bool, shapes=None) -> dict:
     """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat, shapes)
-    block_size = ref.config.block_size
-    gen = torch.Generator().manual_seed(1)
-    worst = {"params": 0.0}
-    for t in range(1, STEPS + 1):
-        if t == LR_HALVED_AT:
-            for o in (ref, opt):
-                o.param_groups[0]["lr"] *= 0.5
-        for a, b in zip(ref_params, opt_params, strict=True):
-            g = torch.randn(a.shape, generator=gen).to(dtype)
-            a.grad, b.grad = g.clone(), g.clone()
-        ref.step()
-        opt.step()
-        worst["params"] = max(worst["params"], max(map(scaled_error, ref_params, opt_params)))
-        if not lockstep:
-            continue
-        ref_sd, opt_sd = ref.state_dict(), opt.state_dict()
-        for pid, saved in ref_sd["state"].items():
-            assert set(saved) == set(opt_sd["state"][pid]), f"step {t}: state keys differ"
-        worst["code_steps"] = max(worst.get("code_steps", 0.0), code_steps(ref_sd, opt_sd, block_size))
-        for key, err in compare_states(effective(ref_sd, block_size), effective(opt_sd, block_size)).items():
-            worst[key] = max(worst.get(key, 0.0), err)
-        resync(ref, opt, ref_params, opt_params)
-    return worst
+    return drive(*build(case, dtype, compat, shapes), dtype, record if lockstep else None)
 
 
 def state_bound(case, dtype) -> float:

@@ -126,11 +126,25 @@ def hina_rows():
     return rows
 
 
+def eager_then_compiled(eager, compiled) -> list:
+    """The rows of `eager()`, run uncompiled, then of `compiled(label)` in the current compile mode
+    (label: "compiled", or "eager" when compiling is off); the mode is restored."""
+    import optimized
+
+    compiling = optimized.compile_enabled()
+    try:
+        optimized.set_compile(False)
+        rows = eager()
+        optimized.set_compile(compiling)
+        return rows + compiled("compiled" if compiling else "eager")
+    finally:
+        optimized.set_compile(compiling)
+
+
 def improved_rows():
     """optimized.Automagic_CameAMP_Improved against the reference (O6): every case, mode and dtype on the
     full shape set uncompiled (the same code; each stack class is a graph per phase, ~250 graphs for the
     matrix), and compiled on the test's smaller shape set for every case."""
-    import optimized
 
     from . import test_improved_equivalence as imp
     from .tolerances import free_running_tolerance, lockstep_tolerance
@@ -145,27 +159,23 @@ def improved_rows():
                 [f"{name} free-running {imp.STEPS} steps", "optimizers.md O6", None, free,
                  free_running_tolerance(dtype).bound]]  # fmt: skip
 
-    rows = []
-    compiling = optimized.compile_enabled()
-    try:
-        optimized.set_compile(False)
-        for case, compat, dtype in imp.MATRIX:
-            rows += rows_for(case, compat, dtype, "eager")
-        optimized.set_compile(compiling)
-        for case in imp.CASES:
-            for compat, dtype in imp.COMPILED:
-                rows += rows_for(case, compat, dtype, "compiled" if compiling else "eager", imp.COMPILED_SHAPES)
-    finally:
-        optimized.set_compile(compiling)
-    return rows
+    def eager():
+        return [row for case, compat, dtype in imp.MATRIX for row in rows_for(case, compat, dtype, "eager")]
+
+    def compiled(label):
+        return [row for case in imp.CASES for compat, dtype in imp.COMPILED
+                for row in rows_for(case, compat, dtype, label, imp.COMPILED_SHAPES)]  # fmt: skip
+
+    return eager_then_compiled(eager, compiled)
 
 
 def seed004_rows():
     """optimized.Automagic_CameAMP_8Bit (seed 004) against the reference (O8): every case, mode and dtype on
     the full shape set uncompiled; compiled, every case on matrices and the first on every stack class."""
-    import optimized
 
     from . import test_seed004_equivalence as s4
+    from .test_improved_equivalence import STEPS
+    from .tolerances import lockstep_tolerance
 
     def rows_for(case, compat, dtype, label, shapes=None):
         name = f"O8 Automagic_CameAMP_8Bit {compat} {str(dtype).replace('torch.', '')} [{case}] {label}"
@@ -174,29 +184,26 @@ def seed004_rows():
         params = lock.pop("params")
         worst = max(lock, key=lock.get)
         free = s4.run(case, dtype, compat, lockstep=False, shapes=shapes)["params"]
-        return [[f"{name} lockstep params", "optimizers.md O8", None, params, s4.lockstep_tolerance(dtype).bound],
+        return [[f"{name} lockstep params", "optimizers.md O8", None, params, lockstep_tolerance(dtype).bound],
                 [f"{name} lockstep D(q)+e (worst: {worst})", "optimizers.md O8, T18", None, lock[worst],
                  s4.state_bound(case, dtype)],
                 [f"{name} lockstep codes, in code steps", "techniques.md T18", None, steps,
                  s4.code_step_bound(compat, dtype)],
-                [f"{name} free-running {s4.STEPS} steps", "optimizers.md O8", None, free,
+                [f"{name} free-running {STEPS} steps", "optimizers.md O8", None, free,
                  s4.free_running_bound(dtype)]]  # fmt: skip
 
-    rows = []
-    compiling = optimized.compile_enabled()
-    try:
-        optimized.set_compile(False)
-        for case, compat, dtype in s4.MATRIX:
-            rows += rows_for(case, compat, dtype, "eager")
-        optimized.set_compile(compiling)
-        label = "compiled" if compiling else "eager"
+    def eager():
+        return [row for case, compat, dtype in s4.MATRIX for row in rows_for(case, compat, dtype, "eager")]
+
+    def compiled(label):
+        rows = []
         for compat, dtype in s4.COMPILED:
             for case in s4.CASES:
                 rows += rows_for(case, compat, dtype, f"{label}, matrices", s4.MAKE_TEST_COMPILED_SHAPES)
             rows += rows_for(next(iter(s4.CASES)), compat, dtype, f"{label}, every class", s4.COMPILED_SHAPES)
-    finally:
-        optimized.set_compile(compiling)
-    return rows
+        return rows
+
+    return eager_then_compiled(eager, compiled)
 
 
 def family_rows():

@@ -18,9 +18,7 @@ from reference.low_rank_penalty import rank_aware_decay_s2o
 
 from . import improved_step, minmax_codec
 from . import seed004_step as S
-from .automagic_cameamp_improved import Automagic_CameAMP_Improved, ShapeStack
-
-WARMUP_ONLY = ("s", "last_polarity", "pre")  # dropped at t == W
+from .automagic_cameamp_improved import Automagic_CameAMP_Improved, ShapeStack, host_scalar_dtype
 
 
 class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_CameAMP_8Bit):
@@ -44,19 +42,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
         penalty, `seed004_step.fused_stack_step`, then the periodic error fold."""
         params, st = stack.params, stack.states
         ndim = params[0].dim()
-        dtype = self._state_dtype(params[0].dtype)
-        states = [self.state[p] for p in params]
-        for state in states:
-            state["step"] += 1
-        t = states[0]["step"]
-        W = group["warmup_steps"]
-        if t == W:
-            for key in WARMUP_ONLY:
-                stack.drop(key)
-                for part in minmax_codec.PARTS:
-                    stack.drop(f"{key}_{part}")
-        early, warm = self._early(group, t), t < W
-        theta = stack.theta if stack.theta.dtype == dtype else stack.theta.to(dtype)
+        states, t, early, warm, dtype, theta = self._open_stack(stack, group)
 
         # states a resume with a larger W finds missing [I-22], created as the reference creates them
         if early and not self._has_stacked(stack, "s"):
@@ -76,15 +62,9 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
         if rank_aware:  # T24, batched SVD outside the fused graph
             form = "fixed" if self.fixed else "exact"
             rank_term = improved_step.rank_penalty(theta, group["rank_penalty_strength"], form)
-        res_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        res_weight = None
-        if self.fixed:  # [I-21]
-            beta3 = EARLY_RESIDUAL_BETA if early else group["betas"][2]
-            for state in states:
-                state["exp_avg_res_weight"] = beta3 * state["exp_avg_res_weight"] + (1.0 - beta3)
-            res_weight = torch.tensor([s["exp_avg_res_weight"] for s in states], dtype=res_dtype, device=theta.device)
-        fp32 = torch.empty(0, dtype=torch.float32, device=theta.device)
-        mask_scale, jumps = self._mask_host_terms(states, group, t, fp32)
+        res_dtype = host_scalar_dtype(dtype)
+        res_weight = self._residual_weights(states, group, early, res_dtype, theta.device)
+        mask_scale, jumps = self._mask_host_terms(states, group, t, theta.device)
         if not warm and mask_scale is None:  # E = M·1: one post-warm-up graph whether or not the lr fell
             mask_scale = torch.ones(len(params), dtype=torch.float32, device=theta.device)
 
@@ -106,7 +86,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
         if rank_aware:  # T25 (S2o), an fp32 value
             decay = float(rank_aware_decay_s2o(decay, theta[0]))
         scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
-        step = S.stack_step if self._uncompiled(dtype) else S.fused_stack_step
+        step = S.stack_step if self._uncompiled(dtype, early, stack) else S.fused_stack_step
         passed = dict(st)
         ix = self._block_index(stack) if any(k.endswith("_q") for k in st) else None
         new_mask = step(
@@ -130,7 +110,13 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             self._block_indices[key] = minmax_codec.block_index(n, self.config.block_size, device)
         return self._block_indices[key]
 
-    def _uncompiled(self, dtype) -> bool:
+    def _drop_stacked(self, stack: ShapeStack, key: str) -> None:
+        """A state and its quantised parts, as the reference's `_drop`."""
+        stack.drop(key)
+        for part in minmax_codec.PARTS:
+            stack.drop(f"{key}_{part}")
+
+    def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
         """Upstream bf16 stacks run `stack_step` uncompiled: only the reference's own roundings after
         every op reproduce its numerics (see Automagic_CameAMP_Improved._uncompiled)."""
         return not self.fixed and dtype == torch.bfloat16

@@ -23,6 +23,13 @@ from reference.validation import nonfinite_step_allowed
 
 from . import improved_step as S
 
+WARMUP_ONLY = ("s", "last_polarity", "pre")  # dropped at t == W, as the reference's _open_param does
+
+
+def host_scalar_dtype(state_dtype):
+    """The dtype of the per-step host scalars passed to a stack step: fp64 for fp64 states, else fp32."""
+    return torch.float64 if state_dtype == torch.float64 else torch.float32
+
 
 class ShapeStack:
     """Same-shape parameters whose θ and tensor states are stacked along a new dim 0."""
@@ -137,17 +144,7 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
         penalty, then `improved_step.fused_stack_step`."""
         params, st = stack.params, stack.states
         ndim = params[0].dim()
-        dtype = self._state_dtype(params[0].dtype)
-        states = [self.state[p] for p in params]
-        for state in states:
-            state["step"] += 1
-        t = states[0]["step"]
-        W = group["warmup_steps"]
-        if t == W:
-            for key in ("s", "last_polarity", "pre"):
-                stack.drop(key)
-        early, warm = self._early(group, t), t < W
-        theta = stack.theta if stack.theta.dtype == dtype else stack.theta.to(dtype)
+        states, t, early, warm, dtype, theta = self._open_stack(stack, group)
 
         if early and "s" not in st:
             shape = (len(params),) if self.fixed else stack.theta.shape
@@ -164,14 +161,9 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
         if rank_aware:  # T24, batched eigh/SVD outside the fused graph
             form = "fixed" if self.fixed else ("approximate" if self.config.use_approximate_svd else "exact")
             rank_term = S.rank_penalty(theta, group["rank_penalty_strength"], form)
-        res_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # of the host scalars
-        res_weight = None
-        if self.fixed:
-            beta3 = readable.EARLY_RESIDUAL_BETA if early else group["betas"][2]
-            for state in states:
-                state["exp_avg_res_weight"] = beta3 * state["exp_avg_res_weight"] + (1.0 - beta3)
-            res_weight = torch.tensor([s["exp_avg_res_weight"] for s in states], dtype=res_dtype, device=theta.device)
-        mask_scale, jumps = self._mask_host_terms(states, group, t, st["lr_mask"])
+        res_dtype = host_scalar_dtype(dtype)
+        res_weight = self._residual_weights(states, group, early, res_dtype, theta.device)
+        mask_scale, jumps = self._mask_host_terms(states, group, t, theta.device)
 
         flags = S.Flags(
             ndim=ndim,
@@ -180,7 +172,7 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
             dual=group["enable_dual_momentum"],
             early=early,
             warm=warm,
-            d_coef_phase=t < W / 2,
+            d_coef_phase=t < group["warmup_steps"] / 2,
             edge=group["edge_suppression"],
             spatial=group["spatial_awareness"],
             spatial_variance="spatial_variance" in st,
@@ -198,6 +190,33 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
         if warm:  # the per-tensor means of the new mask, taken by ATen as the reference takes them (inductor's
             # sum of a row of 12,000 elements under dynamic shapes was 4e-6 off)
             stack.avg_lr = S.rows(st["lr_mask"]).mean(1)
+
+    def _open_stack(self, stack: ShapeStack, group):
+        """The stack's `_open_param`: t += 1, and at t == W the warm-up-only states are dropped.
+        Returns (the parameters' states, t, early, warm, the state dtype, θ in it)."""
+        dtype = self._state_dtype(stack.params[0].dtype)
+        states = [self.state[p] for p in stack.params]
+        for state in states:
+            state["step"] += 1
+        t = states[0]["step"]
+        if t == group["warmup_steps"]:
+            for key in WARMUP_ONLY:
+                self._drop_stacked(stack, key)
+        theta = stack.theta if stack.theta.dtype == dtype else stack.theta.to(dtype)
+        return states, t, self._early(group, t), t < group["warmup_steps"], dtype, theta
+
+    def _drop_stacked(self, stack: ShapeStack, key: str) -> None:
+        stack.drop(key)
+
+    def _residual_weights(self, states, group, early: bool, dtype, device):
+        """[I-21] fixed: each tensor's Σ of the residual EMA's weights, advanced one step, as a [c] tensor
+        (None upstream)."""
+        if not self.fixed:
+            return None
+        beta3 = readable.EARLY_RESIDUAL_BETA if early else group["betas"][2]
+        for state in states:
+            state["exp_avg_res_weight"] = beta3 * state["exp_avg_res_weight"] + (1.0 - beta3)
+        return torch.tensor([s["exp_avg_res_weight"] for s in states], dtype=dtype, device=device)
 
     def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
         """Stacks whose upstream numerics only the reference's own roundings reproduce run `stack_step`
@@ -234,9 +253,9 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
             max_lr=self._mask_setting(group, "max_lr"),
         )
 
-    def _mask_host_terms(self, states, group, t, mask):
+    def _mask_host_terms(self, states, group, t, device):
         """_lr_mask's host part per tensor (T8c): lr_max moves, and returns (the post-warm-up scale [c] or
-        None where all are 1, the warm-up lr jumps [c] or None after W)."""
+        None where all are 1, the warm-up lr jumps [c] or None after W), fp32 as the mask is."""
         lr = group["lr"]
         if t >= group["warmup_steps"]:
             for state in states:
@@ -248,11 +267,11 @@ class Automagic_CameAMP_Improved(readable.Automagic_CameAMP_Improved):
                 scale = [lr / state["lr_max"] for state in states]
             if all(s == 1.0 for s in scale):
                 return None, None
-            return torch.tensor(scale, dtype=mask.dtype, device=mask.device), None
+            return torch.tensor(scale, dtype=torch.float32, device=device), None
         jumps = [max(lr - state["lr_max"], 0.0) for state in states]
         for state in states:
             state["lr_max"] = max(state["lr_max"], lr)
-        return None, torch.tensor(jumps, dtype=torch.float32, device=mask.device)
+        return None, torch.tensor(jumps, dtype=torch.float32, device=device)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self):

@@ -81,20 +81,23 @@ def store(st: dict, key: str, value: torch.Tensor, ix: BlockIndex) -> None:
     target = value.float()
     if f"{key}_err" in st:
         target = target + st[f"{key}_err"]
-    q, scale, zero = quantize(target, ix)
+    q, scale, zero = _write_codes(st, key, target, ix)
+    if f"{key}_err" in st:
+        st[f"{key}_err"].copy_(target - dequantize(q, scale, zero, ix))
+
+
+def _write_codes(st: dict, key: str, value: torch.Tensor, ix: BlockIndex):
+    """q, s, z ← Q(value) into the state's parts; returns them."""
+    q, scale, zero = quantize(value, ix)
     st[f"{key}_q"].copy_(q)
     st[f"{key}_scale"].copy_(scale)
     st[f"{key}_zero"].copy_(zero)
-    if f"{key}_err" in st:
-        st[f"{key}_err"].copy_(target - dequantize(q, scale, zero, ix))
+    return q, scale, zero
 
 
 def fold_errors(st: dict, keys, ix: BlockIndex) -> None:
     """The periodic sync (spec O8): x ← D(Q(D(q) + e)), e ← 0, for each quantised key with an error."""
     for key in keys:
         if f"{key}_err" in st:
-            q, scale, zero = quantize(load(st, key, ix) + st[f"{key}_err"], ix)
-            st[f"{key}_q"].copy_(q)
-            st[f"{key}_scale"].copy_(scale)
-            st[f"{key}_zero"].copy_(zero)
+            _write_codes(st, key, load(st, key, ix) + st[f"{key}_err"], ix)
             st[f"{key}_err"].zero_()
