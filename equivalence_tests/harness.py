@@ -7,6 +7,7 @@ free-running: both run N steps on the same gradients; compare the parameters alo
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, field
 
@@ -221,8 +222,10 @@ def straight_and_resumed(new_params, new_optimizer, grads, stop_at: int):
 
 
 def resync(ref, opt, ref_params, opt_params) -> None:
-    """Lockstep: give the optimized optimizer the reference's state and parameters."""
-    opt.load_state_dict(ref.state_dict())
+    """Lockstep: give the optimized optimizer the reference's state and parameters. A copy: torch's
+    load_state_dict keeps the given tensors where dtype and device match, and the reference's next step
+    would then update the optimized optimizer's states in place too."""
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
     with torch.no_grad():
         for a, b in zip(ref_params, opt_params, strict=True):
             b.copy_(a)

@@ -45,12 +45,21 @@ def _seed004():
     return optimized.Automagic_CameAMP_8Bit, CASES["defaults, W 8, B 64, sync 5"], 4
 
 
+def _improved8():
+    from .test_improved8_equivalence import CASES
+
+    return optimized.Automagic_CameAMP_Improved_8Bit, CASES["defaults, W 8, 8-bit from 256 elements"], 3
+
+
 def _train_stacks(cls, kwargs, n_tensors, steps=9):
     """The class's compiled test settings (its 2-D graphs come from the inductor cache), every phase:
-    early (t < W/2), warm-up, post warm-up."""
+    early (t < W/2), warm-up, post warm-up. Improved_8Bit's matrices are LoRA layers, as in its test."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 24), (24, 16)] * (n_tensors // 2)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    if cls is optimized.Automagic_CameAMP_Improved_8Bit:
+        for p in params:
+            p._is_lora_layer = True
     opt = cls(params, compat="upstream", **kwargs)
     for _ in range(steps):
         for p in params:
@@ -58,15 +67,17 @@ def _train_stacks(cls, kwargs, n_tensors, steps=9):
         opt.step()
 
 
-@pytest.mark.parametrize("settings", [_improved, _seed004], ids=["Improved", "8Bit (seed 004)"])
+@pytest.mark.parametrize(
+    "settings", [_improved, _seed004, _improved8], ids=["Improved", "8Bit (seed 004)", "Improved_8Bit"]
+)
 def test_stacked_graph_count_does_not_grow_with_tensor_count(settings):
     """The stacked classes compile one graph per phase and stack class with every dimension symbolic from
     the start (stacks of one tensor and stacks over 4,096 elements per tensor aside; seed 004's block
     indices are inputs, not part of the graph): two shapes of matrix share them (Improved: at most 5 graphs
-    with Σ|g| and its cascade variant; seed 004: 4), 200 tensors per shape compile at most one graph more
-    (the group sum Σ|g| of a stack crosses 4,096 elements, where inductor switches to a cascade sum), and
-    150 per shape nothing more. Counted as increments, without resetting dynamo, so the classes' compiled
-    equivalence tests reuse these graphs."""
+    with Σ|g| and its cascade variant; seed 004: 4; Improved_8Bit: 3, Σ|g| being compiled by then), 200
+    tensors per shape compile at most one graph more (the group sum Σ|g| of a stack crosses 4,096 elements,
+    where inductor switches to a cascade sum), and 150 per shape nothing more. Counted as increments,
+    without resetting dynamo, so the classes' compiled equivalence tests reuse these graphs."""
     cls, kwargs, few_bound = settings()
     start = counters["stats"]["unique_graphs"]
     _train_stacks(cls, kwargs, 4)

@@ -71,7 +71,8 @@ def test_skipped_step_leaves_the_run_as_if_it_never_happened():
     "cls", [reference.Automagic_CameAMP, optimized.Automagic_CameAMP, optimized.Automagic_CameAMP8bit,
             optimized.Automagic_CameAMP_COptim, optimized.Automagic_CameAMP_COptim8bit,
             reference.Automagic_CameAMP_Improved, optimized.Automagic_CameAMP_Improved,
-            reference.Automagic_CameAMP_Improved_8Bit, reference.Automagic_CameAMP_8Bit,
+            reference.Automagic_CameAMP_Improved_8Bit, optimized.Automagic_CameAMP_Improved_8Bit,
+            reference.Automagic_CameAMP_8Bit,
             optimized.Automagic_CameAMP_8Bit, reference.HinaAdamWOptimizer, optimized.HinaAdamWOptimizer]
 )  # fmt: skip
 def test_invalid_policy_names_the_argument(cls):

@@ -27,6 +27,7 @@ CLASSES = {
     "Automagic_CameAMP_Improved": reference.Automagic_CameAMP_Improved,
     "optimized.Automagic_CameAMP_Improved": optimized.Automagic_CameAMP_Improved,
     "Automagic_CameAMP_Improved_8Bit": reference.Automagic_CameAMP_Improved_8Bit,
+    "optimized.Automagic_CameAMP_Improved_8Bit": optimized.Automagic_CameAMP_Improved_8Bit,
     "Automagic_CameAMP_8Bit": reference.Automagic_CameAMP_8Bit,
     "optimized.Automagic_CameAMP_8Bit": optimized.Automagic_CameAMP_8Bit,
     "HinaAdamWOptimizer": reference.HinaAdamWOptimizer,
@@ -38,7 +39,7 @@ def build(name, params, compat, **kwargs):
     cls = CLASSES[name]
     if issubclass(cls, reference.HinaAdamWOptimizer):
         return cls(params, lr=1e-2, compat=compat, wd_transition_steps=5, **kwargs)
-    if cls is reference.Automagic_CameAMP_Improved_8Bit:
+    if issubclass(cls, reference.Automagic_CameAMP_Improved_8Bit):
         kwargs = {"force_8bit": True, **kwargs}
     return cls(params, lr=1e-3, warmup_steps=8, weight_decay=1e-2, compat=compat, **kwargs)
 

@@ -206,6 +206,45 @@ def seed004_rows():
     return eager_then_compiled(eager, compiled)
 
 
+def improved8_rows():
+    """optimized.Automagic_CameAMP_Improved_8Bit against the reference (O7): every case, mode and dtype on the
+    full shape set uncompiled; compiled, every case on LoRA matrices and the first on every stack class."""
+
+    from . import test_improved8_equivalence as i8
+    from .test_improved_equivalence import STEPS
+    from .tolerances import LOCKSTEP_8BIT_FLIPS_SMALL_SETS, LOCKSTEP_8BIT_STATES, lockstep_tolerance
+
+    def rows_for(case, compat, dtype, label, shapes=None, lora=None):
+        name = f"O7 Automagic_CameAMP_Improved_8Bit {compat} {str(dtype).replace('torch.', '')} [{case}] {label}"
+        lock = i8.run(case, dtype, compat, lockstep=True, shapes=shapes, lora=lora)
+        flips = lock.pop("code_flips")
+        params = lock.pop("params")
+        worst = max(lock, key=lock.get)
+        state_bound = max(lockstep_tolerance(dtype).bound, LOCKSTEP_8BIT_STATES.bound)
+        free = i8.run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora)["params"]
+        return [[f"{name} lockstep params", "optimizers.md O7", None, params, lockstep_tolerance(dtype).bound],
+                [f"{name} lockstep states, de-quantised (worst: {worst})", "optimizers.md O7, T19c", None,
+                 lock[worst], state_bound],
+                [f"{name} lockstep codes that differ (fraction)", "techniques.md T19a", None, flips,
+                 LOCKSTEP_8BIT_FLIPS_SMALL_SETS.bound],
+                [f"{name} free-running {STEPS} steps", "optimizers.md O7", None, free,
+                 i8.free_running_bound(dtype)]]  # fmt: skip
+
+    def eager():
+        return [row for case, compat, dtype in i8.MATRIX for row in rows_for(case, compat, dtype, "eager")]
+
+    def compiled(label):
+        rows = []
+        for compat, dtype in i8.COMPILED:
+            for case in i8.CASES:
+                rows += rows_for(case, compat, dtype, f"{label}, LoRA matrices", i8.MAKE_TEST_COMPILED_SHAPES,
+                                 i8.MAKE_TEST_COMPILED_LORA)  # fmt: skip
+            rows += rows_for(next(iter(i8.CASES)), compat, dtype, f"{label}, every class", i8.COMPILED_SHAPES)
+        return rows
+
+    return eager_then_compiled(eager, compiled)
+
+
 def family_rows():
     """Every reference class of the family: resume across save/load (weights_only) is bit-identical."""
     from . import test_family_reference as fam
@@ -276,6 +315,7 @@ def fmt(x):
 def main() -> int:
     start = time.perf_counter()
     rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows() + improved_rows() + seed004_rows()
+    rows += improved8_rows()
     rows += family_rows() + paper_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]

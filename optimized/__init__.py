@@ -5,6 +5,7 @@ from .automagic_cameamp_8bit import Automagic_CameAMP8bit
 from .automagic_cameamp_8bit_seed004 import Automagic_CameAMP_8Bit
 from .automagic_cameamp_coptim import Automagic_CameAMP_COptim, Automagic_CameAMP_COptim8bit
 from .automagic_cameamp_improved import Automagic_CameAMP_Improved
+from .automagic_cameamp_improved_8bit import Automagic_CameAMP_Improved_8Bit, create_improved_8bit_optimizer
 from .compile import compile_enabled, set_compile
 from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 
@@ -15,8 +16,10 @@ __all__ = [
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
     "Automagic_CameAMP_Improved",
+    "Automagic_CameAMP_Improved_8Bit",
     "CustomAdamW",
     "HinaAdamWOptimizer",
     "compile_enabled",
+    "create_improved_8bit_optimizer",
     "set_compile",
 ]

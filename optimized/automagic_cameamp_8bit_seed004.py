@@ -18,7 +18,8 @@ from reference.low_rank_penalty import rank_aware_decay_s2o
 
 from . import improved_step, minmax_codec
 from . import seed004_step as S
-from .automagic_cameamp_improved import Automagic_CameAMP_Improved, ShapeStack, host_scalar_dtype
+from .automagic_cameamp_improved import Automagic_CameAMP_Improved
+from .shape_stack import ShapeStack, host_scalar_dtype
 
 
 class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_CameAMP_8Bit):
@@ -27,15 +28,6 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
         self._block_indices: dict[tuple, minmax_codec.BlockIndex] = {}  # by (numel, device)
-
-    def _has_stacked(self, stack: ShapeStack, key: str) -> bool:
-        return key in stack.states or f"{key}_q" in stack.states
-
-    def _adopt(self, stack: ShapeStack, states) -> None:
-        """Stack the tensor states that `_store` just created in every parameter's state."""
-        for key in ShapeStack.tensor_keys(states[0]):
-            if key not in stack.states:
-                stack.set(key, torch.stack([state[key] for state in states]))
 
     def _step_stack(self, stack: ShapeStack, stacked_grad, group, group_sum):
         """Host bookkeeping (step counts, states that start or end, per-tensor host scalars), the rank

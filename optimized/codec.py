@@ -94,13 +94,17 @@ def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
     """x (float32 [N, CHUNK], zero on padding) → (codes, absmax)."""
     # N_b = max |x| over the block's rows
     absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
+    return encode(x, absmax[blocks.row_block].view(-1, 1), blocks.table), absmax
+
+
+def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The code index of each x given its block's absmax n_b (broadcast against x): bitsandbytes' CPU rule."""
     # v = x / N_b; an all-zero block is taken as v = −1 (code 0), as bitsandbytes does (a select, not
     # nan_to_num, which inductor's CPU backend runs one element at a time)
-    n_b = absmax[blocks.row_block].view(-1, 1)
     v = torch.where(n_b > 0, x / n_b, -1.0).clamp(-1.0, 1.0)
     # the clamp keeps a NaN (whose int conversion is undefined) inside the table
     k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
-    return blocks.table[k], absmax
+    return table[k]
 
 
 def load(buf, blocks: Blocks | None) -> torch.Tensor:

@@ -223,8 +223,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
             lr_eff = lr_eff * factor
 
         # step 9, T9d: rows of a LoRA matrix scaled by their variance ratio
-        lora = getattr(p, "_is_lora_layer", False) if self.fixed else hasattr(p, "_is_lora_layer")
-        if p.dim() == 2 and lora:
+        if p.dim() == 2 and self._is_lora(p):
             lr_eff = lr_eff * row_variance_scaling(update)
 
         # step 10, T10: θ ← θ ⊙ (1 − E·wd·ϑ) while early
@@ -253,9 +252,16 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
             state["lr_mask"] = lr_mask.warmup_schedule(lr, t, group["warmup_steps"], grad)
         else:
             mask = state["lr_mask"]
-            noise = torch.randn(mask.shape, generator=self.generator, dtype=mask.dtype).to(mask.device)
-            state["lr_mask"] = lr_mask.random_walk(mask, lr, noise)
+            state["lr_mask"] = lr_mask.random_walk(mask, lr, self._walk_noise(state, mask))
         return state["lr_mask"]
+
+    def _walk_noise(self, state, mask):
+        """z ~ N(0, 1) of the mask's shape and dtype, from the optimizer's generator [I-31]."""
+        return torch.randn(mask.shape, generator=self.generator, dtype=mask.dtype).to(mask.device)
+
+    def _is_lora(self, p) -> bool:
+        """T9d applies to `_is_lora_layer` parameters: any such attribute upstream, a truthy one when fixed."""
+        return bool(getattr(p, "_is_lora_layer", False)) if self.fixed else hasattr(p, "_is_lora_layer")
 
     # ------------------------------------------------------------------ persistence, monitoring
     def state_dict(self):

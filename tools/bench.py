@@ -162,7 +162,15 @@ def bench_workload(workload, repeats, include_slow):
     # seed 004's 8-bit class (O8): the Improved stacks with block min/max states and error feedback
     add("optimized 8Bit (seed 004), t ≥ W", lambda p: optimized.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4),
         warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
+    # Improved_8Bit (O7): the stacks with bitsandbytes' blockwise dynamic states; the random walk's noise is
+    # drawn on the host, tensor by tensor, from the optimizer's generator as the reference draws it
+    add("optimized Improved_8Bit, t ≥ W",
+        lambda p: optimized.Automagic_CameAMP_Improved_8Bit(p, lr=1e-4, warmup_steps=4, force_8bit=True), warmup=5,
+        rounds=max(2, repeats // 3))  # fmt: skip
     if include_slow:
+        add("reference Improved_8Bit, t ≥ W",
+            lambda p: reference.Automagic_CameAMP_Improved_8Bit(p, lr=1e-4, warmup_steps=4, force_8bit=True),
+            warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
         add("reference 8Bit (seed 004), t ≥ W",
             lambda p: reference.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4), warmup=5,
             rounds=max(2, repeats // 3))  # fmt: skip

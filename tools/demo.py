@@ -132,6 +132,12 @@ ROWS = [
     ("Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved"), 1e-3, True),
     ("optimized Automagic_CameAMP_Improved", _family("Automagic_CameAMP_Improved", "optimized"), 1e-3, True),
     ("Automagic_CameAMP_Improved_8Bit", _family("Automagic_CameAMP_Improved_8Bit", force_8bit=True), 1.0, True),
+    (
+        "optimized Automagic_CameAMP_Improved_8Bit",
+        _family("Automagic_CameAMP_Improved_8Bit", "optimized", force_8bit=True),
+        1.0,
+        True,
+    ),
     ("Automagic_CameAMP_8Bit (seed 004)", _family("Automagic_CameAMP_8Bit"), 1e-3, True),
     ("optimized Automagic_CameAMP_8Bit (seed 004)", _family("Automagic_CameAMP_8Bit", "optimized"), 1e-3, True),
     ("HinaAdamWOptimizer", _family("HinaAdamWOptimizer"), 3e-3, True),

@@ -1,0 +1,220 @@
+"""optimized.Automagic_CameAMP_Improved_8Bit against reference.Automagic_CameAMP_Improved_8Bit, lockstep and
+free-running, over every phase: the T4c direction with OrthoGrad and adaptive weight decay (t < W/2), the
+T4c direction with the warm-up schedule (t < W), and consistency momentum with the random walk after W, whose
+lr is halved at step 11.
+
+The Improved test's parameters (test_improved_equivalence.make_params); two matrices carry `_is_lora_layer`
+(True on a (16, 24) one, which splits it from its shape-mates, False on the (24, 16) one, a LoRA layer
+upstream and not when fixed). 8-bit states are compared de-quantised and their codes by the fraction that
+differs (harness.record_state_errors), as the Automagic_CameAMP8bit test compares them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import optimized
+import reference
+from optimized import stack_codec
+from reference import blockwise_8bit
+
+from .harness import compare_states, record_state_errors, roundtrip, straight_and_resumed
+from .test_improved_equivalence import drive
+from .test_improved_equivalence import make_params as improved_params
+from .tolerances import (
+    FREE_RUNNING_8BIT_FP32,
+    LOCKSTEP_8BIT_FLIPS_SMALL_SETS,
+    LOCKSTEP_8BIT_STATES,
+    free_running_tolerance,
+    lockstep_tolerance,
+)
+
+MASK = dict(lr=1e-3)
+CASES = {
+    "defaults, W 8, 8-bit from 256 elements": dict(MASK, warmup_steps=8, min_8bit_size=256),
+    "came=False, no edge/frequency/spatial, wd 1e-2, force_8bit": dict(
+        MASK,
+        warmup_steps=6,
+        came=False,
+        edge_suppression=False,
+        frequency_penalty=0.0,
+        spatial_awareness=False,
+        weight_decay=1e-2,
+        force_8bit=True,
+        betas=(0.9, 0.95, 0.99),
+    ),
+    "edges fire, frequency 0.2, no rank penalty, adaptation 0.5": dict(
+        MASK,
+        warmup_steps=6,
+        edge_threshold=0.01,
+        edge_penalty=0.5,
+        frequency_penalty=0.2,
+        lora_rank_penalty=False,
+        adaptation_rate=0.5,
+        min_8bit_size=256,
+    ),
+}
+MATRIX = [(case, compat, dtype) for case in CASES for compat in ("upstream", "fixed")
+          for dtype in (torch.float32, torch.bfloat16)]  # fmt: skip
+LORA = {0: True, 3: False}  # parameter index → its `_is_lora_layer`
+
+# compiled on fewer shapes (a graph per phase and stack class, ~15 s each on two cold cores): `make test`
+# compiles the first case on two stacks of two LoRA matrices (conftest.py), `make verify` every case and both
+# compiled combinations on every class here (upstream bf16 stacks run uncompiled)
+COMPILED_SHAPES = [(16, 24), (16, 24), (100, 120), (37,), (8192,), ()]  # (8192,): whole blocks, a reshape
+MAKE_TEST_COMPILED_SHAPES = [(16, 24), (16, 24), (24, 16), (24, 16)]
+MAKE_TEST_COMPILED_LORA = dict.fromkeys(range(4), True)  # one stack class: a graph per phase, three in all
+COMPILED = [("upstream", torch.float32), ("fixed", torch.bfloat16)]
+
+
+def make_params(dtype, shapes=None, lora=None):
+    params = improved_params(dtype, shapes=shapes)
+    for i, flag in (LORA if lora is None else lora).items():
+        params[i]._is_lora_layer = flag
+    return params
+
+
+def build(case, dtype, compat, shapes=None, lora=None):
+    ref_params = make_params(dtype, shapes, lora)
+    opt_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
+    for a, b in zip(ref_params, opt_params, strict=True):
+        if hasattr(a, "_is_lora_layer"):
+            b._is_lora_layer = a._is_lora_layer
+    ref = reference.Automagic_CameAMP_Improved_8Bit(ref_params, compat=compat, **CASES[case])
+    opt = optimized.Automagic_CameAMP_Improved_8Bit(opt_params, compat=compat, **CASES[case])
+    return ref, opt, ref_params, opt_params
+
+
+def run(case, dtype, compat, lockstep: bool, shapes=None, lora=None) -> dict:
+    """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference.
+    `shapes`, `lora`: other parameters, and which carry `_is_lora_layer` (index → value)."""
+    return drive(*build(case, dtype, compat, shapes, lora), dtype, record_state_errors if lockstep else None)
+
+
+def check_lockstep(worst: dict, dtype) -> None:
+    assert worst.pop("code_flips") <= LOCKSTEP_8BIT_FLIPS_SMALL_SETS.bound
+    assert worst.pop("params") <= lockstep_tolerance(dtype).bound
+    for key, err in worst.items():
+        bound = max(lockstep_tolerance(dtype).bound, LOCKSTEP_8BIT_STATES.bound)
+        assert err <= bound, f"{key}: {err:.3e}"
+
+
+def free_running_bound(dtype) -> float:
+    return (FREE_RUNNING_8BIT_FP32 if dtype == torch.float32 else free_running_tolerance(dtype)).bound
+
+
+@pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
+def test_lockstep(case, compat, dtype):
+    worst = run(case, dtype, compat, lockstep=True)
+    expected = {"params", "step", "exp_avg", "exp_avg_sq", "lr_mask", "s", "code_flips"}
+    assert expected <= set(worst), f"not compared: {expected - set(worst)}"
+    check_lockstep(worst, dtype)
+
+
+@pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
+def test_free_running(case, compat, dtype):
+    err = run(case, dtype, compat, lockstep=False)["params"]
+    assert err <= free_running_bound(dtype), f"{err:.3e}"
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("compat,dtype", COMPILED[:1], ids=str)
+def test_compiled(compat, dtype):
+    """The compiled stack step (`improved8_step.fused_stack_step`), lockstep and free-running, on two stacks
+    of two LoRA matrices (one graph per phase: shapes are dynamic), every phase."""
+    check_compiled(next(iter(CASES)), compat, dtype, MAKE_TEST_COMPILED_SHAPES, MAKE_TEST_COMPILED_LORA)
+
+
+def check_compiled(case, compat, dtype, shapes, lora=None):
+    check_lockstep(run(case, dtype, compat, lockstep=True, shapes=shapes, lora=lora), dtype)
+    err = run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora)["params"]
+    assert err <= free_running_bound(dtype), f"free-running: {err:.3e}"
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_resume_is_bit_identical(compat):
+    """N steps == k steps, save (weights_only), load into a fresh optimizer, N − k steps (k = 3: s and the
+    polarity exist; the random walk after W = 8 draws from the restored generator)."""
+    gen = torch.Generator().manual_seed(5)
+    grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
+
+    def new_params():
+        params = make_params(torch.float32)
+        return params, params
+
+    def new_optimizer(params):
+        return optimized.Automagic_CameAMP_Improved_8Bit(params, compat=compat, **CASES[next(iter(CASES))])
+
+    straight, resumed = straight_and_resumed(new_params, new_optimizer, grads, 3)
+    for a, b in zip(straight, resumed, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_dicts_load_across_the_two_classes():
+    case = next(iter(CASES))
+    ref, opt, ref_params, opt_params = build(case, torch.float32, "fixed")
+    for _ in range(3):
+        for a, b in zip(ref_params, opt_params, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        ref.step()
+        opt.step()
+    saved = roundtrip(opt.state_dict())
+    assert any(k.endswith("_q") for s in saved["state"].values() for k in s)
+    fresh = reference.Automagic_CameAMP_Improved_8Bit(make_params(torch.float32), compat="fixed", **CASES[case])
+    fresh.load_state_dict(saved)
+    assert compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+
+
+def test_states_are_views_of_the_stacks_and_lora_layers_stack_apart():
+    params = [torch.nn.Parameter(torch.randn(s) * 0.1) for _ in range(10) for s in ((16, 64), (64, 16))]
+    for p in params[:4]:
+        p._is_lora_layer = True
+    opt = optimized.Automagic_CameAMP_Improved_8Bit(params, lr=1e-3, warmup_steps=4, min_8bit_size=512)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert len(opt._stacks) == 4  # two shapes, LoRA or not
+    for stack in opt._stacks.values():
+        for i, p in enumerate(stack.params):
+            assert p.data_ptr() == stack.theta[i].data_ptr()
+            assert opt.state[p]["exp_avg_q"].data_ptr() == stack.states["exp_avg_q"][i].data_ptr()
+    report = opt.get_memory_efficiency_report()
+    assert report["8bit_parameters"] == sum(p.numel() for p in params)
+    assert report["states_breakdown"]["exp_avg_q"] == sum(p.numel() for p in params)
+
+
+@st.composite
+def stacks(draw):
+    """A stack of 1–3 vectors or matrices (sizes below, at and over the 4,096-element block, multiples of it
+    or not), scaled by powers of ten, with outliers, zero blocks or a non-contiguous layout."""
+    shape = draw(st.sampled_from([(37,), (4096,), (8192,), (4100,), (16, 768), (33, 250), (5, 7)]))
+    count = draw(st.integers(1, 3))
+    scale = draw(st.sampled_from([1e-8, 1e-3, 1.0, 1e4]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    x = torch.randn((count, *shape), generator=g) * scale
+    kind = draw(st.sampled_from(["plain", "outlier", "zeros", "strided"]))
+    if kind == "outlier":
+        x.view(count, -1)[:, draw(st.integers(0, x[0].numel() - 1))] = 1e3 * scale
+    elif kind == "zeros":
+        x.view(count, -1)[:, : x[0].numel() // 2] = 0
+    elif kind == "strided":
+        x = torch.randn((count, *shape, 2), generator=g)[..., 1] * scale
+    return x
+
+
+@given(x=stacks())
+def test_stacked_codec_is_bitsandbytes_bit_for_bit(x):
+    """optimized.stack_codec (block gather, or a reshape for vectors of whole blocks): each tensor's codes and
+    absmax are bitsandbytes' (reference.blockwise_8bit.quantize), and so is its de-quantised value."""
+    blocks = stack_codec.blocks_for(tuple(x.shape[1:]), x.device)
+    q, absmax = stack_codec.quantize(x, blocks)
+    restored = stack_codec.dequantize(q, absmax, blocks)
+    for i in range(x.shape[0]):
+        q_i, absmax_i = blockwise_8bit.quantize(x[i])
+        assert torch.equal(q[i], q_i) and torch.equal(absmax[i], absmax_i)
+        assert torch.equal(restored[i], blockwise_8bit.dequantize(q_i, absmax_i))
