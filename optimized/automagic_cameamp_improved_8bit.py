@@ -10,6 +10,8 @@ draws it, so the two stay bit-identical in distribution and in sequence [I-31].
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from reference import automagic_cameamp_improved_8bit as readable
@@ -36,8 +38,8 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
 
     # ------------------------------------------------------------------ the group pre-pass
     def _group_terms(self, group, updating, grads) -> tuple:
-        """(μ, σ) of |g| over the group (None unless wd > 0 and a tensor is early), and each post-warm-up
-        tensor's noise, drawn in the group's order."""
+        """Returns ([μ, σ] of |g| over the group, None unless wd > 0 and a tensor is early,); draws each
+        post-warm-up tensor's noise, in the group's order, for `_walk_noise`."""
         self._noise.clear()
         stats = None
         w = group["warmup_steps"]
@@ -52,7 +54,7 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
     def _abs_stats(self, grads) -> torch.Tensor:
         """[μ, σ] = mean and population std of |g| over the group's gradients (group_abs_stats), from the
         stacks in fp32 (two passes), in the dtype the reference takes them in."""
-        dtype = torch.float32 if self.fixed else grads[0].dtype
+        dtype = torch.float32 if self.fixed else functools.reduce(torch.promote_types, (g.dtype for g in grads))
         n = sum(g.numel() for g in grads)
         mu = torch.stack([g.float().abs().sum() for g in grads]).sum() / n
         var = torch.stack([(g.float().abs() - mu).pow(2).sum() for g in grads]).sum() / n
