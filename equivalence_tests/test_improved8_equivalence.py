@@ -21,8 +21,8 @@ import reference
 from optimized import stack_codec
 from reference import blockwise_8bit
 
-from .harness import compare_states, record_state_errors, roundtrip, straight_and_resumed
-from .test_improved_equivalence import drive
+from .harness import record_state_errors
+from .test_improved_equivalence import drive, loads_unchanged, resumes_bit_identically, saved_after_steps
 from .test_improved_equivalence import make_params as improved_params
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
@@ -136,37 +136,21 @@ def check_compiled(case, compat, dtype, shapes, lora=None):
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 def test_resume_is_bit_identical(compat):
-    """N steps == k steps, save (weights_only), load into a fresh optimizer, N − k steps (k = 3: s and the
-    polarity exist; the random walk after W = 8 draws from the restored generator)."""
-    gen = torch.Generator().manual_seed(5)
-    grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
-
-    def new_params():
-        params = make_params(torch.float32)
-        return params, params
-
-    def new_optimizer(params):
-        return optimized.Automagic_CameAMP_Improved_8Bit(params, compat=compat, **CASES[next(iter(CASES))])
-
-    straight, resumed = straight_and_resumed(new_params, new_optimizer, grads, 3)
-    for a, b in zip(straight, resumed, strict=True):
-        assert torch.equal(a, b)
+    """k = 3: s and the polarity exist; the random walk after W = 8 draws from the restored generator."""
+    case = next(iter(CASES))
+    assert resumes_bit_identically(
+        lambda: make_params(torch.float32),
+        lambda params: optimized.Automagic_CameAMP_Improved_8Bit(params, compat=compat, **CASES[case]),
+    )
 
 
 def test_state_dicts_load_across_the_two_classes():
     case = next(iter(CASES))
     ref, opt, ref_params, opt_params = build(case, torch.float32, "fixed")
-    for _ in range(3):
-        for a, b in zip(ref_params, opt_params, strict=True):
-            a.grad = torch.randn_like(a)
-            b.grad = a.grad.clone()
-        ref.step()
-        opt.step()
-    saved = roundtrip(opt.state_dict())
+    saved = saved_after_steps(ref, opt, ref_params, opt_params)
     assert any(k.endswith("_q") for s in saved["state"].values() for k in s)
     fresh = reference.Automagic_CameAMP_Improved_8Bit(make_params(torch.float32), compat="fixed", **CASES[case])
-    fresh.load_state_dict(saved)
-    assert compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+    assert loads_unchanged(fresh, saved)
 
 
 def test_states_are_views_of_the_stacks_and_lora_layers_stack_apart():

@@ -154,35 +154,50 @@ def test_same_shapes_share_one_stack():
             assert opt.state[p]["exp_avg"].data_ptr() == stack.states["exp_avg"][i].data_ptr()
 
 
-@pytest.mark.parametrize("compat", ["upstream", "fixed"])
-def test_resume_is_bit_identical(compat):
-    """N steps == k steps, save (weights_only), load into a fresh optimizer, N − k steps (k = 3 in the TAM
-    phase, where s and pre exist)."""
+def resumes_bit_identically(make, new_optimizer) -> bool:
+    """10 steps == 3 steps, save (weights_only), load into a fresh optimizer over fresh parameters `make()`,
+    7 steps: True when every parameter is bit-identical. Shared by the stacked classes' tests."""
     gen = torch.Generator().manual_seed(5)
-    grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
+    grads = [[torch.randn(p.shape, generator=gen) for p in make()] for _ in range(10)]
 
     def new_params():
-        params = make_params(torch.float32)
+        params = make()
         return params, params
 
-    def new_optimizer(params):
-        return optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"])
-
     straight, resumed = straight_and_resumed(new_params, new_optimizer, grads, 3)
-    for a, b in zip(straight, resumed, strict=True):
-        assert torch.equal(a, b)
+    return all(torch.equal(a, b) for a, b in zip(straight, resumed, strict=True))
 
 
-def test_state_dicts_load_across_the_two_classes():
-    ref, opt, ref_params, opt_params = build("defaults, W 8", torch.float32, "fixed")
-    for _ in range(3):
+def saved_after_steps(ref, opt, ref_params, opt_params, steps=3):
+    """Both optimizers `steps` steps on the same random gradients; the optimized one's state_dict, saved and
+    loaded back (weights_only)."""
+    for _ in range(steps):
         for a, b in zip(ref_params, opt_params, strict=True):
             a.grad = torch.randn_like(a)
             b.grad = a.grad.clone()
         ref.step()
         opt.step()
-    saved = roundtrip(opt.state_dict())
-    fresh = reference.Automagic_CameAMP_Improved(make_params(torch.float32), compat="fixed", **CASES["defaults, W 8"])
+    return roundtrip(opt.state_dict())
+
+
+def loads_unchanged(fresh, saved) -> bool:
+    """`fresh` (the reference class) loads `saved` and gives it back unchanged."""
     fresh.load_state_dict(saved)
-    assert compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+    return compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_resume_is_bit_identical(compat):
+    """k = 3 in the TAM phase, where s and pre exist (`resumes_bit_identically`)."""
+    assert resumes_bit_identically(
+        lambda: make_params(torch.float32),
+        lambda params: optimized.Automagic_CameAMP_Improved(params, compat=compat, **CASES["defaults, W 8"]),
+    )
+
+
+def test_state_dicts_load_across_the_two_classes():
+    ref, opt, ref_params, opt_params = build("defaults, W 8", torch.float32, "fixed")
+    saved = saved_after_steps(ref, opt, ref_params, opt_params)
+    fresh = reference.Automagic_CameAMP_Improved(make_params(torch.float32), compat="fixed", **CASES["defaults, W 8"])
+    assert loads_unchanged(fresh, saved)
     assert max(compare_states(ref.state_dict(), saved).values()) <= lockstep_tolerance(torch.float32).bound

@@ -17,8 +17,15 @@ import optimized
 import reference
 from reference import minmax_8bit
 
-from .harness import compare_states, roundtrip, straight_and_resumed
-from .test_improved_equivalence import MASK, drive, make_params
+from .harness import compare_states
+from .test_improved_equivalence import (
+    MASK,
+    drive,
+    loads_unchanged,
+    make_params,
+    resumes_bit_identically,
+    saved_after_steps,
+)
 from .tolerances import (
     FREE_RUNNING_MINMAX_FP32,
     LOCKSTEP_MINMAX_CODE_STEPS,
@@ -170,37 +177,20 @@ def check_compiled(case, compat, dtype, shapes):
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 def test_resume_is_bit_identical(compat):
-    """N steps == k steps, save (weights_only), load into a fresh optimizer, N − k steps (k = 3: s, pre and
-    the error accumulators exist; the fold at step 5 comes after the resume)."""
-    gen = torch.Generator().manual_seed(5)
-    grads = [[torch.randn(p.shape, generator=gen) for p in make_params(torch.float32)] for _ in range(10)]
-
-    def new_params():
-        params = make_params(torch.float32)
-        return params, params
-
-    def new_optimizer(params):
-        return optimized.Automagic_CameAMP_8Bit(params, compat=compat, **CASES["defaults, W 8, B 64, sync 5"])
-
-    straight, resumed = straight_and_resumed(new_params, new_optimizer, grads, 3)
-    for a, b in zip(straight, resumed, strict=True):
-        assert torch.equal(a, b)
+    """k = 3: s, pre and the error accumulators exist; the fold at step 5 comes after the resume."""
+    assert resumes_bit_identically(
+        lambda: make_params(torch.float32),
+        lambda params: optimized.Automagic_CameAMP_8Bit(params, compat=compat, **CASES["defaults, W 8, B 64, sync 5"]),
+    )
 
 
 def test_state_dicts_load_across_the_two_classes():
     case = "defaults, W 8, B 64, sync 5"
     ref, opt, ref_params, opt_params = build(case, torch.float32, "fixed")
-    for _ in range(3):
-        for a, b in zip(ref_params, opt_params, strict=True):
-            a.grad = torch.randn_like(a)
-            b.grad = a.grad.clone()
-        ref.step()
-        opt.step()
-    saved = roundtrip(opt.state_dict())
+    saved = saved_after_steps(ref, opt, ref_params, opt_params)
     assert saved["block_size"] == 64 and any(k.endswith("_err") for s in saved["state"].values() for k in s)
-    fresh = reference.Automagic_CameAMP_8Bit(make_params(torch.float32), compat="fixed", **CASES[case])
-    fresh.load_state_dict(saved)
-    assert compare_states(saved, fresh.state_dict()) == {k: 0.0 for k in compare_states(saved, saved)}
+    assert loads_unchanged(reference.Automagic_CameAMP_8Bit(make_params(torch.float32), compat="fixed", **CASES[case]),
+                           saved)  # fmt: skip
     worst = compare_states(effective(ref.state_dict(), 64), effective(saved, 64))
     assert max(worst.values()) <= lockstep_tolerance(torch.float32).bound, worst
 

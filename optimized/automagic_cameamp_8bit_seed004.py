@@ -85,9 +85,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             stack.theta, stacked_grad, group_sum, passed, scalars, rank_term, res_weight, mask_scale, jumps, ix,
             flags, consts
         )  # fmt: skip
-        for key, value in passed.items():
-            if value is not st[key]:  # a state that changed dtype (minmax_codec.store)
-                stack.set(key, value)
+        stack.take_rebound(passed)  # a state that changed dtype (minmax_codec.store)
         if warm:  # avg_lr: the per-tensor means of the new mask (before it is quantised, as the reference)
             stack.avg_lr = improved_step.rows(st["lr_mask"] if new_mask is None else new_mask).mean(1)
         sync = self.config.sync_frequency
@@ -110,7 +108,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
 
     def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
         """Upstream bf16 stacks run `stack_step` uncompiled: only the reference's own roundings after
-        every op reproduce its numerics (see Automagic_CameAMP_Improved._uncompiled)."""
+        every op reproduce its numerics (see shape_stack.StackedSteps._uncompiled)."""
         return not self.fixed and dtype == torch.bfloat16
 
     def _consts(self, group, early, rank_aware) -> S.Consts:

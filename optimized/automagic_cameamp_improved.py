@@ -81,16 +81,6 @@ class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improv
             state["exp_avg_res_weight"] = beta3 * state["exp_avg_res_weight"] + (1.0 - beta3)
         return torch.tensor([s["exp_avg_res_weight"] for s in states], dtype=dtype, device=device)
 
-    def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
-        """Stacks whose upstream numerics only the reference's own roundings reproduce run `stack_step`
-        uncompiled: bf16 states (upstream rounds to bf16 after every op; the compiled graph's emulated
-        roundings differ where it splits an op, e.g. a + α·b, and the LR mask's polarity decisions then
-        flip on single elements) and, while early, one-element tensors (OrthoGrad returns their rounding
-        noise rescaled to ‖x‖, since x is parallel to θ)."""
-        if self.fixed:
-            return False
-        return dtype == torch.bfloat16 or (early and stack.theta[0].numel() == 1)
-
     def _consts(self, group, early, rank_aware) -> S.Consts:
         beta1, beta2, beta3 = group["betas"]
         mix = group["alpha_mix_ratio"]

@@ -133,16 +133,7 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         passed = dict(st)
         step = S.stack_step if uncompiled else S.fused_stack_step
         step(stack.theta, stacked_grad, group_sum, passed, scalars, stats, rank_term, noise, blocks, flags, consts)
-        for key, value in passed.items():
-            if value is not st[key]:  # an upstream bf16 mask that took E's fp32 dtype
-                stack.set(key, value)
-
-    def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
-        """As Automagic_CameAMP_Improved._uncompiled: upstream bf16 states, and upstream one-element tensors
-        while early (OrthoGrad returns their rounding noise), run `stack_step` uncompiled."""
-        if self.fixed:
-            return False
-        return dtype == torch.bfloat16 or (early and stack.theta[0].numel() == 1)
+        stack.take_rebound(passed)  # an upstream bf16 mask that took E's fp32 dtype
 
     def _blocks_for(self, stack: ShapeStack) -> stack_codec.Blocks:
         key = (tuple(stack.theta.shape[1:]), stack.theta.device)

@@ -54,6 +54,13 @@ class ShapeStack:
         for i, p in enumerate(self.params):
             self.optimizer.state[p][key] = stacked[i]
 
+    def take_rebound(self, passed: dict) -> None:
+        """Own the states a step rebound in `passed` (a copy of `states` it was given): a state that took
+        another dtype, as the reference's `state[key] = value` does."""
+        for key, value in passed.items():
+            if value is not self.states[key]:
+                self.set(key, value)
+
     def drop(self, key: str) -> None:
         self.states.pop(key, None)
         for p in self.params:
@@ -167,6 +174,16 @@ class StackedSteps:
 
     def _drop_stacked(self, stack: ShapeStack, key: str) -> None:
         stack.drop(key)
+
+    def _uncompiled(self, dtype, early: bool, stack: ShapeStack) -> bool:
+        """Stacks whose upstream numerics only the reference's own roundings reproduce run `stack_step`
+        uncompiled: bf16 states (upstream rounds to bf16 after every op; the compiled graph's emulated
+        roundings differ where it splits an op, e.g. a + α·b, and the LR mask's polarity decisions then
+        flip on single elements) and, while early, one-element tensors (OrthoGrad returns their rounding
+        noise rescaled to ‖x‖, since x is parallel to θ)."""
+        if self.fixed:
+            return False
+        return dtype == torch.bfloat16 or (early and stack.theta[0].numel() == 1)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self):
