@@ -107,18 +107,24 @@ def test_state_dict_loads_into_the_reference(name, compat):
 
 
 def test_states_are_8bit_and_small():
-    """Codes are uint8 and the state is ≤ 6.5 bytes/param during warm-up, ≤ 4.2 after (issue 6)."""
+    """Codes are uint8 and the state is ≤ 6.5 bytes/param during warm-up, ≤ 4.2 after (issue 6); the
+    warm-up polarity takes one bit per element (optimized.bitpack) and is exported as the reference's
+    bool tensor."""
     cls = optimized.Automagic_CameAMP8bit
     params = [torch.nn.Parameter(torch.randn(64, 4096) * 0.1)]
     opt = cls(params, lr=1e-3, warmup_steps=4, compat="fixed")
     n = params[0].numel()
     run(cls, "fixed", 2, params, opt)
     warm = opt.state_bytes() / n
+    (bucket,) = [b for bs in opt._buckets.values() for b in bs]
+    assert bucket.states["last_polarity"].nbytes == n // 8
+    polarity = opt.state_dict()["state"][0]["last_polarity"]
+    assert polarity.dtype == torch.bool and polarity.shape == params[0].shape and polarity.any()
     run(cls, "fixed", 5, params, opt, start=2)
     after = opt.state_bytes() / n
     saved = opt.state_dict()["state"][0]
     assert saved["exp_avg_q"].dtype == torch.uint8 and saved["exp_avg_q_scale"].numel() == n // 4096
-    assert warm <= 6.5 and after <= 4.2, (warm, after)
+    assert warm <= 4.2 and after <= 4.2, (warm, after)  # issue 6 asks ≤ 6.5 during warm-up
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.compiled)], ids=["eager", "compiled"])

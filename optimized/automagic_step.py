@@ -30,6 +30,7 @@ import torch
 
 from reference.orthograd import PARALLEL_TOL
 
+from . import bitpack
 from . import codec as C
 from . import kernels as K
 from .compile import compiled
@@ -91,7 +92,7 @@ class Buffers(NamedTuple):
     exp_avg_res: torch.Tensor
     s: torch.Tensor | None  # [N, C] upstream; [T] fixed
     lr_mask: torch.Tensor
-    polarity: torch.Tensor | None
+    polarity: torch.Tensor | None  # uint8 0/1, or bit-packed (8-bit buckets, see bitpack)
     row_factor: torch.Tensor | None  # ρ of every element's row (ALLoRA), [N, C] float32
     blocks: C.Blocks | None = None  # the block index of the QState buffers (8-bit states)
     context: Context | None = None  # C-Optim (Flags.contextual)
@@ -320,7 +321,9 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
     c_warm = _rows(cond.warm, idx)
     mask = _load(b, "lr_mask")
     if f.has_warm:
-        mask_warm, polarity = K.warmup_mask(mask, gt, b.polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
+        packed = bitpack.is_packed(b.polarity)
+        last_polarity = bitpack.unpack(b.polarity) if packed else b.polarity
+        mask_warm, polarity = K.warmup_mask(mask, gt, last_polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
     if f.has_post:
         mask_post = K.post_warmup_mask(mask, col(POST_SCALE))
         lr_eff = _select(c_warm, mask_warm, mask_post) if f.has_warm else mask_post
@@ -333,7 +336,8 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
     mask_sums = None
     if f.has_warm:
         moved = _rows(_and(cond.upd, cond.warm), idx)
-        b.polarity.copy_(_select(moved, polarity, b.polarity))
+        polarity = _select(moved, polarity, last_polarity)
+        b.polarity.copy_(bitpack.pack(polarity) if packed else polarity)
         if isinstance(b.lr_mask, C.QState):
             mask_sums = K.tensor_sum(torch.where(K.valid_mask(idx), mask_warm, 0.0), idx)
     if f.contextual:  # T16.6, T16.7: E ← E·Λ·ef

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import bitpack
 from . import codec as C
 from .kernels import expand_rows, index_tensors, valid_mask
 from .layout import build_layout
@@ -103,7 +104,8 @@ class Bucket:
             else:
                 self.states["s"] = self._qstate() if self.quantized else L.empty(self.state_dtype, dev, 0)
         if self.states["last_polarity"] is None:
-            self.states["last_polarity"] = L.empty(torch.uint8, dev, fill=0)  # exported as bool
+            # exported as bool; 8-bit buckets pack it to 1 bit per element
+            self.states["last_polarity"] = bitpack.empty(L, dev) if self.quantized else L.empty(torch.uint8, dev, 0)
 
     def drop_warm_buffers(self):
         """T27.1: once every tensor is past warm-up, `s` and `last_polarity` are freed."""
@@ -136,6 +138,8 @@ class Bucket:
         buf = self.states[name]
         if buf is None:
             return
+        if name == "last_polarity" and bitpack.is_packed(buf):  # every bit of a byte
+            value = 255 if value else 0
         if isinstance(buf, C.QState):
             tensors = torch.from_numpy(tensors).to(self.device)
             C.fill_constant(buf, value, self.blocks.blocks, valid_mask(self.idx), tensors)
@@ -153,8 +157,11 @@ class Bucket:
             return {f"{name}_q": codes, f"{name}_q_scale": absmax}
         if buf.dim() == 1:  # per-tensor (fixed-mode s)
             return {name: buf[i].clone()}
-        value = self.layout.view(buf, i).clone()
-        return {name: value.bool() if name == "last_polarity" else value}
+        if name == "last_polarity":
+            if bitpack.is_packed(buf):
+                return {name: bitpack.read_tensor(buf, self.layout, i)}
+            return {name: self.layout.view(buf, i).bool()}
+        return {name: self.layout.view(buf, i).clone()}
 
     def load(self, name: str, i: int, saved: dict) -> None:
         """Tensor i's state `name` from a saved entry; zero where the entry is absent."""
@@ -167,6 +174,10 @@ class Bucket:
             else:
                 tensors = np.arange(self.layout.ntensors) == i
                 self.fill(name, 0.0, tensors)
+            return
+        if name == "last_polarity" and bitpack.is_packed(buf):
+            bits = saved.get(name, torch.zeros(self.layout.numels[i], dtype=torch.bool))
+            bitpack.write_tensor(buf, self.layout, i, bits)
             return
         target = buf[i] if buf.dim() == 1 else self.layout.view(buf, i)
         if name in saved:
