@@ -37,8 +37,9 @@ def unpack(packed: torch.Tensor) -> torch.Tensor:
 
 
 def pack(bits: torch.Tensor) -> torch.Tensor:
-    """[..., 8n] 0/1 (any integer or bool dtype) → [..., n] uint8. The bits of a byte are disjoint, so
-    their sum is their bitwise or."""
+    """[..., 8n] 0/1 (any integer or bool dtype) → [..., n] uint8: the eight strided slices shifted and
+    or-ed, which inductor's CPU code runs as one pointwise loop (a sum over a size-8 dimension became a
+    horizontal vector reduction per byte: 63 rather than 45 ms per fp32 warm-up step on 16M)."""
     grouped = bits.to(torch.uint8).unflatten(-1, (-1, BITS))
     byte = grouped[..., 0]
     for k in range(1, BITS):
