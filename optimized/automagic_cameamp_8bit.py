@@ -4,9 +4,9 @@ Same kwargs, compat modes and state_dict format as reference.Automagic_CameAMP8b
 pipeline differences from O1 (V2 scaling, upstream's never-stored residual [I-08] and T8b mask
 [I-10]) are switches of the shared passes (automagic_step.Flags); the states m, v, r, the LR mask,
 upstream's element-wise s and ALLoRA's ρ are `codec.QState`s, de-quantised and re-quantised inside the
-compiled passes, so no fp32 copy of a state is made during the step; the warm-up polarity takes
-one bit per element (`bitpack`). 0-d parameters keep fp32 states,
-as the reference does (it quantises only tensors with a dimension).
+compiled passes, so no fp32 copy of a state is made during the step; the warm-up polarity takes one
+bit per element (`bitpack`). 0-d parameters keep fp32 states, as the reference does (it quantises only
+tensors with a dimension).
 
 What differs from the reference, beyond round-off: upstream mode keeps no fp32 copy of v [I-11b] (it
 is never read, and not saved), so its state is 4 bytes/param smaller.
