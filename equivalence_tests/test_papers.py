@@ -66,7 +66,7 @@ def test_every_technique_case_names_an_indexed_paper():
 
 
 PAPER_ALGORITHMS = ("adafactor", "came", "adabelief", "adopt", "grams", "tam", "orthograd", "cautious", "adamw",
-                    "blockwise_8bit", "agr", "spd", "adams_dual_momentum")  # fmt: skip
+                    "blockwise_8bit", "agr", "spd", "adams_dual_momentum", "allora")  # fmt: skip
 
 
 def test_every_paper_algorithm_has_an_oracle_entry():

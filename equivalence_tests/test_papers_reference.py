@@ -16,6 +16,7 @@ from reference import (
     adamw,
     adopt_stability,
     agr,
+    allora,
     blockwise_8bit,
     came_style,
     dual_momentum,
@@ -25,7 +26,7 @@ from reference import (
 )  # fmt: skip
 from reference.orthograd import OrthoGrad
 
-from .tolerances import ORACLE_FP32, scaled_error
+from .tolerances import ALLORA_GRADIENT_FP64, ORACLE_FP32, scaled_error
 
 SHAPES = [(33,), (16, 24), (2, 3, 4, 5)]
 STEPS = 120
@@ -262,3 +263,61 @@ def test_adams_keeps_no_second_moment_and_its_first_step_is_a_scaled_sign():
     assert set(opt.state[p]) == {"step", "exp_avg"}
     # m_0 = 0: denominator √(0.05)·|g|, m_1 = 0.1·g  →  step = 0.1/√0.05 · sign(g)
     assert torch.allclose(p.detach(), -(0.1 / 0.05**0.5) * p.grad.sign())
+
+
+def _allora_layer(seed: int, eta: float, zero_b: bool):
+    torch.manual_seed(seed)
+    layer = allora.ALLoRALinear(torch.nn.Linear(12, 9, dtype=torch.float64), rank=3, eta=eta)
+    if not zero_b:
+        with torch.no_grad():
+            layer.lora_b.normal_()
+    x = torch.randn(4, 5, 12, dtype=torch.float64, requires_grad=True)  # two batch dimensions
+    return layer, x, torch.randn(4, 5, 9, dtype=torch.float64)
+
+
+def allora_gradient_error(seed: int) -> float:
+    """ALLoRA (no oracle exists): the worst scaled error of ∂L/∂A, ∂L/∂B against the products of
+    diag(s)·∂L/∂(BA) with the other factor, s_i = 1/√(‖(BA)_i,:‖ + 1/η²), and of ∂L/∂x against plain LoRA's."""
+    layer, x, y = _allora_layer(seed, eta=0.5, zero_b=False)
+    ((layer(x) - y) ** 2).sum().backward()
+    a, b = layer.lora_a.detach(), layer.lora_b.detach()
+    product = (b @ a).requires_grad_()  # the same layer with BA as one leaf
+    x_plain = x.detach().clone().requires_grad_()
+    ((layer.base(x_plain) + x_plain @ product.T - y) ** 2).sum().backward()
+    scaled = allora.output_row_scale(a, b, 0.5)[:, None] * product.grad
+    assert not torch.allclose(scaled, product.grad)  # the scale is not 1 here
+    pairs = [(layer.lora_a.grad, b.T @ scaled), (layer.lora_b.grad, scaled @ a.T), (x.grad, x_plain.grad)]
+    return max(scaled_error(ours, expected) for ours, expected in pairs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allora_rescales_the_adapter_gradients_row_wise_and_leaves_the_input_gradient(seed):
+    assert allora_gradient_error(seed) <= ALLORA_GRADIENT_FP64.bound
+
+
+def test_allora_first_step_is_lora_with_scale_eta():
+    """At B = 0 every row has ‖(BA)_i‖ = 0, so s = η: ∂L/∂B is that of LoRA's forward η·BAx."""
+    layer, x, y = _allora_layer(0, eta=0.25, zero_b=True)
+    ((layer(x) - y) ** 2).sum().backward()
+    b = torch.zeros_like(layer.lora_b, requires_grad=True)
+    ((layer.base(x.detach()) + 0.25 * (x.detach() @ layer.lora_a.detach().T @ b.T) - y) ** 2).sum().backward()
+    assert scaled_error(layer.lora_b.grad, b.grad) <= ALLORA_GRADIENT_FP64.bound
+    assert torch.count_nonzero(layer.lora_a.grad) == 0
+
+
+def test_allora_scale_falls_as_a_row_grows():
+    a, b = torch.eye(2), torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
+    # ‖(BA)_i‖ = 0, 1, 5 and 1/η² = 4: s = 1/2, 1/√5, 1/3
+    assert torch.allclose(allora.output_row_scale(a, b, 0.5), torch.tensor([0.5, 5**-0.5, 1 / 3]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [(dict(base=torch.nn.Conv1d(2, 2, 1), rank=2, eta=1.0), TypeError), (dict(rank=0, eta=1.0), ValueError),
+     (dict(rank=2, eta=0.0), ValueError)],
+)  # fmt: skip
+def test_allora_layer_rejects_bad_arguments(kwargs, error):
+    kwargs = {"base": torch.nn.Linear(3, 3), **kwargs}
+    name = "base" if error is TypeError else ("rank" if kwargs["rank"] == 0 else "eta")
+    with pytest.raises(error, match=name):
+        allora.ALLoRALinear(**kwargs)

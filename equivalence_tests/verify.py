@@ -23,6 +23,7 @@ import papers
 from .harness import OPTIMIZER_CASES, free_running, lockstep
 from .technique_cases import TECHNIQUE_CASES
 from .tolerances import (
+    ALLORA_GRADIENT_FP64,
     LOCKSTEP_8BIT_FLIPS,
     LOCKSTEP_8BIT_STATES,
     ORACLE_FP32,
@@ -277,6 +278,9 @@ def paper_rows():
     err = tp.oracle_error(tp.adamw.AdamW, kw, torch.optim.AdamW, {**kw, "foreach": False}, [], wrap=tp._orthograd_wrap)
     rows.append([f"paper OrthoGrad(AdamW) vs pytorch_optimizer.OrthoGrad, {tp.STEPS} steps", "papers/index.json",
                  None, err, ORACLE_FP32.bound])  # fmt: skip
+    err = max(tp.allora_gradient_error(seed) for seed in range(5))
+    rows.append(["paper ALLoRA: adapter gradients vs diag(s)·∂L/∂(BA) identity (float64)", "papers/index.json",
+                 None, err, ALLORA_GRADIENT_FP64.bound])  # fmt: skip
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100_000, generator=g) * torch.rand(100_000, generator=g).pow(4) * 10
     x[::1000] = 0
