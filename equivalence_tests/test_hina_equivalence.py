@@ -8,6 +8,7 @@ pair, a 0-d and a 1-D regular parameter, and a non-contiguous one. B factors sta
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,7 +27,7 @@ from .harness import (
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     FREE_RUNNING_BF16_CAUTIOUS,
-    LOCKSTEP_8BIT_FLIPS,
+    LOCKSTEP_8BIT_FLIPS_SMALL_SETS,
     LOCKSTEP_8BIT_STATES,
     free_running_tolerance,
     lockstep_tolerance,
@@ -79,7 +80,7 @@ HINA_CASES = [
             tam_beta=0.9,
         ),
     ),
-    HinaCase("8-bit m, v, v̄", {"lr": 1e-3, "optim_bits": 8, "min_8bit_size": 64, "wd_transition_steps": 5}),
+    HinaCase("8-bit m, v", {"lr": 1e-3, "optim_bits": 8, "min_8bit_size": 64, "wd_transition_steps": 5}),
 ]
 DTYPES = [torch.float32, torch.bfloat16]
 COMPATS = ["upstream", "fixed"]
@@ -164,7 +165,7 @@ def lockstep_bounds(case: HinaCase, dtype, worst: dict) -> dict:
     """The tolerance of each compared quantity."""
     bound = lockstep_tolerance(dtype).bound
     bounds = {key: bound for key in worst}
-    bounds["code_flips"] = LOCKSTEP_8BIT_FLIPS.bound
+    bounds["code_flips"] = LOCKSTEP_8BIT_FLIPS_SMALL_SETS.bound  # ~8,000 codes a step: one flip is 1.2e-4
     if case.eight_bit:
         for key in worst:
             if key.startswith("exp_avg"):
@@ -185,8 +186,6 @@ def free_running_bound(case: HinaCase, dtype) -> float:
 def test_lockstep(case, compat, dtype):
     worst = lockstep(case, dtype, compat)
     expected = {"params", "step", "exp_avg", "exp_avg_sq", "momentum_alignment", "spd_anchor"}
-    if case.kwargs.get("use_adopt_stability", True):
-        expected.add("exp_avg_sq_prev")
     assert expected <= set(worst), f"not compared: {expected - set(worst)}"
     bounds = lockstep_bounds(case, dtype, worst)
     for key, err in worst.items():
@@ -201,8 +200,8 @@ def test_free_running(case, compat, dtype):
 
 @pytest.mark.parametrize("case", [HINA_CASES[0], HINA_CASES[2]], ids=lambda c: c.name)
 def test_tensors_without_a_gradient_keep_their_state(case):
-    """Some tensors skip steps (no gradient, from the start for one of them): they keep m, v, v̄ and their
-    step count, as in the reference (the optimized class trades their v and v̄ back after the pass)."""
+    """Some tensors skip steps (no gradient, from the start for one of them): they keep m, v and their step
+    count, as in the reference."""
     worst = lockstep(case, torch.float32, "fixed", skip=lambda t, i: (t + i) % 3 == 0 or (i == 3 and t < 5))
     bounds = lockstep_bounds(case, torch.float32, worst)
     for key, err in worst.items():
@@ -251,6 +250,40 @@ def test_state_dicts_load_across_the_two_classes():
         for key, value in state.items():
             loaded = fresh.state_dict()["state"][pid][key]
             assert torch.equal(torch.as_tensor(loaded), torch.as_tensor(value)), key
+
+
+@pytest.mark.parametrize(
+    "cls", [reference.HinaAdamWOptimizer, optimized.HinaAdamWOptimizer], ids=["reference", "optimized"]
+)
+def test_upstream_dead_prev_state_is_dropped_on_load(cls):
+    """Upstream saves v̄ (`exp_avg_sq_prev`) but overwrites it before reading it: a checkpoint holding any
+    v̄ loads without it, and the run continues exactly as from the same checkpoint without it."""
+    gen = torch.Generator().manual_seed(4)
+    grads = [[torch.randn(p.shape, generator=gen) for _, p in make_named(torch.float32)] for _ in range(3)]
+
+    def resumed(saved):
+        named = make_named(torch.float32)
+        opt = cls(named, compat="upstream", lr=1e-3)
+        opt.load_state_dict(roundtrip(saved))
+        assert not any(k.startswith("exp_avg_sq_prev") for st in opt.state_dict()["state"].values() for k in st)
+        for (_, p), g in zip(named, grads[2], strict=True):
+            p.grad = g.clone()
+        opt.step()
+        return [p.detach().clone() for _, p in named]
+
+    named = make_named(torch.float32)
+    opt = cls(named, compat="upstream", lr=1e-3)
+    for gs in grads[:2]:
+        for (_, p), g in zip(named, gs, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    saved = opt.state_dict()
+    with_prev = copy.deepcopy(saved)
+    for state in with_prev["state"].values():
+        if "exp_avg_sq" in state:
+            state["exp_avg_sq_prev"] = torch.rand_like(state["exp_avg_sq"])
+    for a, b in zip(resumed(saved), resumed(with_prev), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_state_bytes_are_measured_from_the_buffers():

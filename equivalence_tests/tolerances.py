@@ -123,9 +123,11 @@ LOCKSTEP_8BIT_FLIPS = Tolerance(
 
 LOCKSTEP_8BIT_FLIPS_SMALL_SETS = Tolerance(
     bound=4e-4,
-    reason="as LOCKSTEP_8BIT_FLIPS, on the Improved_8Bit tests' few codes (3,072-20,000 per step, the compiled "
-    "sets the fewest): one flipped code of 3,072 is 3.3e-4, over the larger sets' fraction bound",
-    observed="3.26e-4 (one code, edges-fire case, compiled upstream fp32); eager sets 3.5e-5 (2026-11-23)",
+    reason="as LOCKSTEP_8BIT_FLIPS, on the Improved_8Bit and HinaAdamW tests' few codes (3,072-20,000 per step, "
+    "the compiled sets the fewest; HinaAdamW 8,136 since v̄ is no longer stored): one flipped code of 3,072 is "
+    "3.3e-4, over the larger sets' fraction bound",
+    observed="3.26e-4 (one code, edges-fire case, compiled upstream fp32); eager sets 3.5e-5 (2026-11-23); "
+    "HinaAdamW 1.23e-4 (one code, bf16) (2026-11-23)",
 )
 
 # Upstream's residual is never stored [I-08]: each step r = (1−β3)((u − m̄)² + ε2) and U = m/√r, so U's

@@ -23,7 +23,7 @@ from . import hina_step as H
 from .bucket import Bucket
 from .lora_factors import BucketFactors, dependencies
 
-MOMENTS = ("exp_avg", "exp_avg_sq", "exp_avg_sq_prev")
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
@@ -45,9 +45,6 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         deps = dependencies(self.layout) if self.use_alora else {}
         return {pid: 2 if any(order[id(q)] < k for q in deps.get(pid, [])) else 1 for pid, k in order.items()}
 
-    def _moments(self):
-        return MOMENTS if self.use_adopt_stability else MOMENTS[:2]
-
     def _group_buckets(self, gi: int) -> list[Bucket]:
         if gi not in self._buckets:
             by_key: dict = {}
@@ -61,7 +58,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     def _new_bucket(self, params, quantized: bool, wave: int) -> Bucket:
         b = Bucket(params, torch.float32 if quantized else params[0].dtype, quantized=quantized)
         b.host["wave"] = wave
-        b.add_states(self._moments())
+        b.add_states(MOMENTS)
         T = len(b.params)
         b.states["momentum_alignment"] = torch.zeros(T, dtype=b.state_dtype, device=b.device)
         b.host["spd_on"] = np.array([p in self._anchors for p in b.params], dtype=bool)
@@ -116,7 +113,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     def _step_bucket(self, b: Bucket, group, active, sums, lora_factor):
         new = active & ~b.started
         if new.any():
-            for name in (*self._moments(), "momentum_alignment"):
+            for name in (*MOMENTS, "momentum_alignment"):
                 b.fill(name, 0.0, new)
             b.started |= new
         beta1, beta2 = group["betas"]
@@ -162,11 +159,9 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             table[:, H.TAM] = self._tam_factor(b, table, consts, flags, t, active_t)
 
         spd = self.use_spd and bool(b.host["spd_on"][active].any())
-        buffers = H.Buffers(b.theta, b.grad, *(b.states.get(name) for name in MOMENTS),
-                            b.states.get("spd_anchor"), b.blocks.blocks if b.quantized else None)  # fmt: skip
+        buffers = H.Buffers(b.theta, b.grad, *(b.states[name] for name in MOMENTS), b.states.get("spd_anchor"),
+                            b.blocks.blocks if b.quantized else None)  # fmt: skip
         spd_sums = H.main_pass(buffers, table.float(), b.idx, consts, flags, spd)
-        if self.use_adopt_stability:
-            self._swap_stale(b, active)
         if spd:  # T11d: η·λ·r with r = ‖θ − θ0‖/‖θ‖ in the parameter dtype (0 where ‖θ‖ = 0)
             diff_norm, theta_norm = spd_sums[0].sqrt().to(dt), spd_sums[1].sqrt().to(dt)
             ratio = torch.where(theta_norm > 0, diff_norm / theta_norm, 0)
@@ -175,17 +170,6 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             table[:, H.SPD] = coef
             H.spd_pass(b.theta, b.states["spd_anchor"], table.float(), b.idx)
         b.step = t
-
-    @staticmethod
-    def _swap_stale(b: Bucket, active) -> None:
-        """The main pass wrote the new v into v̄'s buffer: the buffers trade names, so v̄ is the old v. A tensor
-        that did not step keeps both: its entries trade back."""
-        st = b.states
-        st["exp_avg_sq"], st["exp_avg_sq_prev"] = st["exp_avg_sq_prev"], st["exp_avg_sq"]
-        for i in np.flatnonzero(~active & b.started):
-            v, v_prev = b.export("exp_avg_sq", i), b.export("exp_avg_sq_prev", i)
-            b.load("exp_avg_sq", i, {k.replace("_prev", ""): x for k, x in v_prev.items()})
-            b.load("exp_avg_sq_prev", i, {k.replace("exp_avg_sq", "exp_avg_sq_prev"): x for k, x in v.items()})
 
     def _decay_multipliers(self, b: Bucket, t) -> np.ndarray:
         """T14 per tensor (1 unless dynamic_weight_decay and a LoRA/LoKr factor past the transition)."""
@@ -202,7 +186,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
     def _tam_factor(self, b: Bucket, table, consts, flags, t, active_t):
         """T4e: a = cos(m_t, g̃), A ← τβ·A + (1−τβ)·a, factor (1 + A/bc)/2, in the state dtype."""
-        buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None, None,
+        buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None,
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
         dot, mm, gg = H.tam_sums(buffers, table.float(), b.idx, consts, flags)
         sdt = b.state_dtype
@@ -226,7 +210,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
                 entry = b.export("spd_anchor", i) if b.host["spd_on"][i] else {}
                 if b.started[i]:
                     entry["step"] = int(b.step[i])
-                    for name in self._moments():
+                    for name in MOMENTS:
                         entry.update(b.export(name, i))
                     alignment = b.states["momentum_alignment"][i]
                     entry["momentum_alignment"] = alignment.clone() if self.use_tam else float(alignment)
@@ -253,7 +237,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             if "step" not in saved:
                 continue
             b.step[i], b.started[i] = int(saved["step"]), True
-            for name in self._moments():
+            for name in MOMENTS:
                 b.load(name, i, saved)
             b.states["momentum_alignment"][i] = torch.as_tensor(saved.get("momentum_alignment", 0.0))
 

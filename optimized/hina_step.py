@@ -7,8 +7,8 @@ in, so their roundings are the reference's. The passes, all compiled:
    then, with OrthoGrad, `projected_sums`: Σg⊥, Σg⊥² of the projected gradient AGR is applied to.
 2. `tam_sums` (TAM): ⟨m_t, g̃⟩, ‖m_t‖², ‖g̃‖² of this step's momentum, which is not stored yet.
 3. `main_pass`: moments, U, the TAM/Grams/Cautious transforms, θ ← θ − step·U, the weight decay, and
-   the writes of m and v (into v̄'s buffer, which then swaps with v's: `swap_stale`); with SPD it also
-   returns ‖θ − θ0‖², ‖θ‖² of the new θ.
+   the writes of m and v (in place: the stale v̄ is v as loaded); with SPD it also returns ‖θ − θ0‖²,
+   ‖θ‖² of the new θ.
 4. `spd_pass` (SPD): θ ← θ − η·λ·r·(θ − θ0).
 
 A state is a plain tensor or a `codec.QState` (optim_bits=8), read and written through codec.load/store.
@@ -30,7 +30,7 @@ NCOLS = 8
 
 
 class Flags(NamedTuple):
-    adopt: bool  # use_adopt_stability: v̄ is stored and the denominator is one step stale
+    adopt: bool  # use_adopt_stability: the denominator is one step stale (v̄ = v as loaded)
     floor: bool  # fixed mode: the stale denominator is √max(v̄, v) + ε
     orthogonal: bool
     tam: bool
@@ -45,7 +45,6 @@ class Buffers(NamedTuple):
     grad: torch.Tensor
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
-    exp_avg_sq_prev: torch.Tensor | None
     anchor: torch.Tensor | None  # θ0 of SPD
     blocks: C.Blocks | None = None  # the block index of the QState buffers (optim_bits=8)
 
@@ -121,7 +120,7 @@ def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
     valid = None if f.padding_safe else K.valid_mask(idx)
     gt = _agr(b.theta, b.grad, table, idx, f)
 
-    # T13: v ← β2·v + (1−β2)·g̃²; m ← β1·m + (1−β1)·g̃; denom = √v̄ + ε (t > 1), else √v + ε
+    # T13: v ← β2·v + (1−β2)·g̃²; m ← β1·m + (1−β1)·g̃; denom = √v̄ + ε (t > 1, v̄ = v as loaded), else √v + ε
     v_old = C.load(b.exp_avg_sq, b.blocks)
     v = v_old * c[BETA2] + gt * gt * c[ONE_MINUS_BETA2]
     m = _momentum(b, gt, c)
@@ -145,12 +144,9 @@ def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
     theta = theta - col(DECAY) * theta
     b.theta.copy_(theta if rows is None else torch.where(rows, theta, b.theta.float()))
 
-    # With the stale denominator the new v goes to the v̄ buffer, and the caller swaps the two buffers: v̄ is
-    # then v's old buffer, with no copy. (A copy would also meet an inductor 2.13 bug: in one graph,
-    # `b.copy_(a.clone()); a.copy_(...)` gives b the new value of a.)
     valid = K.valid_mask(idx) if isinstance(b.exp_avg, C.QState) else None
     C.store(b.exp_avg, m, b.blocks, rows, tensors, valid)
-    C.store(b.exp_avg_sq_prev if f.adopt else b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
+    C.store(b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
     if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ (inactive tensors: their SPD column is 0)
         diff = theta - b.anchor.float()
         return K.tensor_sum(diff * diff, idx), K.tensor_sum(theta * theta, idx)

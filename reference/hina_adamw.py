@@ -3,10 +3,13 @@
 Upstream: `hinablue/sd-scripts`, `library/custom_hina_adamw_optimizer.py` @ 9d42f8b (branch lora-train).
 Upstream subclasses bitsandbytes' AdamW8bit but never uses its 8-bit state [I-42], and current
 bitsandbytes refuses its constructor [I-43]; this is plain PyTorch. The AdamW8bit arguments are
-accepted: `optim_bits=8` stores m, v and v̄ of tensors with ≥ `min_8bit_size` elements as bitsandbytes
-blockwise 8-bit codes (reference.blockwise_8bit, B = 4096; v̄ keeps v's codes rather than re-quantising
-them, which can move a code by one); `amsgrad`, `percentile_clipping`,
+accepted: `optim_bits=8` stores m and v of tensors with ≥ `min_8bit_size` elements as bitsandbytes
+blockwise 8-bit codes (reference.blockwise_8bit, B = 4096); `amsgrad`, `percentile_clipping`,
 `block_wise`, `is_paged` and `args` are ignored, as upstream ignores them.
+
+Dead state (found here): upstream stores `exp_avg_sq_prev` (v̄), but each step overwrites it with v before
+reading it, so the saved v̄ is never read. It is not kept (spec I-47's rule for dead state: no numeric
+effect; 4 bytes/param less), and a checkpoint that has it (upstream's) loads with it dropped.
 
 Per parameter with a gradient (t = its step after increment, η = group lr):
   1. use_orthogonal_grad: g ← g − (⟨θ,g⟩/⟨θ,θ⟩)θ for ndim ≥ 2              T7c  orthograd.project_out
@@ -55,7 +58,8 @@ from .validation import (
     nonfinite_step_allowed,
 )
 
-EIGHT_BIT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_sq_prev")
+EIGHT_BIT_KEYS = ("exp_avg", "exp_avg_sq")
+DEAD_STATE = "exp_avg_sq_prev"  # upstream's v̄, overwritten before every read
 IGNORED = ("amsgrad", "args", "percentile_clipping", "block_wise", "is_paged")  # AdamW8bit kwargs [I-42]
 
 
@@ -146,7 +150,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         dtype = torch.float32 if self._eight_bit("exp_avg", p) else p.dtype
         zeros = torch.zeros(p.shape, dtype=dtype, device=p.device)
         state["step"] = 0
-        for key in EIGHT_BIT_KEYS if self.use_adopt_stability else EIGHT_BIT_KEYS[:2]:
+        for key in EIGHT_BIT_KEYS:
             self._store(state, key, zeros, p)
         state["momentum_alignment"] = 0.0
 
@@ -184,17 +188,12 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         if self.use_agr:
             grad = agr_hina(grad)  # T1b
 
-        # T13: moments and the stale (or plain) denominator
-        m, v, v_prev, denom = adopt_stability.adam_moments(
+        # T13: moments and the stale (or plain) denominator; v̄ is the stored v as it was (not kept: see
+        # DEAD_STATE)
+        m, v, _, denom = adopt_stability.adam_moments(
             self._load(state, "exp_avg"), self._load(state, "exp_avg_sq"), grad,
             beta1, beta2, group["eps"], t, stale=self.use_adopt_stability, floor=self.fixed,
         )  # fmt: skip
-        if v_prev is not None:  # v̄: the stored v as it was (8-bit: its codes, not re-quantised)
-            if "exp_avg_sq_q" in state:
-                state["exp_avg_sq_prev_q"] = state["exp_avg_sq_q"]
-                state["exp_avg_sq_prev_q_scale"] = state["exp_avg_sq_q_scale"]
-            else:
-                self._store(state, "exp_avg_sq_prev", v_prev, p)
         self._store(state, "exp_avg", m, p)
         self._store(state, "exp_avg_sq", v, p)
         step_size = adopt_stability.step_size(lr, beta1, beta2, t)
@@ -251,6 +250,9 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict)
+        for state in self.state.values():  # upstream's dead v̄
+            for key in [k for k in state if k.startswith(DEAD_STATE)]:
+                del state[key]
 
     def get_optimization_info(self) -> dict:
         c = self.layout.counts
