@@ -1,11 +1,16 @@
-"""optimized.segment_ops: per-segment sums and maxima over sorted segment ids (a bucket's rows, its blocks)."""
+"""optimized.segment_ops: per-segment sums and maxima over sorted segment ids (a bucket's rows, its blocks),
+by both CPU paths (NumPy's reduceat for long runs, ATen's index_add_/scatter_reduce_ otherwise)."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from optimized import segment_ops
 from optimized.segment_ops import segment_amax, segment_sum
+
+PATHS = {"reduceat": 0, "aten": 10**9}  # LONG_RUN forcing each path
 
 
 @st.composite
@@ -18,10 +23,12 @@ def segments(draw):
     return torch.tensor(values, dtype=torch.float32), torch.from_numpy(ids), T
 
 
-@settings(max_examples=200, deadline=None)
-@given(segments())
-def test_segment_sum_and_amax_match_a_loop(case):
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=150, deadline=None)
+@given(case=segments())
+def test_segment_sum_and_amax_match_a_loop(path, case):
     values, ids, T = case
+    segment_ops.LONG_RUN = PATHS[path]
     sums = segment_sum(values, ids, torch.zeros(T, dtype=torch.float64))
     amax = segment_amax(values.abs(), ids, torch.zeros(T, dtype=torch.float32))
     for k in range(T):
@@ -32,7 +39,16 @@ def test_segment_sum_and_amax_match_a_loop(case):
     assert sums.dtype == torch.float64 and amax.dtype == torch.float32
 
 
-def test_nan_reaches_its_segment_only():
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_reaches_its_segment_only(path):
+    segment_ops.LONG_RUN = PATHS[path]
     values = torch.tensor([1.0, float("nan"), 2.0, 3.0])
     sums = segment_sum(values, torch.tensor([0, 0, 1, 1]), torch.zeros(2, dtype=torch.float64))
     assert torch.isnan(sums[0]) and sums[1] == 5.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_long_run():
+    saved = segment_ops.LONG_RUN
+    yield
+    segment_ops.LONG_RUN = saved
