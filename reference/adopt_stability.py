@@ -22,12 +22,12 @@ from .paper_optimizer import PaperOptimizer
 
 
 def adam_moments(m, v, grad, beta1: float, beta2: float, eps: float, step: int, stale: bool, floor: bool = False):
-    """Returns (m_new, v_new, v_prev, denom); v_prev is None when not stale.
+    """Returns (m_new, v_new, denom); v̄ (stale) is v as given, which is not modified.
 
     A stale v̄ is 0 wherever the previous gradients were 0 — every LoRA A at t = 2, whose first gradient
     is exactly 0 while B = 0 — and the step there is m/ε ≈ 10⁷·g (found here; upstream's behaviour).
     `floor=True` (HinaAdamW's corrected mode) uses √max(v̄, v), so the step is never larger than Adam's."""
-    v_prev = v.clone() if stale else None
+    v_prev = v
     # v ← β2·v + (1−β2)·g̃²
     v = v.mul(beta2).addcmul(grad, grad, value=1 - beta2)
     # m ← β1·m + (1−β1)·g̃
@@ -38,7 +38,7 @@ def adam_moments(m, v, grad, beta1: float, beta2: float, eps: float, step: int, 
     else:
         second = v
     denom = second.sqrt().add(eps)
-    return m, v, v_prev, denom
+    return m, v, denom
 
 
 def step_size(lr: float, beta1: float, beta2: float, step: int) -> float:

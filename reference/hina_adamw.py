@@ -190,7 +190,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
 
         # T13: moments and the stale (or plain) denominator; v̄ is the stored v as it was (not kept: see
         # DEAD_STATE)
-        m, v, _, denom = adopt_stability.adam_moments(
+        m, v, denom = adopt_stability.adam_moments(
             self._load(state, "exp_avg"), self._load(state, "exp_avg_sq"), grad,
             beta1, beta2, group["eps"], t, stale=self.use_adopt_stability, floor=self.fixed,
         )  # fmt: skip
