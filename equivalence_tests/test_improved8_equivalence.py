@@ -18,11 +18,18 @@ from hypothesis import strategies as st
 
 import optimized
 import reference
-from optimized import stack_codec
+from optimized import shape_stack, stack_codec
 from reference import blockwise_8bit
 
 from .harness import record_state_errors
-from .test_improved_equivalence import drive, loads_unchanged, resumes_bit_identically, saved_after_steps
+from .test_improved_equivalence import (
+    STEPS,
+    drive,
+    loads_unchanged,
+    recording_stack_sizes,
+    resumes_bit_identically,
+    saved_after_steps,
+)
 from .test_improved_equivalence import make_params as improved_params
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
@@ -118,6 +125,17 @@ def test_lockstep(case, compat, dtype):
 def test_free_running(case, compat, dtype):
     err = run(case, dtype, compat, lockstep=False)["params"]
     assert err <= free_running_bound(dtype), f"{err:.3e}"
+
+
+def test_large_partitions_step_as_bounded_stacks(monkeypatch):
+    """Three 16×24 matrices as stacks of 2 and 1 (STACK_ELEMENTS), with weight decay's group statistics of |g|
+    taken a stack at a time: the reference's result."""
+    monkeypatch.setattr(shape_stack, "STACK_ELEMENTS", 2 * 16 * 24)
+    case = "came=False, no edge/frequency/spatial, wd 1e-2, force_8bit"
+    sizes = []
+    check_lockstep(drive(*build(case, torch.float32, "fixed"), torch.float32, recording_stack_sizes((16, 24), sizes)),
+                   torch.float32)  # fmt: skip
+    assert sizes == [[1, 2]] * STEPS
 
 
 @pytest.mark.compiled

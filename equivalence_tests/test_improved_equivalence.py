@@ -14,6 +14,7 @@ import torch
 
 import optimized
 import reference
+from optimized import shape_stack
 
 from .harness import compare_states, record_state_errors, resync, roundtrip, straight_and_resumed
 from .tolerances import free_running_tolerance, lockstep_tolerance, scaled_error
@@ -152,6 +153,29 @@ def test_same_shapes_share_one_stack():
         for i, p in enumerate(stack.params):
             assert p.data_ptr() == stack.theta[i].data_ptr()
             assert opt.state[p]["exp_avg"].data_ptr() == stack.states["exp_avg"][i].data_ptr()
+
+
+def recording_stack_sizes(shape, sizes: list, record=record_state_errors):
+    """`record` for lockstep that also appends, each step, the sizes of the stacks holding parameters of
+    `shape`."""
+
+    def record_with_sizes(worst, ref, opt, t):
+        sizes.append(sorted(len(s.params) for s in opt._stacks.values() if tuple(s.params[0].shape) == shape))
+        record(worst, ref, opt, t)
+
+    return record_with_sizes
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_large_partitions_step_as_bounded_stacks(compat, monkeypatch):
+    """A partition of more than STACK_ELEMENTS elements steps as stacks of at most that many (here the three
+    16×24 matrices: stacks of 2 and 1), with the reference's result."""
+    monkeypatch.setattr(shape_stack, "STACK_ELEMENTS", 2 * 16 * 24)
+    sizes = []
+    worst = drive(*build("defaults, W 8", torch.float32, compat), torch.float32, recording_stack_sizes((16, 24), sizes))
+    assert sizes == [[1, 2]] * STEPS
+    for key, err in worst.items():
+        assert err <= lockstep_tolerance(torch.float32).bound, f"{key}: {err:.3e}"
 
 
 def resumes_bit_identically(make, new_optimizer) -> bool:

@@ -15,14 +15,17 @@ import torch
 
 import optimized
 import reference
+from optimized import shape_stack
 from reference import minmax_8bit
 
 from .harness import compare_states
 from .test_improved_equivalence import (
     MASK,
+    STEPS,
     drive,
     loads_unchanged,
     make_params,
+    recording_stack_sizes,
     resumes_bit_identically,
     saved_after_steps,
 )
@@ -150,6 +153,18 @@ def test_lockstep(case, compat, dtype):
     assert worst.pop("code_steps") <= code_step_bound(compat, dtype)
     for key, err in worst.items():
         assert err <= state_bound(case, dtype), f"{key}: {err:.3e}"
+
+
+def test_large_partitions_step_as_bounded_stacks(monkeypatch):
+    """Three 16×24 matrices as stacks of 2 and 1 (STACK_ELEMENTS): the reference's result."""
+    monkeypatch.setattr(shape_stack, "STACK_ELEMENTS", 2 * 16 * 24)
+    case, sizes = "defaults, W 8, B 64, sync 5", []
+    worst = drive(*build(case, torch.float32, "fixed"), torch.float32, recording_stack_sizes((16, 24), sizes, record))
+    assert sizes == [[1, 2]] * STEPS
+    assert worst.pop("params") <= lockstep_tolerance(torch.float32).bound
+    assert worst.pop("code_steps") <= code_step_bound("fixed", torch.float32)
+    for key, err in worst.items():
+        assert err <= state_bound(case, torch.float32), f"{key}: {err:.3e}"
 
 
 @pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)

@@ -19,7 +19,7 @@ from reference.lr_mask import RANDOM_WALK_RANGE
 
 from . import improved8_step as S
 from . import improved_step, stack_codec
-from .shape_stack import ShapeStack, StackedSteps
+from .shape_stack import ShapeStack, StackedSteps, stacked_grad
 
 
 class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_Improved_8Bit):
@@ -37,27 +37,29 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         return (*super()._partition_key(p), p.dim() == 2 and self._is_lora(p))
 
     # ------------------------------------------------------------------ the group pre-pass
-    def _group_terms(self, group, updating, grads) -> tuple:
+    def _group_terms(self, group, updating, parts) -> tuple:
         """Returns ([μ, σ] of |g| over the group, None unless wd > 0 and a tensor is early,); draws each
         post-warm-up tensor's noise, in the group's order, for `_walk_noise`."""
         self._noise.clear()
         stats = None
         w = group["warmup_steps"]
         if group["weight_decay"] > 0 and any(self.state[p]["step"] < w / 2 for p in updating):
-            stats = self._abs_stats(grads)
+            stats = self._abs_stats(parts)
         for p in updating:
             state = self.state[p]
             if state["step"] + 1 >= w:
                 self._noise[id(state)] = super()._walk_noise(state, state["lr_mask"])
         return (stats,)
 
-    def _abs_stats(self, grads) -> torch.Tensor:
+    def _abs_stats(self, parts) -> torch.Tensor:
         """[μ, σ] = mean and population std of |g| over the group's gradients (group_abs_stats), from the
-        stacks in fp32 (two passes), in the dtype the reference takes them in."""
+        stacks in fp32 (two passes, each stacking the gradients a stack at a time), in the dtype the reference
+        takes them in."""
+        grads = [p.grad for ps in parts for p in ps]
         dtype = torch.float32 if self.fixed else functools.reduce(torch.promote_types, (g.dtype for g in grads))
         n = sum(g.numel() for g in grads)
-        mu = torch.stack([g.float().abs().sum() for g in grads]).sum() / n
-        var = torch.stack([(g.float().abs() - mu).pow(2).sum() for g in grads]).sum() / n
+        mu = torch.stack([stacked_grad(ps).float().abs().sum() for ps in parts]).sum() / n
+        var = torch.stack([(stacked_grad(ps).float().abs() - mu).pow(2).sum() for ps in parts]).sum() / n
         return torch.stack([mu, var.sqrt()]).to(dtype)
 
     def _step_param(self, p, group, group_sum, stats):
