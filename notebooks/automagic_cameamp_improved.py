@@ -33,13 +33,13 @@ for _ in range(300):
     trace.append(float(x))
 
 
-def train_lora(compat, dual, steps=300):
+def train_lora(compat, dual, steps=150):
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(48, 4, generator=gen) @ torch.randn(4, 32, generator=gen)
     a = torch.nn.Parameter(torch.randn(4, 32, generator=gen) * 0.1)
     b = torch.nn.Parameter(torch.zeros(48, 4))
     opt = reference.Automagic_CameAMP_Improved(
-        [a, b], lr=1e-3, warmup_steps=100, compat=compat, enable_dual_momentum=dual
+        [a, b], lr=1e-3, warmup_steps=50, compat=compat, enable_dual_momentum=dual
     )
     losses = []
     for _ in range(steps):

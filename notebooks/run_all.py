@@ -1,6 +1,8 @@
 """Execute every notebook (jupytext percent-format .py) in a fresh kernel; fail if any fails.
 
-One notebook per core at a time (most of a notebook's time is its kernel starting and importing torch).
+One notebook per core at a time (most of a notebook's time is its kernel starting and importing torch),
+each kernel with one torch thread: two kernels of two threads each on two cores ran the heavier notebooks
+5–9× slower than alone (OpenMP threads spinning for a core).
 Executed copies go to reports/notebooks/. Usage: python -m notebooks.run_all [name ...]
 """
 
@@ -39,6 +41,7 @@ def execute(path: Path) -> float:
 
 def main() -> int:
     os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels
     paths = notebooks(sys.argv[1:])
     failed = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
