@@ -23,11 +23,11 @@ from reference.validation import nonfinite_step_allowed
 
 from .improved_step import fused_abs_sum
 
-WARMUP_ONLY = ("s", "last_polarity", "pre")
+WARMUP_ONLY = ("s", "last_polarity", "pre")  # dropped at t == W, as the reference's _open_param does
 # the most elements in one stack: bounds a step's temporaries (~90 bytes per stacked element). LoRA-like set
 # (1,400 tensors, 17M parameters), peak extra bytes/param and ms per step, t ≥ W, unbounded → 2^20 → 2^18:
 # Improved 16 → 5.5 → 0.4 (341 → 320 → 349 ms), Improved_8Bit 22 → 6.3 → 0.7 (1066 → 818 → 970 ms)
-STACK_ELEMENTS = 2**18  # dropped at t == W, as the reference's _open_param does
+STACK_ELEMENTS = 2**18
 
 
 def host_scalar_dtype(state_dtype):
