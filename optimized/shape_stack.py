@@ -1,18 +1,18 @@
 """Stepping an optimizer a stack of same-shape tensors at a time (the Improved-family fast paths).
 
 Each step partitions a group's stepping parameters by (shape, dtype, device, step count) and whatever else
-the class's step branches on per tensor (`_partition_key`). A partition is a `ShapeStack`: the parameters
-become views of one stacked θ buffer and each state of `optimizer.state[p]` a view of one stacked state
-buffer, so the class's `_step_stack` runs once per partition with batched ops instead of once per tensor,
-and nothing is read back to the host but the step's one finiteness flag. A LoRA of 1,400 tensors has a
-few partitions. A partition changes (and its buffers are re-stacked, a copy) only when its parameters'
-step counts diverge, after `load_state_dict`, or when a parameter's storage is replaced. A partition
-whose parameters do not hold the same state keys is stepped by the reference, tensor by tensor.
+the class's step branches on per tensor (`_partition_key`), and cuts each partition into stacks of at most
+STACK_ELEMENTS elements (one tensor at least). A stack is a `ShapeStack`: the parameters become views of
+one stacked θ buffer and each state of `optimizer.state[p]` a view of one stacked state buffer, so the
+class's `_step_stack` runs once per stack with batched ops instead of once per tensor, and nothing is read
+back to the host but the step's one finiteness flag. A LoRA of 1,400 tensors has a few partitions and some
+tens of stacks. A stack changes (and its buffers are re-stacked, a copy) only when its parameters' step
+counts diverge, after `load_state_dict`, or when a parameter's storage is replaced. A stack whose
+parameters do not hold the same state keys is stepped by the reference, tensor by tensor.
 
-A partition of many tensors is cut into stacks of at most STACK_ELEMENTS elements (one tensor at least):
-a stack step holds its stacked gradient and its fp32 temporaries (de-quantised states, reductions'
-inputs) for the whole stack, so when each of a LoRA's two factor shapes was one stack, a step held
-16–22 bytes per parameter of the model.
+The cut bounds the step's memory: a stack step holds its stacked gradient and its fp32 temporaries
+(de-quantised states, reductions' inputs) for the whole stack, so when each of a LoRA's two factor shapes
+was one stack, a step held 16–22 bytes per parameter of the model.
 """
 
 from __future__ import annotations
