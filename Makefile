@@ -7,16 +7,24 @@ export PYTHONPATH := $(CURDIR)
 # Two cores in CI: keep torch from oversubscribing when pytest and inductor both run.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv verify test notebooks bench demo lint clean
+.PHONY: venv verify test notebooks bench demo lint lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
+
+# Re-pin constraints.txt to the newest versions the registry serves (in a scratch venv); then run `make test`.
+lock:
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q torch -e ".[test]"
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 verify: $(STAMP)
 	$(PY) -m equivalence_tests.verify

@@ -16,9 +16,11 @@ import torch
 
 import optimized
 import reference
+import reference.automagic_cameamp_improved
+import reference.automagic_cameamp_improved_8bit
 from reference import blockwise_8bit
 
-from .tolerances import scaled_error
+from .tolerances import SELF_DIVERGENCE, scaled_error
 
 # 0-d, 1-D, LoRA-like pairs, 4-D conv, sizes that are no multiple of any block size (incl. the
 # 256-element chunk), and a non-contiguous parameter (a transposed view).
@@ -157,12 +159,86 @@ def code_flip_fraction(ref_sd, opt_sd) -> float:
     return flips / max(total, 1)
 
 
-def build(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP"):
+def build(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP", partner=optimized):
+    """The reference and its partner (`optimized`, or `SELF`: the reference fed perturbed gradients)."""
     ref_params = make_params(dtype, seed)
     opt_params = clone_params(ref_params)
     ref = getattr(reference, name)(ref_params, compat=compat, **case.kwargs)
-    opt = getattr(optimized, name)(opt_params, compat=compat, **case.kwargs)
+    opt = make_partner(partner, name, opt_params, compat=compat, **case.kwargs)
     return ref, opt, ref_params, opt_params
+
+
+# ---------------------------------------------------------------- the reference's own sensitivity to rounding
+SELF = "the reference, its gradients perturbed by one rounding error"
+
+
+# Where the reference sums a whole param group (AGR's S = Σ|g|): a fast path sums it in another order, so the
+# perturbed reference's S gets one rounding error too. Where one element holds nearly all of a group's L1 mass,
+# 1 − |g|/S cancels, and S's last bit decides g̃'s leading digits: in the reference as much as in a fast path.
+GROUP_SUMS = (
+    (reference.agr, "group_abs_sum"),
+    (reference.automagic_cameamp_improved, "group_abs_sum"),
+    (reference.automagic_cameamp_improved_8bit, "group_abs_sum"),
+)
+
+
+class RoundingPerturbed:
+    """An optimizer whose parameters and gradients get a relative error of up to one unit round-off of the
+    working precision before each step, and whose group sums (GROUP_SUMS) get one when taken: what one rounding
+    of the step's inputs, or another summation order, does. Run beside the unperturbed reference, it measures
+    how far the reference's own run carries a rounding error (tolerances.SELF_DIVERGENCE). θ is perturbed too,
+    since some terms depend on it alone (the rank penalty's SVD of θ)."""
+
+    def __init__(self, optimizer, seed: int = 12345):
+        self.optimizer = optimizer
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def step(self, *args, **kwargs):
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_floating_point():
+                    p.grad = perturbed(p.grad, self.generator)
+                    p.copy_(perturbed(p, self.generator))
+        originals = [getattr(module, name) for module, name in GROUP_SUMS]
+        for (module, name), original in zip(GROUP_SUMS, originals, strict=True):
+            setattr(module, name, lambda grads, f=original: perturbed(f(grads), self.generator))
+        try:
+            return self.optimizer.step(*args, **kwargs)
+        finally:
+            for (module, name), original in zip(GROUP_SUMS, originals, strict=True):
+                setattr(module, name, original)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+
+def perturbed(x: torch.Tensor, generator) -> torch.Tensor:
+    """x·(1 + δ·r), r uniform in [−1, 1], δ the unit round-off of the working precision: bf16 for bf16, fp32
+    otherwise (the fast path computes fp64 parameters in fp32)."""
+    unit = torch.finfo(torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32).eps
+    r = torch.rand(x.shape, generator=generator, dtype=torch.float64) * 2 - 1
+    return (x.double() * (1 + unit * r)).to(x.dtype)
+
+
+def make_partner(partner, name: str, params, **kwargs):
+    """`partner`'s class `name` over `params`; SELF: the reference class, wrapped in RoundingPerturbed."""
+    if partner == SELF:
+        return RoundingPerturbed(getattr(reference, name)(params, **kwargs))
+    return getattr(partner, name)(params, **kwargs)
+
+
+def assert_free_running(err: float, base: float, self_divergence) -> None:
+    """A free-running error passes at or below `base` (the fixed bound), or else at or below
+    SELF_DIVERGENCE.bound × the reference's own divergence over the same run (`self_divergence()`, computed only
+    then): the fast path may drift no further than a rounding error at the input carries the reference."""
+    if err <= base:
+        return
+    drift = self_divergence()
+    bound = SELF_DIVERGENCE.bound * drift
+    assert err <= bound, (
+        f"free-running {err:.3e} > {base:g}, and > {SELF_DIVERGENCE.bound:g} × the reference's own drift {drift:.3e}"
+    )
 
 
 def lockstep(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP") -> dict:
@@ -231,10 +307,10 @@ def resync(ref, opt, ref_params, opt_params) -> None:
             b.copy_(a)
 
 
-def free_running(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP") -> float:
+def free_running(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP", partner=optimized) -> float:
     """Worst parameter error over the case's steps without re-syncing. A parameter that took an
     undefined step (see `undefined`) keeps its different value, so it stays out for the whole run."""
-    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed, name)
+    ref, opt, ref_params, opt_params = build(case, dtype, compat, seed, name, partner)
     gen = torch.Generator().manual_seed(seed + 1)
     worst = 0.0
     for _ in range(case.steps):

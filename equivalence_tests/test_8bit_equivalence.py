@@ -11,7 +11,7 @@ import torch
 import optimized
 import reference
 
-from .harness import OPTIMIZER_CASES, free_running, lockstep, roundtrip, with_compiled
+from .harness import OPTIMIZER_CASES, SELF, assert_free_running, free_running, lockstep, roundtrip, with_compiled
 from .test_family_reference import kwargs_for, resume_runs, run
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
@@ -77,7 +77,8 @@ def test_lockstep(name, case, compat, dtype):
 @pytest.mark.parametrize("name,case,compat,dtype", MATRIX, ids=lambda x: getattr(x, "name", str(x)))
 def test_free_running(name, case, compat, dtype):
     err = free_running(case, dtype, compat, name=name)
-    assert err <= free_running_bound(name, compat, dtype), err
+    own = lambda: free_running(case, dtype, compat, name=name, partner=SELF)  # noqa: E731
+    assert_free_running(err, free_running_bound(name, compat, dtype), own)
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])

@@ -21,7 +21,7 @@ import reference
 from optimized import shape_stack, stack_codec
 from reference import blockwise_8bit
 
-from .harness import record_state_errors
+from .harness import SELF, assert_free_running, make_partner, record_state_errors
 from .test_improved_equivalence import (
     STEPS,
     drive,
@@ -84,21 +84,23 @@ def make_params(dtype, shapes=None, lora=None):
     return params
 
 
-def build(case, dtype, compat, shapes=None, lora=None):
+def build(case, dtype, compat, shapes=None, lora=None, partner=optimized):
     ref_params = make_params(dtype, shapes, lora)
     opt_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
     for a, b in zip(ref_params, opt_params, strict=True):
         if hasattr(a, "_is_lora_layer"):
             b._is_lora_layer = a._is_lora_layer
     ref = reference.Automagic_CameAMP_Improved_8Bit(ref_params, compat=compat, **CASES[case])
-    opt = optimized.Automagic_CameAMP_Improved_8Bit(opt_params, compat=compat, **CASES[case])
+    opt = make_partner(partner, "Automagic_CameAMP_Improved_8Bit", opt_params, compat=compat, **CASES[case])
     return ref, opt, ref_params, opt_params
 
 
-def run(case, dtype, compat, lockstep: bool, shapes=None, lora=None) -> dict:
+def run(case, dtype, compat, lockstep: bool, shapes=None, lora=None, partner=optimized) -> dict:
     """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference.
-    `shapes`, `lora`: other parameters, and which carry `_is_lora_layer` (index → value)."""
-    return drive(*build(case, dtype, compat, shapes, lora), dtype, record_state_errors if lockstep else None)
+    `shapes`, `lora`: other parameters, and which carry `_is_lora_layer` (index → value); `partner`: see
+    harness.build."""
+    record = record_state_errors if lockstep else None
+    return drive(*build(case, dtype, compat, shapes, lora, partner), dtype, record)
 
 
 def check_lockstep(worst: dict, dtype) -> None:
@@ -124,7 +126,8 @@ def test_lockstep(case, compat, dtype):
 @pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
 def test_free_running(case, compat, dtype):
     err = run(case, dtype, compat, lockstep=False)["params"]
-    assert err <= free_running_bound(dtype), f"{err:.3e}"
+    own = lambda: run(case, dtype, compat, lockstep=False, partner=SELF)["params"]  # noqa: E731
+    assert_free_running(err, free_running_bound(dtype), own)
 
 
 def test_large_partitions_step_as_bounded_stacks(monkeypatch):
@@ -149,7 +152,8 @@ def test_compiled(compat, dtype):
 def check_compiled(case, compat, dtype, shapes, lora=None):
     check_lockstep(run(case, dtype, compat, lockstep=True, shapes=shapes, lora=lora), dtype)
     err = run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora)["params"]
-    assert err <= free_running_bound(dtype), f"free-running: {err:.3e}"
+    own = lambda: run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora, partner=SELF)["params"]  # noqa: E731
+    assert_free_running(err, free_running_bound(dtype), own)
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])

@@ -18,7 +18,7 @@ import reference
 from optimized import shape_stack
 from reference import minmax_8bit
 
-from .harness import compare_states
+from .harness import SELF, assert_free_running, compare_states, make_partner
 from .test_improved_equivalence import (
     MASK,
     STEPS,
@@ -74,11 +74,11 @@ MAKE_TEST_COMPILED_SHAPES = [(16, 24), (16, 24), (24, 16), (24, 16)]
 COMPILED = [("upstream", torch.float32), ("fixed", torch.bfloat16)]
 
 
-def build(case, dtype, compat, shapes=None):
+def build(case, dtype, compat, shapes=None, partner=optimized):
     ref_params = make_params(dtype, shapes=shapes)
     opt_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
     ref = reference.Automagic_CameAMP_8Bit(ref_params, compat=compat, **CASES[case])
-    opt = optimized.Automagic_CameAMP_8Bit(opt_params, compat=compat, **CASES[case])
+    opt = make_partner(partner, "Automagic_CameAMP_8Bit", opt_params, compat=compat, **CASES[case])
     return ref, opt, ref_params, opt_params
 
 
@@ -124,9 +124,10 @@ def record(worst: dict, ref, opt, t: int) -> None:
         worst[key] = max(worst.get(key, 0.0), err)
 
 
-def run(case, dtype, compat, lockstep: bool, shapes=None) -> dict:
-    """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference."""
-    return drive(*build(case, dtype, compat, shapes), dtype, record if lockstep else None)
+def run(case, dtype, compat, lockstep: bool, shapes=None, partner=optimized) -> dict:
+    """Worst error per compared quantity; lockstep re-syncs the optimized optimizer to the reference;
+    `partner`: see harness.build."""
+    return drive(*build(case, dtype, compat, shapes, partner), dtype, record if lockstep else None)
 
 
 def state_bound(case, dtype) -> float:
@@ -170,7 +171,8 @@ def test_large_partitions_step_as_bounded_stacks(monkeypatch):
 @pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
 def test_free_running(case, compat, dtype):
     err = run(case, dtype, compat, lockstep=False)["params"]
-    assert err <= free_running_bound(dtype), f"{err:.3e}"
+    own = lambda: run(case, dtype, compat, lockstep=False, partner=SELF)["params"]  # noqa: E731
+    assert_free_running(err, free_running_bound(dtype), own)
 
 
 @pytest.mark.compiled
@@ -187,7 +189,8 @@ def check_compiled(case, compat, dtype, shapes):
     for key, err in worst.items():
         assert err <= lockstep_tolerance(dtype).bound, f"lockstep {key}: {err:.3e}"
     err = run(case, dtype, compat, lockstep=False, shapes=shapes)["params"]
-    assert err <= free_running_bound(dtype), f"free-running: {err:.3e}"
+    own = lambda: run(case, dtype, compat, lockstep=False, shapes=shapes, partner=SELF)["params"]  # noqa: E731
+    assert_free_running(err, free_running_bound(dtype), own)
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])

@@ -4,6 +4,15 @@ Error metric (`scaled_error`): max |optimized − reference| / max |reference| o
 worst over all tensors of a case. It is relative to the tensor's scale, so elements near zero do not
 dominate. Each entry gives the bound, why it is not zero, and the worst error observed when it was
 set (`python -m equivalence_tests.verify` prints the current values).
+
+Free-running bounds are measured, not only chosen. A free run carries the fast path's one-step round-off on, and
+where the run meets a decision (a polarity, clip, code or sign that flips) or a normalising update that turns a
+cancellation into a full step, what it grows depends on the CPU's summation order, not on the algorithm: a bound
+that holds on one machine's rounding then fails on another's (issue 23: 1.03e-2 against 1e-3 on an AVX-512
+machine). So each free-running check (harness.assert_free_running) passes at or below its fixed bound below, or
+else at or below SELF_DIVERGENCE × the reference's own drift over the same run: the reference against a second
+copy of itself whose inputs (θ, g) and group sums get one rounding error each step (harness.RoundingPerturbed).
+The bound then states "the fast path diverges no more than the reference does from itself", on every CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +72,23 @@ FREE_RUNNING_BF16 = Tolerance(
 )
 
 
+# How far the fast path may drift from the reference over a free run, in units of how far the reference drifts
+# from itself: harness.RoundingPerturbed gives a second reference copy a relative error of at most one unit
+# round-off on every gradient element before each step (one rounding of the input), and the two references'
+# worst parameter error over the same run is the reference's own sensitivity to rounding. Lockstep shows that
+# the fast path's one-step error is round-off of that order (a few ulps of each operation), so whatever
+# free-running error the run grows from that (a flipped polarity, clip, code or sign decision, amplified by a
+# normalising update) the reference grows from its own rounding too. A free-running check passes at or below
+# its fixed bound, or else at or below this factor × the measured drift (harness.assert_free_running).
+SELF_DIVERGENCE = Tolerance(
+    bound=10.0,
+    reason="the largest ratio fast-path error / reference's own drift seen where the fixed bound was exceeded was "
+    "3.2 (COptim upstream bf16 lockstep); 10 leaves a factor 3 for other CPUs' rounding",
+    observed="ratios 0.08-3.2 over ~1,200 random draws; outliers found and left open: Automagic_CameAMP8bit "
+    "fixed fp64 lockstep 291 (3.2e-5 against a 5e-6 bound) (2026-12-03)",
+)
+
+
 # A paper's reference optimizer against its oracle (the authors' package, pytorch-optimizer or torch),
 # fp32, 120 free-running steps on 1-D, 2-D and 4-D parameters, parameters and states.
 ORACLE_FP32 = Tolerance(
@@ -111,7 +137,8 @@ FREE_RUNNING_BF16_CAUTIOUS = Tolerance(
     "mask element can flip: that element skips or takes one whole step. On a LoRA-B that starts at 0 one step "
     "is a large part of max|θ| in the first steps (the error then shrinks as θ grows); lockstep agrees to "
     "LOCKSTEP_BF16",
-    observed="0.155 at step 3, 0.05 at step 12 (orthogonal, cautious, no adopt, eps 0; fixed) (2026-11-23)",
+    observed="0.155 at step 3, 0.05 at step 12 (orthogonal, cautious, no adopt, eps 0; fixed) (2026-11-23); "
+    "0.1547 with eps 1e-30, now that eps must be > 0 (2026-12-03)",
 )
 
 LOCKSTEP_8BIT_FLIPS = Tolerance(

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+import optimized
 import papers
 
+from . import differential
 from .harness import OPTIMIZER_CASES, free_running, lockstep
 from .technique_cases import TECHNIQUE_CASES
 from .tolerances import (
@@ -293,6 +295,31 @@ def paper_rows():
     return rows
 
 
+DIFFERENTIAL_DRAWS = int(os.environ.get("DIFFERENTIAL_DRAWS", "2000"))  # the thorough profile, over all classes
+
+
+def differential_rows():
+    """The thorough randomised differential profile (differential.profile): one row per class, its failing draws
+    counted (tolerance 0); every failure is written with its draw to reports/differential_failures.txt."""
+    per_class = -(-DIFFERENTIAL_DRAWS // len(differential.CLASSES))
+    previous = optimized.compile_enabled()
+    optimized.set_compile(False)  # see differential.profile
+    try:
+        counts, failures = differential.profile(per_class)
+    finally:
+        optimized.set_compile(previous)
+    lines = [f"{line}\n    {d!r}" for d, line in failures]
+    (ROOT / "reports").mkdir(exist_ok=True)
+    (ROOT / "reports" / "differential_failures.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = []
+    for name, count in counts.items():
+        failed = len({id(d) for d, _ in failures if d.name == name})
+        detail = ", ".join(f"{kind} {count[kind]}" for kind in differential.CHECKS)
+        rows.append([f"differential {name}: {count['draws']} draws; failing draws by check: {detail}",
+                     "equivalence_tests/differential.py", None, float(failed), 0.0])  # fmt: skip
+    return rows
+
+
 def upstream_rows():
     from tools import upstream_improved8_parity, upstream_improved_parity, upstream_parity, upstream_s2o_parity
 
@@ -320,7 +347,7 @@ def main() -> int:
     start = time.perf_counter()
     rows = technique_rows() + optimizer_rows() + eight_bit_rows() + hina_rows() + improved_rows() + seed004_rows()
     rows += improved8_rows()
-    rows += family_rows() + paper_rows() + upstream_rows()
+    rows += family_rows() + paper_rows() + differential_rows() + upstream_rows()
     header = ["check", "paper / source", "max abs err", "max rel err", "tolerance", "result"]
     table = [header, ["---"] * len(header)]
     failures = 0

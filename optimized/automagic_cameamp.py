@@ -17,7 +17,7 @@ import torch
 from reference.automagic_base import FIXED_EPS, AutomagicBase
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
-from reference.validation import check_grad, nonfinite_step_allowed
+from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from . import automagic_step as S
 from .bucket import Bucket
@@ -42,15 +42,16 @@ class Automagic_CameAMP(AutomagicBase):
 
     # ------------------------------------------------------------------ buckets
     def _group_buckets(self, gi: int) -> list[Bucket]:
-        """One bucket per (dtype, device); with 8-bit states, 0-d parameters get an fp32 bucket of their
-        own, as the reference quantises only tensors with a dimension."""
+        """One bucket per (dtype, device); with 8-bit states, 0-d parameters get a bucket of their own, as the
+        reference quantises only tensors with a dimension. The 8-bit classes' states are fp32 before
+        quantisation, so that bucket's states are fp32 too, whatever the parameter dtype (as the reference's)."""
         if gi not in self._buckets:
             by_key: dict = {}
             for p in self.param_groups[gi]["params"]:
                 if p.numel() > 0:
                     by_key.setdefault((p.dtype, p.device, self.quantized_states and p.dim() > 0), []).append(p)
             self._buckets[gi] = [
-                Bucket(ps, torch.float32 if q else self._state_dtype(dt), quantized=q)
+                Bucket(ps, torch.float32 if self.quantized_states else self._state_dtype(dt), quantized=q)
                 for (dt, _, q), ps in by_key.items()
             ]
         return self._buckets[gi]
@@ -80,16 +81,16 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
-    def _gradients_ok(self) -> bool:
+    def _gradients_finite_or_allowed(self) -> bool:
         """Checked in `_step_groups` instead, on the packed gradients' sums: one sync per step and no
         per-tensor kernels."""
         return True
 
     def _step_groups(self):
         prepared = [self._gather_group(gi, group) for gi, group in enumerate(self.param_groups)]
-        # Σ|g| of a group is NaN or Inf exactly when one of its gradients holds NaN or Inf
+        # Σ|g| of a group is finite unless a gradient holds NaN or Inf, or the sum overflows (checked exactly)
         sums = [prep[1] for prep in prepared if prep is not None]
-        finite = not sums or bool(torch.isfinite(torch.stack(sums)).all())
+        finite = not sums or bool(torch.isfinite(torch.stack(sums)).all()) or gradients_are_finite(self.param_groups)
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return
         for group, prep in zip(self.param_groups, prepared, strict=True):
@@ -114,11 +115,7 @@ class Automagic_CameAMP(AutomagicBase):
         has_grads = []
         for b in buckets:
             b.check_views()
-            has = np.array([p.grad is not None for p in b.params], dtype=bool)
-            for p in b.params:
-                if p.grad is not None:
-                    check_grad(p, type(self).__name__)
-            has_grads.append(has)
+            has_grads.append(np.array([p.grad is not None for p in b.params], dtype=bool))
         if not any(h.any() for h in has_grads):
             return None
         # (bucket, has_grad, gradient buffer, per-tensor Σ|g|, per-tensor Σg²) of the buckets with gradients
@@ -196,9 +193,9 @@ class Automagic_CameAMP(AutomagicBase):
             **self._variant,
         )
         st = b.states
-        if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step
-            every = np.ones(len(b.params), dtype=bool)
-            b.set_row_scaling(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2), every)
+        if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step, of the
+            # tensors that step (a tensor without a gradient keeps its ρ, as in the reference)
+            b.set_row_scaling(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2), active)
         if flags.has_rho and b.row_factor_stale:
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],

@@ -127,7 +127,8 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
             weight_decay=group["weight_decay"],
         )
         lr, w = group["lr"], group["warmup_steps"]
-        scalars = (lr * (t / w), lr * RANDOM_WALK_RANGE[0], lr * RANDOM_WALK_RANGE[1])
+        ramp = lr * t / w if t < w else lr  # T8e's warm-up ramp, read only while t < W (W = 0: never)
+        scalars = (ramp, lr * RANDOM_WALK_RANGE[0], lr * RANDOM_WALK_RANGE[1])
         uncompiled = self._uncompiled(dtype, early, stack)
         if not uncompiled:
             scalars = torch.tensor(scalars, dtype=torch.float32, device=theta.device)

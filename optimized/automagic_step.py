@@ -247,7 +247,6 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
     early = _rows(cond.early, idx)
     valid = _valid(f, idx)
 
-    theta = b.theta.float()
     gt, u = _unclipped(b, idx, coef, consts, group_sum, f)
     if f.came:
         v_old = _load(b, "exp_avg_sq")
@@ -296,7 +295,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef, consts, group_sum, normaliser, f: F
         update_out.copy_(update)
     else:
         lr_eff, mask_sums = _lr_and_mask(b, gt, col, c, cond, idx, f)
-        _apply_update(b, theta, update, lr_eff, col, _rows(cond.upd, idx), c, f)
+        _apply_update(b, update, lr_eff, col, _rows(cond.upd, idx), c, f)
 
     # state writes (tensors that are inactive or seeding keep their values)
     _write(b, "exp_avg", m_new, cond.upd, idx)
@@ -347,13 +346,16 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
     return lr_eff, mask_sums
 
 
-def _apply_update(b: Buffers, theta, update, lr_eff, col, upd, c, f: Flags):
+def _apply_update(b: Buffers, update, lr_eff, col, upd, c, f: Flags):
     """T10 adaptive weight decay (rounded to the parameter dtype, as the in-place upstream op is), then
-    θ ← θ − U ⊙ E; rows of inactive or seeding tensors keep their values."""
+    θ ← θ − U ⊙ E; rows of inactive or seeding tensors keep their values. θ is updated in its own precision
+    where that is wider than fp32 (fp64 θ, as the reference's in-place ops on p)."""
+    theta = b.theta.to(torch.promote_types(b.theta.dtype, torch.float32))
+    kept = theta
     if f.has_wd:
-        decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).float()
+        decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).to(theta.dtype)
         theta = torch.where(col(WD_ON) > 0, decayed, theta)
-    b.theta.copy_(_select(upd, theta - update * lr_eff, b.theta.float()))
+    b.theta.copy_(_select(upd, theta - update * lr_eff, kept))
 
 
 def _orthograd_partials(theta, update, idx: K.Idx):
@@ -379,7 +381,7 @@ def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, group_sum, update, pr
     cond = _conds(coef, f)
     gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
     lr_eff, mask_sums = _lr_and_mask(b, gt, col, c, cond, idx, f)
-    _apply_update(b, theta, update, lr_eff, col, _rows(cond.upd, idx), c, f)
+    _apply_update(b, update, lr_eff, col, _rows(cond.upd, idx), c, f)
     return mask_sums
 
 

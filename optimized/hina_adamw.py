@@ -17,7 +17,7 @@ import torch
 from reference import hina_adamw as readable
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
-from reference.validation import check_grad, nonfinite_step_allowed
+from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
 from .bucket import Bucket
@@ -85,19 +85,19 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        check_grads(self.param_groups, type(self).__name__)
         work = []
         for gi in range(len(self.param_groups)):
             for b in self._group_buckets(gi):
                 b.check_views()
                 has = np.array([p.grad is not None for p in b.params], dtype=bool)
-                for p in b.params:
-                    if p.grad is not None:
-                        check_grad(p, type(self).__name__)
                 if has.any():
                     grad = b.gather_grads(has)
                     work.append((gi, b, has, H.gradient_sums(b.theta, grad, b.idx, self.use_orthogonal_grad)))
-        # Σ|g| of a tensor is NaN or Inf exactly when its gradient holds NaN or Inf: one sync per step
-        finite = not work or bool(torch.isfinite(torch.cat([sums["abs"] for *_, sums in work])).all())
+        # Σ|g| of a tensor is finite unless its gradient holds NaN or Inf, or the sum overflows (checked
+        # exactly): one sync per step
+        finite = (not work or bool(torch.isfinite(torch.cat([sums["abs"] for *_, sums in work])).all())
+                  or gradients_are_finite(self.param_groups))  # fmt: skip
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return loss
         # per group, the first wave then the second; a wave's factors are computed before any of its

@@ -88,12 +88,14 @@ def _class_block(x, start, stop, count, n, n0):
 def agr(g: torch.Tensor, group_sum: torch.Tensor, eps: float) -> torch.Tensor:
     """g̃ = g ⊙ (1 − |g|/(S + eps)); with eps = 0 and S = 0, g is returned (upstream-compatible guard).
 
-    |g|·(1/S) replaces the division (one extra rounding of a tiny α; vector division is slow).
+    A true division, as the reference: where one element holds the group's whole L1 mass (a one-element
+    tensor alone in its group), α = |g|/S is exactly 1 and g̃ exactly 0; |g|·(1/S) would leave a 1-ulp
+    residue that the second moment then normalises into a full-size step.
     """
     g = g.float()
-    # S = 0 (upstream guard): 1/S taken as 0, so g̃ = g exactly, with no per-element select
-    inv_sum = 1.0 / (group_sum + eps) if eps > 0 else torch.where(group_sum == 0, 0.0, 1.0 / group_sum)
-    return g * (1 - g.abs() * inv_sum)
+    # S = 0 (upstream guard) means every g is 0: dividing by 1 there gives g̃ = g exactly
+    denominator = group_sum + eps if eps > 0 else torch.where(group_sum == 0, 1.0, group_sum)
+    return g * (1 - g.abs() / denominator)
 
 
 # ---------------------------------------------------------------- T2 CAME-style scaling
@@ -239,12 +241,13 @@ def _matrix_classes(layout: Layout):
 
 def row_norms(theta: torch.Tensor, layout: Layout) -> torch.Tensor:
     """‖θ_i,:‖₂ of every row of the 2-D tensors: [nrows + 1] float32 (last entry: dummy, 0). Eager and
-    dense: one [k, rows, cols] reduction per run of same-shape matrices."""
+    dense: one [k, rows, cols] reduction per run of same-shape matrices (float64 θ: summed in float64)."""
     out = torch.zeros(layout.nrows + 1, dtype=torch.float32, device=theta.device)
     for first, count, shape, start, stop in _matrix_classes(layout):
         block = _class_block(theta, start, stop, count, shape[0] * shape[1], shape[0])
         row0 = layout.row_start[first]
-        out[row0 : row0 + count * shape[0]] = torch.linalg.vector_norm(block, dim=2, dtype=torch.float32).reshape(-1)
+        norms = torch.linalg.vector_norm(block, dim=2, dtype=torch.promote_types(block.dtype, torch.float32))
+        out[row0 : row0 + count * shape[0]] = norms.reshape(-1)
     return out
 
 
@@ -268,5 +271,5 @@ def decay_factor(abs_mean, mu, sigma, eps: float):
 
 
 def apply_decay(theta, lr_eff, weight_decay, factor_row):
-    """θ ← θ ⊙ (1 − E·wd·ϑ)."""
-    return theta.float() * (1 - lr_eff * weight_decay * factor_row)
+    """θ ← θ ⊙ (1 − E·wd·ϑ), in fp32 or θ's wider dtype."""
+    return theta.to(torch.promote_types(theta.dtype, torch.float32)) * (1 - lr_eff * weight_decay * factor_row)

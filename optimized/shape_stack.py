@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from reference.validation import nonfinite_step_allowed
+from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from .improved_step import fused_abs_sum
 
@@ -136,7 +136,7 @@ class StackedSteps:
                 stack.set(key, torch.stack([state[key] for state in states]))
 
     # ------------------------------------------------------------------ step
-    def _gradients_ok(self) -> bool:
+    def _gradients_finite_or_allowed(self) -> bool:
         return True  # checked in _step_groups, on the stacked gradients
 
     def _group_terms(self, group, updating, parts) -> tuple:
@@ -157,8 +157,7 @@ class StackedSteps:
                 plan.append((group, updating, parts, total))
         # the step's one host sync: S is finite unless a gradient is not (or Σ|g| overflows, checked exactly)
         finite = bool(torch.stack([total for *_, total in plan]).isfinite().all()) if plan else True
-        if not finite:
-            finite = all(bool(torch.isfinite(p.grad).all()) for _, updating, _, _ in plan for p in updating)
+        finite = finite or gradients_are_finite(self.param_groups)
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return
         for group, updating, parts, group_sum in plan:

@@ -9,7 +9,7 @@ import torch
 
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
-from .validation import check_grad, gradients_are_finite, nonfinite_step_allowed
+from .validation import check_distinct_params, check_grads, gradients_are_finite, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
@@ -27,6 +27,10 @@ class AutomagicBase(torch.optim.Optimizer):
         self.compat, self.verbose = config.compat, config.verbose
         self.wd_until = getattr(config, "wd_until", "warmup_half")
         self.nonfinite = config.nonfinite
+
+    def add_param_group(self, param_group):
+        check_distinct_params(param_group)
+        super().add_param_group(param_group)
 
     @property
     def fixed(self) -> bool:
@@ -63,7 +67,13 @@ class AutomagicBase(torch.optim.Optimizer):
         return loss
 
     def _gradients_ok(self) -> bool:
-        """The NaN/Inf policy (`nonfinite`), before any state is touched."""
+        """Every gradient checked (`check_grads`), then the NaN/Inf policy (`nonfinite`), before any state is
+        touched."""
+        check_grads(self.param_groups, type(self).__name__)
+        return self._gradients_finite_or_allowed()
+
+    def _gradients_finite_or_allowed(self) -> bool:
+        """The NaN/Inf policy; the fast classes check finiteness on their packed sums instead."""
         finite = gradients_are_finite(self.param_groups)
         return nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__)
 
@@ -92,12 +102,8 @@ class AutomagicBase(torch.optim.Optimizer):
         return state, dtype, raw_grad, theta, t
 
     def _stepping_params(self, group) -> list:
-        """The group's parameters that take a step (a gradient, requires_grad, not empty), each checked by
-        `check_grad` before any state is touched."""
-        params = [p for p in group["params"] if p.grad is not None and p.requires_grad and p.numel() > 0]
-        for p in params:
-            check_grad(p, type(self).__name__)
-        return params
+        """The group's parameters that take a step (a gradient, requires_grad, not empty)."""
+        return [p for p in group["params"] if p.grad is not None and p.requires_grad and p.numel() > 0]
 
     def _init_common_state(self, p, group, dtype) -> None:
         """The state every Automagic class starts with (spec O1/O2/O6 'State'): step, lr_max, the fp32 LR mask

@@ -49,7 +49,6 @@ from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
-from .validation import check_grad
 
 
 class Automagic_CameAMP(AutomagicBase):
@@ -81,8 +80,6 @@ class Automagic_CameAMP(AutomagicBase):
             with_grad = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not with_grad:
                 continue
-            for p in with_grad:
-                check_grad(p, type(self).__name__)
             grads = self._stats_grads([p.grad for p in with_grad])
             # T1a: S = Σ|g| over the group
             group_sum = agr.group_abs_sum(grads)

@@ -90,13 +90,17 @@ class ContextualOptimization:
 
     def _observe_context(self, loss: float) -> None:
         """T16.2: the gradient signal, the loss and the last group's lr go into the context."""
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
         if self.fixed:  # [I-36] a vector signal: the mean gradient of each tensor
-            signal = torch.stack(
-                [g.float().mean() if g.numel() else g.new_zeros((), dtype=torch.float32) for g in grads]
-            )
+            # one entry per parameter, 0 where it has no gradient this step, so consecutive signals always
+            # have the same length and their cosine (T16.3) is defined
+            signal = torch.stack([
+                p.grad.float().mean() if p.grad is not None and p.numel() else p.new_zeros((), dtype=torch.float32)
+                for p in params
+            ])  # fmt: skip
         else:  # r = sqrt(mean_q ‖g_q‖²)
             norms = [g.norm().item() for g in grads]
             signal = torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)

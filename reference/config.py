@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from .validation import (
     check_8bit_kwargs,
     check_automagic_kwargs,
+    check_bool,
     check_improved_8bit_kwargs,
     check_improved_kwargs,
     check_nonfinite_policy,
@@ -60,6 +61,7 @@ class AutomagicConfig:
 
     def __post_init__(self):
         _normalise(self)
+        check_bool("verbose", self.verbose)
         check_automagic_kwargs(self.group_defaults(), compat=self.compat, wd_until=self.wd_until)
 
     def group_defaults(self) -> dict:

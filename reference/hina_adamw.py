@@ -52,7 +52,9 @@ from .persistence import restore_state_dtypes
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
-    check_grad,
+    check_bool,
+    check_distinct_params,
+    check_grads,
     check_nonfinite_policy,
     gradients_are_finite,
     nonfinite_step_allowed,
@@ -86,12 +88,17 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
         check_nonfinite_policy(nonfinite)
+        switches = dict(use_spd=use_spd, use_cautious=use_cautious, use_orthogonal_grad=use_orthogonal_grad,
+                        use_adopt_stability=use_adopt_stability, use_grams=use_grams, use_agr=use_agr,
+                        use_tam=use_tam, use_alora=use_alora, dynamic_weight_decay=dynamic_weight_decay)  # fmt: skip
+        for name, value in switches.items():
+            check_bool(name, value)
         _real("lr", lr, 0.0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {betas!r}")
         for i, b in enumerate(betas):
             _real(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
-        _real("eps", eps, 0.0)
+        _real("eps", eps, 0.0, low_open=True)  # ε = 0 divides an exactly-zero gradient element by 0
         _real("weight_decay", weight_decay, 0.0)
         _real("spd_lambda", spd_lambda, 0.0)
         _real("tam_beta", tam_beta, 0.0, 1.0, high_open=True)
@@ -119,6 +126,10 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
                 for p in group["params"]:
                     if p.requires_grad:
                         self.state[p]["spd_anchor"] = p.detach().clone()
+
+    def add_param_group(self, param_group):
+        check_distinct_params(param_group)
+        super().add_param_group(param_group)
 
     @property
     def fixed(self) -> bool:
@@ -161,10 +172,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():  # upstream runs it under no_grad, which breaks backward() [I-02]
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    check_grad(p, type(self).__name__)
+        check_grads(self.param_groups, type(self).__name__)
         if not nonfinite_step_allowed(gradients_are_finite(self.param_groups), self.nonfinite, type(self).__name__):
             return loss
         for group in self.param_groups:

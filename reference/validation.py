@@ -23,6 +23,12 @@ def _number(name, value, *, low=None, high=None, low_open=False, high_open=True)
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
 
 
+def check_bool(name, value) -> None:
+    """A switch must be a bool: a string such as 'yes' or 'false' would pass an `if` and mean True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
 def _tuple(name, value, length):
     if not isinstance(value, (tuple, list)) or len(value) != length:
         raise ValueError(f"{name} must be a sequence of {length} numbers, got {value!r}")
@@ -36,6 +42,8 @@ def check_automagic_kwargs(d: dict, *, compat: str, wd_until: str) -> None:
         raise ValueError(f"wd_until must be one of {WD_WINDOWS}, got {wd_until!r}")
     if wd_until != "warmup_half" and compat != "fixed":
         raise ValueError("wd_until='always' is a correction [I-48]; it needs compat='fixed'")
+    for name in ("came", "full_finetune"):
+        check_bool(name, d[name])
     for name in ("lr", "min_lr", "max_lr", "lr_bump", "weight_decay"):
         _number(name, d[name], low=0.0, high=None)
     if d["min_lr"] > d["max_lr"]:
@@ -50,15 +58,37 @@ def check_automagic_kwargs(d: dict, *, compat: str, wd_until: str) -> None:
     for i, b in enumerate(d["betas"]):
         _number(f"betas[{i}]", b, low=0.0, high=1.0)
     _tuple("eps", d["eps"], 3)
-    for i, e in enumerate(d["eps"]):
-        _number(f"eps[{i}]", e, low=0.0)
+    for i, e in enumerate(d["eps"]):  # ε = 0 divides an exactly-zero gradient element by 0
+        _number(f"eps[{i}]", e, low=0.0, low_open=True)
     w = d["warmup_steps"]
     if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0:
         raise ValueError(f"warmup_steps must be a non-negative integer, got {w!r}")
 
 
+def check_distinct_params(param_group: dict) -> None:
+    """The same tensor twice in one group would be stepped twice (torch only warns); refuse it. An iterator of
+    parameters is listed first, so that torch's add_param_group still sees them (it refuses sets itself)."""
+    params = param_group["params"]
+    if isinstance(params, (torch.Tensor, set)):
+        return
+    param_group["params"] = params = list(params)
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("a param group holds the same parameter more than once")
+
+
+def check_grads(param_groups, owner: str) -> None:
+    """`check_grad` for every gradient of every group: a step refuses before any group has moved."""
+    for group in param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                check_grad(p, owner)
+
+
 def check_grad(p: torch.Tensor, owner: str) -> None:
     """Refuse gradients the family cannot handle, before any state is touched."""
+    if p.grad.shape != p.shape:
+        raise ValueError(f"{owner}: a gradient of shape {tuple(p.grad.shape)} for a parameter of shape "
+                         f"{tuple(p.shape)}")  # fmt: skip
     if p.grad.is_sparse:
         raise TypeError(f"{owner} does not support sparse gradients")
     if p.is_complex() or p.grad.is_complex():
@@ -77,8 +107,8 @@ IMPROVED_FLAGS = (
 def check_improved_kwargs(d: dict) -> None:
     """The Improved classes' settings beyond the Automagic table."""
     for name in IMPROVED_FLAGS:
-        if name in d and not isinstance(d[name], bool):
-            raise TypeError(f"{name} must be a bool, got {type(d[name]).__name__}")
+        if name in d:
+            check_bool(name, d[name])
     for name in ("d_coef", "edge_threshold", "edge_penalty", "frequency_penalty", "detail_preservation",
                  "rank_penalty_strength"):  # fmt: skip
         if name in d:
@@ -97,8 +127,7 @@ def check_improved_kwargs(d: dict) -> None:
 def check_8bit_kwargs(d: dict) -> None:
     """Seed 004's quantisation settings."""
     for name in ("quantize_states", "error_correction", "mixed_precision", "adaptive_block_size"):
-        if not isinstance(d[name], bool):
-            raise TypeError(f"{name} must be a bool, got {type(d[name]).__name__}")
+        check_bool(name, d[name])
     for name, low in (("block_size", 2), ("sync_frequency", 0)):
         _integer(name, d[name], low)
 
