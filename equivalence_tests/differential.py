@@ -34,7 +34,7 @@ import optimized
 import reference
 from reference.contextual_lr import PRESETS
 
-from .harness import SELF, RoundingPerturbed, roundtrip
+from .harness import SELF, RoundingPerturbed, clone_named, roundtrip
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     FREE_RUNNING_BF16,
@@ -221,16 +221,6 @@ def make_params(d: Draw) -> list[tuple[str, torch.nn.Parameter]]:
         value = value.to(d.dtype)
         named.append((spec.name, torch.nn.Parameter(value.t() if spec.transposed else value)))
     return named
-
-
-def clone_named(named):
-    out = []
-    for name, p in named:
-        q = torch.nn.Parameter(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype))
-        with torch.no_grad():
-            q.copy_(p)
-        out.append((name, q))
-    return out
 
 
 def param_groups(d: Draw, named) -> list[dict]:

@@ -87,6 +87,11 @@ def clone_params(params):
     return out
 
 
+def clone_named(named):
+    """`clone_params` of (name, parameter) pairs, names kept."""
+    return list(zip([n for n, _ in named], clone_params([p for _, p in named]), strict=True))
+
+
 def make_grads(params, gen):
     return [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
 

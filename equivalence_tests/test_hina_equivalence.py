@@ -20,6 +20,7 @@ import reference
 from .harness import (
     SELF,
     assert_free_running,
+    clone_named,
     make_partner,
     record_state_errors,
     resync,
@@ -105,16 +106,6 @@ def make_named(dtype, seed=0):
         out.append((name, torch.nn.Parameter((value * 0 if any(z in name for z in ZERO_INIT) else value).to(dtype))))
     name, shape = NONCONTIGUOUS
     out.append((name, torch.nn.Parameter((torch.randn(shape[::-1], generator=gen) * 0.5).to(dtype).t())))
-    return out
-
-
-def clone_named(named):
-    out = []
-    for name, p in named:
-        q = torch.nn.Parameter(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype))
-        with torch.no_grad():
-            q.copy_(p)
-        out.append((name, q))
     return out
 
 
