@@ -11,9 +11,11 @@ import torch
 
 import optimized
 import reference
+from optimized import codec
+from reference import blockwise_8bit
 
 from .differential import CLASSES, EIGHT_BIT, Draw, Tensor, check
-from .tolerances import LOCKSTEP_FP32, scaled_error
+from .tolerances import LOCKSTEP_BF16, LOCKSTEP_FP32, scaled_error
 
 PACKAGES = [reference, optimized]
 WARMED = {name: ({} if name == "HinaAdamWOptimizer" else {"warmup_steps": 4}) for name in CLASSES}
@@ -205,3 +207,49 @@ def test_wrong_shape_gradient_is_refused_before_anything_moves(package, name):
         opt.step()
     assert_same_state(before, state_snapshot(opt))
     assert torch.equal(a, weights[0]) and torch.equal(b, weights[1])
+
+
+def bin_edge_values(absmax: float, ulps: int = 2) -> torch.Tensor:
+    """Blocks whose values lie within `ulps` fp32 steps of every normalised value where bitsandbytes' lookup
+    moves to the next code (the centre between two of its table bins), the block's absmax first."""
+    lut = blockwise_8bit.code_lookup_table()
+    changes = torch.nonzero(lut[1:] != lut[:-1]).flatten() + 1  # first bin of each new code
+    edges = ((changes.double() - 0.5) / (blockwise_8bit.TABLE_BINS - 1) * 2 - 1).float() * absmax
+    near = [edges]
+    for _ in range(ulps):
+        near += [torch.nextafter(near[-2 if len(near) > 1 else 0], torch.tensor(float("inf")))]
+    values = torch.cat([torch.nextafter(edges, torch.tensor(s * float("inf"))) for s in (-1, 1)] + near)
+    blocks = values.split(blockwise_8bit.BLOCKSIZE - 1)
+    return torch.cat([torch.cat([torch.tensor([absmax]), b]) for b in blocks])
+
+
+@pytest.mark.parametrize("absmax", [1.0, 1.1917498111724854, 3.7e-9, 8.99e5])
+def test_codes_match_bitsandbytes_at_bin_edges(absmax):
+    """The optimized codec divided by the absmax where bitsandbytes multiplies by its reciprocal, so a value
+    within round-off of a bin edge took the neighbouring code; where the code was ALLoRA's ρ (stored, then read
+    in the same step) a whole row's step moved by one code (1.7%; fixed fp64 lockstep 3.2e-5)."""
+    x = bin_edge_values(absmax)
+    x = torch.cat([x, x.new_zeros(-x.numel() % blockwise_8bit.BLOCKSIZE)])
+    expected, scale = blockwise_8bit.quantize(x)
+    n_b = scale.repeat_interleave(blockwise_8bit.BLOCKSIZE)
+    mine = codec.encode(x, n_b, blockwise_8bit.code_lookup_table().to(torch.uint8))
+    assert torch.equal(mine.to(torch.uint8), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_hina_spd_of_a_huge_parameter_is_finite(dtype):
+    """Upstream's ADOPT (no floor) divides the step after an all-zero first gradient by √0 + ε; with ε = 1e-30
+    a scalar θ goes to ~1e22, and SPD's ‖θ − θ0‖² overflowed float32 in the optimized class (NaN) where the
+    reference's norm of it is finite."""
+    final = {}
+    for package in PACKAGES:
+        theta = torch.nn.Parameter(torch.tensor(0.25, dtype=dtype))
+        opt = build(package, "HinaAdamWOptimizer", [theta], compat="upstream", eps=1e-30, lr=1e-4, use_spd=True)
+        for g in (0.0, 1e-2, 3e-3):
+            theta.grad = torch.full_like(theta, g)
+            opt.step()
+        final[package] = theta.detach()
+    assert abs(float(final[reference])) > 1e19  # the case this covers: θ² beyond float32
+    assert torch.isfinite(final[optimized])
+    bound = LOCKSTEP_FP32 if dtype == torch.float32 else LOCKSTEP_BF16
+    assert scaled_error(final[reference], final[optimized]) <= bound.bound

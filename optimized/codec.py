@@ -99,9 +99,11 @@ def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
 
 def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """The code index of each x given its block's absmax n_b (broadcast against x): bitsandbytes' CPU rule."""
-    # v = x / N_b; an all-zero block is taken as v = −1 (code 0), as bitsandbytes does (a select, not
-    # nan_to_num, which inductor's CPU backend runs one element at a time)
-    v = torch.where(n_b > 0, x / n_b, -1.0).clamp(-1.0, 1.0)
+    # v = x·(1/N_b), the reciprocal first as bitsandbytes computes it (x / N_b rounds differently, and a value
+    # within round-off of a bin edge then takes the neighbouring code); an all-zero block is taken as v = −1
+    # (code 0), as bitsandbytes does (a select, not nan_to_num, which inductor's CPU backend runs one element
+    # at a time)
+    v = torch.where(n_b > 0, x * (1.0 / n_b), -1.0).clamp(-1.0, 1.0)
     # the clamp keeps a NaN (whose int conversion is undefined) inside the table
     k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
     return table[k]

@@ -147,9 +147,10 @@ def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
     valid = K.valid_mask(idx) if isinstance(b.exp_avg, C.QState) else None
     C.store(b.exp_avg, m, b.blocks, rows, tensors, valid)
     C.store(b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
-    if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ (inactive tensors: their SPD column is 0)
-        diff = theta - b.anchor.float()
-        return K.tensor_sum(diff * diff, idx), K.tensor_sum(theta * theta, idx)
+    if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ in fp64, as the reference's norms accumulate on the CPU (a θ past
+        # 1.8e19 — ADOPT after an all-zero first gradient — squares to inf in fp32; inactive tensors: SPD column 0)
+        diff, wide = (theta - b.anchor.float()).double(), theta.double()
+        return K.tensor_sum(diff * diff, idx), K.tensor_sum(wide * wide, idx)
     return None
 
 

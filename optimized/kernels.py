@@ -43,8 +43,9 @@ def valid_mask(idx: Idx) -> torch.Tensor:
 
 
 def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """Per-tensor sum of a [N, C] tensor, float64, shape [T]."""
-    return segment_sum(x.float().sum(dim=1), idx.chunk_tensor, idx.numel_t)
+    """Per-tensor sum of a [N, C] tensor, float64, shape [T]; rows are summed in float32, or in float64 when x
+    is float64 (squares of large values, e.g. SPD's ‖θ − θ0‖², overflow float32 before they are summed)."""
+    return segment_sum(x.to(torch.promote_types(x.dtype, torch.float32)).sum(dim=1), idx.chunk_tensor, idx.numel_t)
 
 
 def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
@@ -241,12 +242,15 @@ def _matrix_classes(layout: Layout):
 
 def row_norms(theta: torch.Tensor, layout: Layout) -> torch.Tensor:
     """‖θ_i,:‖₂ of every row of the 2-D tensors: [nrows + 1] float32 (last entry: dummy, 0). Eager and
-    dense: one [k, rows, cols] reduction per run of same-shape matrices (float64 θ: summed in float64)."""
+    dense: one [k, rows, cols] reduction per run of same-shape matrices. A float64 θ is rounded to float32
+    first, as the fixed-mode reference computes ρ from θ in its float32 working dtype (one flipped 8-bit code
+    of ρ otherwise: 1.7% of a row's step)."""
     out = torch.zeros(layout.nrows + 1, dtype=torch.float32, device=theta.device)
     for first, count, shape, start, stop in _matrix_classes(layout):
         block = _class_block(theta, start, stop, count, shape[0] * shape[1], shape[0])
         row0 = layout.row_start[first]
-        norms = torch.linalg.vector_norm(block, dim=2, dtype=torch.promote_types(block.dtype, torch.float32))
+        block = block.float() if block.dtype == torch.float64 else block
+        norms = torch.linalg.vector_norm(block, dim=2, dtype=torch.float32)
         out[row0 : row0 + count * shape[0]] = norms.reshape(-1)
     return out
 
