@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 # Two cores in CI: keep torch from oversubscribing when pytest and inductor both run.
 export OMP_NUM_THREADS ?= 2
+# Compiled kernels go to this checkout's own inductor cache, one per ATEN_CPU_CAPABILITY: the machine-wide
+# cache is shared with other checkouts, versions and capabilities, and an avx2 run on this machine's shared
+# cache gave lockstep errors (3.8e-5 against 5e-6) that the same run on a fresh cache did not.
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor-$(or $(ATEN_CPU_CAPABILITY),native)
 
 .PHONY: venv verify test notebooks bench demo lint lock clean
 

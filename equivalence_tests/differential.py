@@ -7,9 +7,12 @@ groups, a gradient scale per tensor in 1e-8..1e3 with exactly-zero elements and 
 (step, tensor) pairs without a gradient. `check(draw)` runs it and returns what failed, by check:
 
   crash      both packages construct and step without raising;
-  nonfinite  finite gradients in, finite parameters out (both packages);
+  nonfinite  finite gradients in, finite parameters out (both packages). In upstream mode, where upstream's
+             own numerics leave the finite range (its 8bit class on tiny bf16 gradients), the reference does
+             too, by design; the draw then passes if the fast path is nonfinite at exactly the same elements;
   lockstep   each step from identical state: the parameters within the lockstep bound, or within
-             SELF_DIVERGENCE × the reference's own one-step sensitivity (harness.RoundingPerturbed). Each re-sync
+             SELF_DIVERGENCE × the reference's own one-step sensitivity (harness.RoundingPerturbed, the largest
+             over harness.SELF_SEEDS where the first does not suffice). Each re-sync
              loads the reference's state_dict into the optimized optimizer: the cross-implementation load;
   free       a free run: the parameters within the free-running bound, or within SELF_DIVERGENCE × the
              reference's own drift over the same run (harness.assert_free_running);
@@ -34,7 +37,7 @@ import optimized
 import reference
 from reference.contextual_lr import PRESETS
 
-from .harness import SELF, RoundingPerturbed, clone_named, roundtrip
+from .harness import SELF, RoundingPerturbed, clone_named, own_drift, roundtrip
 from .tolerances import (
     FREE_RUNNING_8BIT_FP32,
     FREE_RUNNING_BF16,
@@ -300,6 +303,13 @@ def all_finite(named) -> bool:
     return all(bool(torch.isfinite(p).all()) for _, p in named)
 
 
+def upstream_own_overflow(d: Draw, ref_named, opt_named) -> bool:
+    """Upstream mode, the reference (upstream's numerics) nonfinite, and the fast path at exactly its elements."""
+    pairs = zip(ref_named, opt_named, strict=True)
+    return (d.compat == "upstream" and not all_finite(ref_named)
+            and all(torch.equal(torch.isfinite(a), torch.isfinite(b)) for (_, a), (_, b) in pairs))  # fmt: skip
+
+
 def resync(source, target, source_named, target_named) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -336,15 +346,33 @@ def run_lockstep(d: Draw, schedule, loss_schedule) -> list[str]:
     for t, (grads, loss) in enumerate(zip(schedule, loss_schedule, strict=True), start=1):
         for o, ps in ((ref, named), (opt, pair[optimized]), (pert, pair[SELF])):
             step(o, ps, grads, loss)
+        if upstream_own_overflow(d, named, pair[optimized]):
+            return []
         if not (all_finite(named) and all_finite(pair[optimized])):
             return [f"nonfinite: step {t}"]
         err, own = params_error(d, named, pair[optimized]), params_error(d, named, pair[SELF])
+        enough = err / SELF_DIVERGENCE.bound
+        if err > lockstep_bound(d) and own < enough:  # one perturbation is a noisy sample: try the others
+            own = max(own, own_drift(lambda t=t: own_lockstep_error(d, schedule, loss_schedule, t), enough))
         if err > max(lockstep_bound(d), SELF_DIVERGENCE.bound * own):
             failures.append(f"lockstep: step {t}: {err:.3e} (bound {lockstep_bound(d):g}, reference's own {own:.3e})")
             break
         resync(ref, opt, named, pair[optimized])
         resync(ref, pert.optimizer, named, pair[SELF])
     return failures
+
+
+def own_lockstep_error(d: Draw, schedule, loss_schedule, stop: int) -> float:
+    """The reference against a RoundingPerturbed copy of itself, in lockstep to step `stop`: its error there."""
+    named = make_params(d)
+    other = clone_named(named)
+    ref, pert = build(d, reference, named), build(d, SELF, other)
+    for t, (grads, loss) in enumerate(zip(schedule[:stop], loss_schedule[:stop], strict=True), start=1):
+        step(ref, named, grads, loss)
+        step(pert, other, grads, loss)
+        if t < stop:
+            resync(ref, pert.optimizer, named, other)
+    return params_error(d, named, other)
 
 
 def free_run(d: Draw, partner, schedule, loss_schedule, stop=None) -> tuple:
@@ -384,11 +412,13 @@ def run_free(d: Draw, schedule, loss_schedule) -> list[str]:
     """The free run, then each package resumed from its own checkpoint halfway."""
     stop = d.steps // 2
     err, ref_named, opt_named, saved = free_run(d, optimized, schedule, loss_schedule, stop)
+    if upstream_own_overflow(d, ref_named, opt_named):
+        return []
     if not all_finite(ref_named) or not all_finite(opt_named):
         return ["nonfinite: free run"]
     failures = []
     if err > free_running_bound(d):
-        own = free_run(d, SELF, schedule, loss_schedule)[0]
+        own = own_drift(lambda: free_run(d, SELF, schedule, loss_schedule)[0], enough=err / SELF_DIVERGENCE.bound)
         if err > SELF_DIVERGENCE.bound * own:
             failures.append(f"free: {err:.3e} (bound {free_running_bound(d):g}, reference's own {own:.3e})")
     for package, straight, checkpoint in zip((reference, optimized), (ref_named, opt_named), saved, strict=True):

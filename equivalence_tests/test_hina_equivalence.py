@@ -207,7 +207,7 @@ def test_b_first_pair_is_stepped_in_a_second_wave():
     """The A listed after its B reads the B's new value, as the reference does: it sits in a bucket of its
     own that steps after the B's."""
     _, opt, _, _ = build(HINA_CASES[0], torch.float32, "upstream")
-    waves = {opt.layout.names[id(p)]: b.host["wave"] for b in opt._group_buckets(0) for p in b.params}
+    waves = {opt.layout.names[p]: b.host["wave"] for b in opt._group_buckets(0) for p in b.params}
     assert waves["mlp.lora_A.weight"] == 2
     assert {name for name, wave in waves.items() if wave == 2} == {"mlp.lora_A.weight", "block.lokr_w2"}
 

@@ -77,7 +77,8 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.avg_lr[new] = start_lr
         bucket.avg_lr_stale[new] = False
         if not group["full_finetune"] and any(bucket.layout.is_matrix[i] for i in np.flatnonzero(new)):
-            bucket.set_row_scaling(allora_table(row_norms(bucket.theta, bucket.layout), 1.0 / group["eta"] ** 2), new)
+            norms = row_norms(bucket.theta, bucket.layout, wide=self.fixed)
+            bucket.set_row_scaling(allora_table(norms, 1.0 / group["eta"] ** 2), new)
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
@@ -195,7 +196,7 @@ class Automagic_CameAMP(AutomagicBase):
         st = b.states
         if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step, of the
             # tensors that step (a tensor without a gradient keeps its ρ, as in the reference)
-            b.set_row_scaling(allora_table(row_norms(b.theta, b.layout), 1.0 / group["eta"] ** 2), active)
+            b.set_row_scaling(allora_table(row_norms(b.theta, b.layout, wide=True), 1.0 / group["eta"] ** 2), active)
         if flags.has_rho and b.row_factor_stale:
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],

@@ -40,17 +40,17 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
     # ------------------------------------------------------------------ buckets
     def _waves(self) -> dict:
-        """id(p) → 1, or 2 where p's LoRA factor reads a parameter that the reference steps before p."""
-        order = {id(p): k for k, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        """p → 1, or 2 where p's LoRA factor reads a parameter that the reference steps before p."""
+        order = {p: k for k, p in enumerate(p for g in self.param_groups for p in g["params"])}
         deps = dependencies(self.layout) if self.use_alora else {}
-        return {pid: 2 if any(order[id(q)] < k for q in deps.get(pid, [])) else 1 for pid, k in order.items()}
+        return {p: 2 if any(order[q] < k for q in deps.get(p, [])) else 1 for p, k in order.items()}
 
     def _group_buckets(self, gi: int) -> list[Bucket]:
         if gi not in self._buckets:
             by_key: dict = {}
             for p in self.param_groups[gi]["params"]:
                 if p.numel() > 0:
-                    key = (self._wave[id(p)], p.dtype, p.device, self._eight_bit("exp_avg", p))
+                    key = (self._wave[p], p.dtype, p.device, self._eight_bit("exp_avg", p))
                     by_key.setdefault(key, []).append(p)
             self._buckets[gi] = [self._new_bucket(ps, q, wave) for (wave, _, _, q), ps in by_key.items()]
         return self._buckets[gi]
@@ -67,12 +67,12 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             for i, p in enumerate(b.params):
                 if b.host["spd_on"][i]:
                     b.layout.view(b.states["spd_anchor"], i).copy_(self._anchors.pop(p))
-        kinds = [self.layout.kinds.get(id(p), "regular") for p in b.params]
+        kinds = [self.layout.kinds.get(p, "regular") for p in b.params]
         b.host["lora"] = np.array([k in ("lora_a", "lora_b") for k in kinds])
         b.host["lokr"] = np.array([k.startswith("lokr_") for k in kinds])
         b.host["projectable"] = np.array([p.dim() >= 2 for p in b.params])
         b.host["has_dim"] = np.array([p.dim() > 0 for p in b.params])
-        self._factors[id(b)] = BucketFactors(b.params, self.layout, self.alora_ratio, self.fixed, b.device)
+        self._factors[b] = BucketFactors(b.params, self.layout, self.alora_ratio, self.fixed, b.device)
         return b
 
     def _all_buckets(self):
@@ -105,7 +105,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         for gi, group in enumerate(self.param_groups):
             for wave in (1, 2):
                 phase = [item for item in work if item[0] == gi and item[1].host["wave"] == wave]
-                factors = [self._factors[id(b)].compute() if self.use_alora else None for _, b, _, _ in phase]
+                factors = [self._factors[b].compute() if self.use_alora else None for _, b, _, _ in phase]
                 for (_, b, has, sums), factor in zip(phase, factors, strict=True):
                     self._step_bucket(b, group, has, sums, factor)
         return loss

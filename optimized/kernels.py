@@ -226,9 +226,9 @@ def post_warmup_mask(mask, scale):
 
 # ---------------------------------------------------------------- T9a ALLoRA
 def allora_table(row_norm: torch.Tensor, eta_term: float) -> torch.Tensor:
-    """ρ = 1/sqrt(‖θ_i‖ + 1/η²) per row; the dummy last entry becomes 1."""
+    """ρ = 1/sqrt(‖θ_i‖ + 1/η²) per row, float32 (computed in the norms' dtype); the dummy last entry becomes 1."""
     rho = 1.0 / torch.sqrt(row_norm + eta_term)
-    return torch.cat([rho[:-1], torch.ones_like(rho[-1:])])
+    return torch.cat([rho[:-1], torch.ones_like(rho[-1:])]).float()
 
 
 def _matrix_classes(layout: Layout):
@@ -240,17 +240,18 @@ def _matrix_classes(layout: Layout):
             yield first, count, shape, start, stop
 
 
-def row_norms(theta: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """‖θ_i,:‖₂ of every row of the 2-D tensors: [nrows + 1] float32 (last entry: dummy, 0). Eager and
-    dense: one [k, rows, cols] reduction per run of same-shape matrices. A float64 θ is rounded to float32
-    first, as the fixed-mode reference computes ρ from θ in its float32 working dtype (one flipped 8-bit code
-    of ρ otherwise: 1.7% of a row's step)."""
-    out = torch.zeros(layout.nrows + 1, dtype=torch.float32, device=theta.device)
+def row_norms(theta: torch.Tensor, layout: Layout, wide: bool = False) -> torch.Tensor:
+    """‖θ_i,:‖₂ of every row of the 2-D tensors: [nrows + 1] (last entry: dummy, 0). Eager and dense: one
+    [k, rows, cols] reduction per run of same-shape matrices. `wide` (the corrected mode's per-step ρ,
+    reference.allora.allora_row_scaling_fixed): float64, so the float32 ρ does not depend on the summation
+    order; else float32 (a float64 θ rounded to float32 first), as upstream computes ρ once."""
+    dtype = torch.float64 if wide else torch.float32
+    out = torch.zeros(layout.nrows + 1, dtype=dtype, device=theta.device)
     for first, count, shape, start, stop in _matrix_classes(layout):
         block = _class_block(theta, start, stop, count, shape[0] * shape[1], shape[0])
         row0 = layout.row_start[first]
-        block = block.float() if block.dtype == torch.float64 else block
-        norms = torch.linalg.vector_norm(block, dim=2, dtype=torch.float32)
+        block = block.float() if block.dtype == torch.float64 and not wide else block
+        norms = torch.linalg.vector_norm(block, dim=2, dtype=dtype)
         out[row0 : row0 + count * shape[0]] = norms.reshape(-1)
     return out
 

@@ -64,7 +64,7 @@ class BucketFactors:
         pairs: dict = {}  # shape class → [(position, A, B)]
         lokr: list = []  # (position, w1, w2)
         for i, p in enumerate(params):
-            kind = layout.kinds.get(id(p), "regular")
+            kind = layout.kinds.get(p, "regular")
             if kind.startswith("lokr_"):
                 group = next((g for g in layout.lokr_groups.values() if any(q is p for q in g.values())), None)
                 if group is not None and group["w1"] is not None and group["w2"] is not None:
@@ -109,13 +109,13 @@ class BucketFactors:
 
 
 def dependencies(layout: lora_names.LoraLayout) -> dict:
-    """id(p) → the parameters whose value p's factor reads (besides p's own)."""
+    """p → the parameters whose value p's factor reads (besides p's own)."""
     deps: dict = {}
     for a, b in layout.lora_pairs:
-        deps.setdefault(id(a), [b])  # the first pair of an A is the one its factor uses
+        deps.setdefault(a, [b])  # the first pair of an A is the one its factor uses
     for group in layout.lokr_groups.values():
         w1, w2 = group["w1"], group["w2"]
         if w1 is not None and w2 is not None:
-            deps.setdefault(id(w1), []).append(w2)
-            deps.setdefault(id(w2), []).append(w1)
+            deps.setdefault(w1, []).append(w2)
+            deps.setdefault(w2, []).append(w1)
     return deps

@@ -36,6 +36,13 @@ def allora_row_scaling(theta: torch.Tensor, eta: float) -> torch.Tensor:
     return 1.0 / torch.sqrt(row_norm + 1.0 / (eta**2))
 
 
+def allora_row_scaling_fixed(theta: torch.Tensor, eta: float) -> torch.Tensor:
+    """ρ as the corrected mode recomputes it each step [I-28]: in float64, rounded to float32 once. Any two
+    summation orders then give the same float32 ρ (bar a float64 tie), so an 8-bit ρ, quantised before it is
+    used, gets the same code in every implementation and on every CPU."""
+    return allora_row_scaling(theta.detach().double(), eta).float()
+
+
 def row_variance_scaling(update: torch.Tensor) -> torch.Tensor:
     """T9d: ρ = clamp(rv / (mean(rv) + 1e-8), 0.1, 10), rv = var(U, dim=1, keepdim) (unbiased), shape [rows, 1].
     One column has no variance (upstream: NaN); ρ = 1 then."""

@@ -9,13 +9,14 @@ import torch
 
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
+from .persistence import Copyable
 from .validation import check_distinct_params, check_grads, gradients_are_finite, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
 
 
-class AutomagicBase(torch.optim.Optimizer):
+class AutomagicBase(Copyable, torch.optim.Optimizer):
     config_class = AutomagicConfig
     magic_version = MAGIC_VERSION  # the state_dict's version key (Improved: 2)
 

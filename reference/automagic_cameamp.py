@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from . import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
-from .allora import allora_row_scaling
+from .allora import allora_row_scaling, allora_row_scaling_fixed
 from .automagic_base import FIXED_EPS, AutomagicBase
 from .consistency_momentum import consistency_momentum, decayed_beta1
 from .grams import grams_alpha, grams_blend
@@ -67,7 +67,11 @@ class Automagic_CameAMP(AutomagicBase):
         dtype = self._work_dtype(p)
         self._init_common_state(p, group, dtype)
         if not group["full_finetune"] and p.dim() == 2:
-            self._store(self.state[p], "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
+            if self.fixed:
+                rho = allora_row_scaling_fixed(p, group["eta"]).to(dtype)
+            else:
+                rho = allora_row_scaling(p.detach().to(dtype), group["eta"])
+            self._store(self.state[p], "row_scaling", rho)
 
     def _stats_grads(self, grads):
         """Gradients as used by the group statistics (fp32 where the states are fp32)."""
@@ -181,7 +185,7 @@ class Automagic_CameAMP(AutomagicBase):
         # T9a: ALLoRA rows (recomputed from the current rows when fixed [I-28])
         if "row_scaling" in state:
             if self.fixed:
-                state["row_scaling"] = allora_row_scaling(p.detach().to(self._work_dtype(p)), group["eta"])
+                state["row_scaling"] = allora_row_scaling_fixed(p, group["eta"]).to(self._work_dtype(p))
             lr_eff = lr_eff * state["row_scaling"]
 
         self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from . import adabelief_residual, came_style, lr_mask
-from .allora import allora_row_scaling
+from .allora import allora_row_scaling, allora_row_scaling_fixed
 from .automagic_cameamp import Automagic_CameAMP
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
@@ -42,7 +42,8 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
     def _init_state(self, p, group):
         self._init_common_state(p, group, torch.float32)  # states are fp32 before quantisation
         if not group["full_finetune"] and p.dim() == 2:
-            self._store(self.state[p], "row_scaling", allora_row_scaling(p.detach(), group["eta"]))
+            fresh = allora_row_scaling_fixed if self.fixed else allora_row_scaling
+            self._store(self.state[p], "row_scaling", fresh(p.detach(), group["eta"]))
 
     def _step_param(self, p, group, group_sum, mu, sigma):
         state, raw_grad, grad, t = self._begin_param(p, group, group_sum)
@@ -80,7 +81,7 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
         # T9a: ALLoRA rows
         if self._has(state, "row_scaling"):
             if self.fixed:  # [I-28]
-                self._store(state, "row_scaling", allora_row_scaling(p.detach().float(), group["eta"]))
+                self._store(state, "row_scaling", allora_row_scaling_fixed(p, group["eta"]))
             rho = self._load(state, "row_scaling")
             lr_eff = lr_eff * (rho if self.fixed else rho.to(p.dtype))
 

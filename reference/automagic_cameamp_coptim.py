@@ -37,7 +37,7 @@ import warnings
 import torch
 
 from . import adabelief_residual, came_style
-from .allora import allora_row_scaling
+from .allora import allora_row_scaling_fixed
 from .automagic_cameamp import Automagic_CameAMP
 from .config import COptimConfig
 from .contextual_lr import ContextualOptimizationModule
@@ -206,7 +206,7 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
         if self._has(state, "row_scaling"):
             dtype = self._work_dtype(p)
             if self.fixed:  # [I-28]
-                self._store(state, "row_scaling", allora_row_scaling(p.detach().to(dtype), group["eta"]))
+                self._store(state, "row_scaling", allora_row_scaling_fixed(p, group["eta"]).to(dtype))
             lr_eff = lr_eff * self._load(state, "row_scaling").to(dtype)
 
         self._apply_update(p, group, update, lr_eff, raw_grad, mu, sigma, t)  # T10, θ ← θ − U ⊙ E

@@ -48,7 +48,7 @@ from .agr import agr_hina
 from .cautious import cautious_mask_hina
 from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
-from .persistence import restore_state_dtypes
+from .persistence import Copyable, restore_state_dtypes
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
@@ -58,6 +58,7 @@ from .validation import (
     check_nonfinite_policy,
     gradients_are_finite,
     nonfinite_step_allowed,
+    refuse_tensor,
 )
 
 EIGHT_BIT_KEYS = ("exp_avg", "exp_avg_sq")
@@ -66,6 +67,7 @@ IGNORED = ("amsgrad", "args", "percentile_clipping", "block_wise", "is_paged")  
 
 
 def _real(name, value, low, high=None, low_open=False, high_open=False):
+    refuse_tensor(name, value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if (
@@ -76,7 +78,7 @@ def _real(name, value, low, high=None, low_open=False, high_open=False):
         raise ValueError(f"{name} = {value} is out of range")
 
 
-class HinaAdamWOptimizer(torch.optim.Optimizer):
+class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
     def __init__(
         self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
         optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True,
@@ -225,7 +227,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
         # T14: decoupled weight decay with the dynamic multiplier
         weight_decay = group["weight_decay"]
         if self.dynamic_weight_decay:
-            kind = self.layout.kinds.get(id(p), "regular")
+            kind = self.layout.kinds.get(p, "regular")
             weight_decay *= weight_decay_multiplier(
                 kind, t, self.wd_transition_steps, self.wd_decay_factor, self.wd_min_ratio
             )
@@ -236,7 +238,7 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
             p.add_(spd.spd_hina_penalty(p, state["spd_anchor"], self.spd_lambda), alpha=-lr)
 
     def _lora_factor(self, p) -> float:
-        kind = self.layout.kinds.get(id(p), "regular")
+        kind = self.layout.kinds.get(p, "regular")
         if kind.startswith("lokr_"):
             factor = 1.0
             for group in self.layout.lokr_groups.values():
@@ -285,12 +287,12 @@ class HinaAdamWOptimizer(torch.optim.Optimizer):
     def diagnose_lora_pairing(self) -> dict:
         """Pairs and unpaired LoRA factors by name (upstream raises once any pair exists [I-44])."""
         names = self.layout.names
-        paired = {id(x) for pair in self.layout.lora_pairs for x in pair}
-        lora = [(pid, kind) for pid, kind in self.layout.kinds.items() if kind in ("lora_a", "lora_b")]
+        paired = {x for pair in self.layout.lora_pairs for x in pair}
+        lora = [(p, kind) for p, kind in self.layout.kinds.items() if kind in ("lora_a", "lora_b")]
         return {
-            "pairs": [(names[id(a)], names[id(b)]) for a, b in self.layout.lora_pairs],
-            "unpaired_a": [names[pid] for pid, kind in lora if kind == "lora_a" and pid not in paired],
-            "unpaired_b": [names[pid] for pid, kind in lora if kind == "lora_b" and pid not in paired],
+            "pairs": [(names[a], names[b]) for a, b in self.layout.lora_pairs],
+            "unpaired_a": [names[p] for p, kind in lora if kind == "lora_a" and p not in paired],
+            "unpaired_b": [names[p] for p, kind in lora if kind == "lora_b" and p not in paired],
         }
 
     def update_device(self, device) -> None:

@@ -76,8 +76,8 @@ def _shapes_compatible(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @dataclass
 class LoraLayout:
-    kinds: dict = field(default_factory=dict)  # id(param) → kind
-    names: dict = field(default_factory=dict)  # id(param) → name
+    kinds: dict = field(default_factory=dict)  # param → kind (keyed by the tensor, so a deepcopy remaps it)
+    names: dict = field(default_factory=dict)  # param → name
     lora_pairs: list = field(default_factory=list)  # [(A, B)]
     lokr_groups: dict = field(default_factory=dict)  # base → {"w1": p | None, "w2": p | None}
     counts: dict = field(default_factory=dict)
@@ -96,7 +96,7 @@ def build_layout(named_groups, fixed: bool) -> LoraLayout:
             if name is None:
                 continue  # unnamed: not classified (treated as regular)
             kind = classify(name, fixed)
-            layout.kinds[id(p)], layout.names[id(p)] = kind, name
+            layout.kinds[p], layout.names[p] = kind, name
             a_params += [(name, p)] if kind == "lora_a" else []
             b_params += [(name, p)] if kind == "lora_b" else []
             if kind in ("lokr_w1", "lokr_w2"):

@@ -25,3 +25,12 @@ def restore_state_dtypes(optimizer, state_dict):
         for key, value in saved.items():
             if hasattr(value, "dtype") and optimizer.state[p][key].dtype != value.dtype:
                 optimizer.state[p][key] = value.to(device=p.device, copy=True)
+
+
+class Copyable:
+    """deepcopy and pickle keep the whole optimizer. torch's `Optimizer.__getstate__` keeps only `defaults`,
+    `state` and `param_groups`; this family's settings (compat, nonfinite, …) and the fast path's buffers are
+    attributes too, so a copy without them could not step. Hooks are left out, as torch leaves them out."""
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if not key.endswith("_hooks")}

@@ -12,7 +12,14 @@ NONFINITE_POLICIES = ("raise", "skip")  # what a step does when a gradient holds
 WD_WINDOWS = ("warmup_half", "always")
 
 
+def refuse_tensor(name, value) -> None:
+    """A Tensor hyper-parameter is not supported (torch's optimizers without `capturable` refuse one too)."""
+    if isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} as a Tensor is not supported: pass a Python number ({name}={name}.item())")
+
+
 def _number(name, value, *, low=None, high=None, low_open=False, high_open=True):
+    refuse_tensor(name, value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if value != value:
