@@ -84,3 +84,18 @@ def test_tensor_lr_is_a_clear_value_error(package, name):
     params = [torch.nn.Parameter(torch.randn(4, 5))]
     with pytest.raises(ValueError, match="lr"):
         getattr(package, name)(params, lr=torch.tensor(1e-3))
+
+
+@pytest.mark.parametrize("name", [n for n in CLASSES if n != "HinaAdamWOptimizer"])
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_lr_clamped_by_max_lr_warns_once(package, name):
+    """An lr above max_lr trained at max_lr without a word (the LR mask is clamped); now one warning says so, and a
+    second such group does not repeat it."""
+    params = [torch.nn.Parameter(torch.randn(4, 5))]
+    with pytest.warns(UserWarning, match="max_lr") as caught:
+        opt = getattr(package, name)(params, lr=1e-2, max_lr=1e-3, compat="fixed")
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))], "lr": 2e-2})
+    assert sum("max_lr" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        getattr(package, name)([torch.nn.Parameter(torch.randn(4, 5))], lr=1e-3, max_lr=1e-3, compat="fixed")

@@ -28,10 +28,24 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         self.compat, self.verbose = config.compat, config.verbose
         self.wd_until = getattr(config, "wd_until", "warmup_half")
         self.nonfinite = config.nonfinite
+        self._warned_max_lr = False
+        for group in self.param_groups:
+            self._warn_if_clamped(group)
 
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
         super().add_param_group(param_group)
+        if hasattr(self, "compat"):  # torch's constructor adds the first groups before compat is set
+            self._warn_if_clamped(self.param_groups[-1])
+
+    def _warn_if_clamped(self, group) -> None:
+        """Warn once when a group's lr is above max_lr: the LR mask (T8) is clamped to max_lr at its first update,
+        so the group trains at max_lr, not at the lr asked for."""
+        lr, max_lr = group["lr"], self._mask_setting(group, "max_lr")
+        if lr > max_lr and not self._warned_max_lr:
+            self._warned_max_lr = True
+            warnings.warn(f"lr={lr:g} is above max_lr={max_lr:g}: the LR mask is clamped to max_lr, so the group "
+                          "trains at max_lr; pass max_lr >= lr to train at lr", UserWarning, stacklevel=3)  # fmt: skip
 
     @property
     def fixed(self) -> bool:
