@@ -132,7 +132,9 @@ def test_orthograd_degenerate_one_element(cls):
         upstream.step()
         moved += float(up_params[0].detach()) != before
     assert float(fixed_params[0].detach()) == float(torch.tensor(0.7))
-    assert moved >= 6  # upstream moves the scalar on every step after the first
+    # upstream's scalar step is rounding noise rescaled to full size: how often it is exactly 0 depends on the
+    # CPU's rounding (ATEN_CPU_CAPABILITY=default: 5 of 8 steps move, AVX2/AVX-512: 6 or more); it moves at all
+    assert moved >= 1
 
 
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
