@@ -215,10 +215,11 @@ def bin_edge_values(absmax: float, ulps: int = 2) -> torch.Tensor:
     lut = blockwise_8bit.code_lookup_table()
     changes = torch.nonzero(lut[1:] != lut[:-1]).flatten() + 1  # first bin of each new code
     edges = ((changes.double() - 0.5) / (blockwise_8bit.TABLE_BINS - 1) * 2 - 1).float() * absmax
-    near = [edges]
+    near, up, down = [edges], edges, edges
     for _ in range(ulps):
-        near += [torch.nextafter(near[-2 if len(near) > 1 else 0], torch.tensor(float("inf")))]
-    values = torch.cat([torch.nextafter(edges, torch.tensor(s * float("inf"))) for s in (-1, 1)] + near)
+        up, down = torch.nextafter(up, torch.tensor(float("inf"))), torch.nextafter(down, torch.tensor(-float("inf")))
+        near += [up, down]
+    values = torch.cat(near)
     blocks = values.split(blockwise_8bit.BLOCKSIZE - 1)
     return torch.cat([torch.cat([torch.tensor([absmax]), b]) for b in blocks])
 

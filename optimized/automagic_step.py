@@ -350,7 +350,7 @@ def _apply_update(b: Buffers, update, lr_eff, col, upd, c, f: Flags):
     """T10 adaptive weight decay (rounded to the parameter dtype, as the in-place upstream op is), then
     θ ← θ − U ⊙ E; rows of inactive or seeding tensors keep their values. θ is updated in its own precision
     where that is wider than fp32 (fp64 θ, as the reference's in-place ops on p)."""
-    theta = b.theta.to(torch.promote_types(b.theta.dtype, torch.float32))
+    theta = K.at_least_fp32(b.theta)
     kept = theta
     if f.has_wd:
         decayed = K.apply_decay(theta, lr_eff, c[WD], col(WD_FACTOR)).to(b.theta.dtype).to(theta.dtype)

@@ -42,10 +42,15 @@ def valid_mask(idx: Idx) -> torch.Tensor:
     return lanes(idx) < idx.chunk_valid
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or in its own dtype where that is wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
     """Per-tensor sum of a [N, C] tensor, float64, shape [T]; rows are summed in float32, or in float64 when x
     is float64 (squares of large values, e.g. SPD's ‖θ − θ0‖², overflow float32 before they are summed)."""
-    return segment_sum(x.to(torch.promote_types(x.dtype, torch.float32)).sum(dim=1), idx.chunk_tensor, idx.numel_t)
+    return segment_sum(at_least_fp32(x).sum(dim=1), idx.chunk_tensor, idx.numel_t)
 
 
 def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
@@ -277,4 +282,4 @@ def decay_factor(abs_mean, mu, sigma, eps: float):
 
 def apply_decay(theta, lr_eff, weight_decay, factor_row):
     """θ ← θ ⊙ (1 − E·wd·ϑ), in fp32 or θ's wider dtype."""
-    return theta.to(torch.promote_types(theta.dtype, torch.float32)) * (1 - lr_eff * weight_decay * factor_row)
+    return at_least_fp32(theta) * (1 - lr_eff * weight_decay * factor_row)
