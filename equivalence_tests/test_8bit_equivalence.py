@@ -158,7 +158,7 @@ def test_fused_codec_matches_bitsandbytes(compiled):
     run = torch.compile(roundtrip, fullgraph=True, options=RECOMPUTE_OPTIONS) if compiled else roundtrip
     restored = run(state, values, blocks.blocks, valid_mask(index_tensors(layout)))
     for i, t in enumerate(tensors):
-        codes, absmax = codec.read_tensor(state, layout, blocks, i)
+        codes, absmax = codec.tensor_views(state, layout, blocks, i)
         want_codes, want_absmax = blockwise_8bit.quantize(t)
         assert torch.equal(codes, want_codes) and torch.equal(absmax, want_absmax), i
         assert torch.equal(layout.view(restored, i), blockwise_8bit.dequantize(want_codes, want_absmax)), i

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRASTRUCTURE = {
     "validation",
     "persistence",
+    "checkpoint",
     "config",
     "automagic_base",
     "registry",

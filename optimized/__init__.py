@@ -9,6 +9,15 @@ from .automagic_cameamp_improved_8bit import Automagic_CameAMP_Improved_8Bit, cr
 from .compile import compile_enabled, set_compile
 from .hina_adamw import CustomAdamW, HinaAdamWOptimizer
 
+
+def create_optimizer(optimizer_type: str, params, lr=None, optimizer_args=None, **kwargs):
+    """`reference.create_optimizer` (sd-scripts names and `key=value` args), building the fast classes."""
+    import optimized
+    from reference.registry import create_optimizer as create
+
+    return create(optimizer_type, params, lr, optimizer_args, package=optimized, **kwargs)
+
+
 __all__ = [
     "Automagic_CameAMP",
     "Automagic_CameAMP8bit",
@@ -21,5 +30,6 @@ __all__ = [
     "HinaAdamWOptimizer",
     "compile_enabled",
     "create_improved_8bit_optimizer",
+    "create_optimizer",
     "set_compile",
 ]

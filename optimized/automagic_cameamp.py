@@ -4,7 +4,9 @@ Each param group's parameters are packed per (dtype, device) into a flat chunked
 and stepped by a few compiled passes (automagic_step.py); the compiled graphs depend on the phase
 flags, not on the number or the shapes of the tensors. What differs from `reference`:
   * parameters become views of the bucket buffer (values, shapes and identities are unchanged);
-  * `optimizer.state` stays empty: per-parameter state is read through `state_dict()`;
+  * `optimizer.state[p]` holds the reference's keys as views of the bucket buffers (8-bit: codes and block
+    absmax), so it follows every step and `state_dict()` is torch's own; two exceptions: the warm-up polarity
+    (a uint8 or bit-packed buffer) is added by `state_dict()` only, and `avg_lr` is brought up to date there;
   * reductions are summed in a different order, and bf16 arithmetic is done in fp32 with one rounding
     per stored value, so results agree to the tolerances in equivalence_tests/tolerances.py.
 """
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from reference.automagic_base import FIXED_EPS, AutomagicBase
+from reference.checkpoint import check_state_dict
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
@@ -216,6 +219,7 @@ class Automagic_CameAMP(AutomagicBase):
             b.work.clear()  # the early-phase scratch
         if W >= 1 and (b.step >= W).all():
             b.drop_warm_buffers()
+        self._publish(b, group, active)
 
     def _forget_warm_state(self, b: Bucket, ending):
         """T27.1: at t == W the warm-up-only state of those tensors is dropped (zeroed here)."""
@@ -262,44 +266,106 @@ class Automagic_CameAMP(AutomagicBase):
                     where[p] = (b, i)
         return where
 
-    def _state_dict(self):
-        sd = super()._state_dict()  # param_groups in torch's format; self.state is empty
-        ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
-        state = {}
-        for gi, group in enumerate(self.param_groups):
-            for b in self._buckets.get(gi, []):
-                self._refresh_avg_lr(b)
-                for i in np.flatnonzero(b.started):
-                    state[ids[b.params[i]]] = self._export(b, i, group)
-        sd["state"] = dict(sorted(state.items()))
-        return sd
+    def _publish(self, b: Bucket, group, tensors=None) -> None:
+        """`optimizer.state[p]` of the started tensors in `tensors` (numpy bool [T]; None: all): the reference's
+        keys, tensors as views of the bucket's buffers, scalars as the reference's numbers. An entry is rebuilt
+        when its buffers or its key set change (a state created or dropped, warm-up ended); otherwise only its
+        scalars are written. `avg_lr` is brought up to date by `state_dict()` (its mean is taken lazily)."""
+        W = group["warmup_steps"]
+        rebuild = tensors is None or b.published != b.signature()
+        chosen = b.started if rebuild else tensors & b.started
+        for i in np.flatnonzero(chosen):
+            p, warm = b.params[i], bool(W == 0 or b.step[i] < W)
+            entry = self.state.get(p)
+            if rebuild or not entry or b.published_warm[i] != warm:
+                self.state[p] = self._entry(b, i, group)
+                b.published_warm[i] = warm
+            else:
+                entry.update(self._scalars(b, i))
+        b.published = b.signature()
 
-    def _export(self, b: Bucket, i: int, group) -> dict:
+    def _scalars(self, b: Bucket, i: int) -> dict:
+        """Tensor i's host-side state (C-Optim adds its counters)."""
+        return {"step": int(b.step[i]), "lr_max": float(b.lr_max[i])}
+
+    def _entry(self, b: Bucket, i: int, group) -> dict:
         t, W = int(b.step[i]), group["warmup_steps"]
-        out = {"step": t, "lr_max": float(b.lr_max[i]), "avg_lr": float(b.avg_lr[i])}
+        out = {**self._scalars(b, i), "avg_lr": float(b.avg_lr[i])}
         names = ["lr_mask", "exp_avg", "exp_avg_res"]
         if W == 0 or t < W:
             names += ["last_polarity", "s"]
         if group["came"]:
             names.append("exp_avg_sq")
-        for name in names:
-            out.update(b.export(name, i))
+        for name in [*names, *self._extra_states()]:
+            out.update(b.state_views(name, i))
         if not group["full_finetune"] and b.layout.is_matrix[i]:
-            out.update(b.export_row_scaling(i))
-        for name in self._extra_states():
-            out.update(b.export(name, i))
+            out.update(b.row_scaling_views(i))
         return out
 
+    def _state_dict(self):
+        """torch's own state_dict of `optimizer.state` (its hooks run on it), after avg_lr is brought up to date;
+        the warm-up polarity, the one state `optimizer.state` does not hold, is added first (`_add_polarity`)."""
+        for gi in range(len(self.param_groups)):
+            for b in self._buckets.get(gi, []):
+                self._refresh_avg_lr(b)
+                for i in np.flatnonzero(b.started):
+                    if self.state.get(b.params[i]):
+                        self.state[b.params[i]]["avg_lr"] = float(b.avg_lr[i])
+        handle = self.register_state_dict_post_hook(self._add_polarity, prepend=True)
+        try:
+            return super()._state_dict()
+        finally:
+            handle.remove()
+
+    def _add_polarity(self, _optimizer, sd):
+        ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
+        for gi in range(len(self.param_groups)):
+            for b in self._buckets.get(gi, []):
+                for i in np.flatnonzero(b.started & b.published_warm):
+                    bits = b.polarity(i)
+                    pid = ids[b.params[i]]
+                    if bits is not None and pid in sd["state"]:
+                        sd["state"][pid] = {**sd["state"][pid], "last_polarity": bits}
+        return sd
+
     def _load_state_dict(self, state_dict):
-        super()._load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+        """torch's own load (its hooks run; what the last pre-hook returns is checked before anything changes),
+        then the buffers take the loaded values and `optimizer.state` holds views of them again."""
+        final = []
+
+        def check(optimizer, sd):
+            check_state_dict(optimizer, sd)
+            final.append(sd)
+
+        pre = self.register_load_state_dict_pre_hook(check)
+        post = self.register_load_state_dict_post_hook(lambda _: self._adopt(final[-1]), prepend=True)
+        try:
+            super()._load_state_dict(state_dict)
+        finally:
+            pre.remove()
+            post.remove()
+
+    def _adopt(self, state_dict):
+        """Copy a loaded state_dict (the saved values, before torch's cast to the parameter dtype) into the buffers."""
         id_map = saved_param_map(self, state_dict)
         where = self._locate()
         for b in {id(b): b for b, _ in where.values()}.values():
-            b.started[:] = False
+            self._restart(b)  # a parameter the checkpoint has no state for restarts, as in the reference
+        self.state.clear()
         for pid, saved in state_dict["state"].items():
+            if not saved:  # a parameter that had not started
+                continue
             b, i = where[id_map[pid]]
             group = next(g for g in self.param_groups if any(q is b.params[i] for q in g["params"]))
             self._import(b, i, group, saved)
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                self.state[p] = {}  # placeholders (see AutomagicBase.add_param_group)
+            for b in self._group_buckets(gi):
+                self._publish(b, group)
+
+    def _restart(self, b: Bucket):
+        b.restart()
 
     def _import(self, b: Bucket, i: int, group, saved: dict):
         self._allocate(b, group)

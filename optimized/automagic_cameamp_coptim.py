@@ -75,14 +75,19 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
         return S.Context(tuple(b.states[name] for name in self._extra_states()), coef)
 
     # ------------------------------------------------------------------ persistence
-    def _export(self, b: Bucket, i: int, group) -> dict:
-        out = super()._export(b, i, group)
+    def _scalars(self, b: Bucket, i: int) -> dict:
+        out = super()._scalars(b, i)
         counts, edge_count, factor = self._counters(b)
         out["edge_case_count"] = int(edge_count[i])
         out["contextual_lr_multiplier"] = float(factor[i])
         for j, k in enumerate(self.momentum_scales):
             out[f"momentum_count_{k}"] = int(counts[i, j])
         return out
+
+    def _restart(self, b: Bucket):
+        super()._restart(b)
+        for name in ("momentum_count", "edge_case_count", "contextual_lr_multiplier"):
+            b.host.pop(name, None)
 
     def _import(self, b: Bucket, i: int, group, saved: dict):
         super()._import(b, i, group, saved)

@@ -52,6 +52,17 @@ class Bucket:
         self.grad_views: list = []
         self.grad_live = np.zeros(T, dtype=bool)  # which gradient views hold a gradient
         self.host: dict[str, np.ndarray] = {}  # per-tensor host counters of a subclass (C-Optim)
+        self.published: tuple | None = None  # `signature()` when optimizer.state's views were built
+        self.published_warm = np.zeros(T, dtype=bool)  # whether each view entry holds the warm-up keys
+
+    def restart(self) -> None:
+        """Every tensor back to 'not started' (step 0), as before its first step; states are refilled at start."""
+        self.started[:] = False
+        self.step[:] = 0
+        self.lr_max[:] = 0
+        self.avg_lr[:] = 0
+        self.avg_lr_stale[:] = False
+        self.published = None
 
     # ------------------------------------------------------------------ storage
     def allocate(self, came: bool, fixed: bool, start_lr: float):
@@ -149,19 +160,32 @@ class Bucket:
             for i in np.flatnonzero(tensors):
                 buf[i if buf.dim() == 1 else self.rows(i)] = value
 
-    def export(self, name: str, i: int) -> dict:
-        """Tensor i's entries of state `name` in the reference's state_dict format."""
+    def state_views(self, name: str, i: int) -> dict:
+        """Tensor i's entries of state `name` in the reference's keys, as views of the bucket's buffers (what
+        `optimizer.state[p]` holds). The warm-up polarity is not among them: {} (see `polarity`)."""
         buf = self.states[name]
         if isinstance(buf, C.QState):
-            codes, absmax = C.read_tensor(buf, self.layout, self.blocks, i)
+            codes, absmax = C.tensor_views(buf, self.layout, self.blocks, i)
             return {f"{name}_q": codes, f"{name}_q_scale": absmax}
         if buf.dim() == 1:  # per-tensor (fixed-mode s)
-            return {name: buf[i].clone()}
+            return {name: buf[i]}
         if name == "last_polarity":
-            if bitpack.is_packed(buf):
-                return {name: bitpack.read_tensor(buf, self.layout, i)}
-            return {name: self.layout.view(buf, i).bool()}
-        return {name: self.layout.view(buf, i).clone()}
+            return {}
+        return {name: self.layout.view(buf, i)}
+
+    def polarity(self, i: int) -> torch.Tensor | None:
+        """Tensor i's warm-up polarity as the reference's bool tensor (a copy), or None after warm-up. The buffer
+        is uint8 0/1 (bit-packed in 8-bit buckets), so a bool view of it could not be pickled beside it."""
+        buf = self.states.get("last_polarity")
+        if buf is None:
+            return None
+        if bitpack.is_packed(buf):
+            return bitpack.read_tensor(buf, self.layout, i)
+        return self.layout.view(buf, i).bool()
+
+    def signature(self) -> tuple:
+        """Changes when a state buffer is created, replaced or dropped (the views must then be rebuilt)."""
+        return tuple(id(v) for v in self.states.values())
 
     def load(self, name: str, i: int, saved: dict) -> None:
         """Tensor i's state `name` from a saved entry; zero where the entry is absent."""
@@ -207,12 +231,12 @@ class Bucket:
                     table[rows] = fresh[rows].to(table.dtype)
         self.row_factor_stale = True
 
-    def export_row_scaling(self, i: int) -> dict:
+    def row_scaling_views(self, i: int) -> dict:
         table = self.states["row_scaling"]
         if isinstance(table, C.QState):
-            codes, absmax = C.read_rows(table, self.layout, self.row_blocks, i)
+            codes, absmax = C.row_views(table, self.layout, self.row_blocks, i)
             return {"row_scaling_q": codes, "row_scaling_q_scale": absmax}
-        return {"row_scaling": table[self.row_scaling_rows(i)].view(-1, 1).clone()}
+        return {"row_scaling": table[self.row_scaling_rows(i)].view(-1, 1)}
 
     def load_row_scaling(self, i: int, saved: dict) -> None:
         table = self.states["row_scaling"]

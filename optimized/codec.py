@@ -150,15 +150,20 @@ def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch
     padding gets the code of 0), with no fp32 copy of the state. `valid`: [N, CHUNK] bool."""
     n_b = abs(float(value))
     unit = -1.0 if n_b == 0 else value / n_b
-
-    def code_of(v: float) -> int:  # quantize's rule for one normalised value
-        return int(readable.table_code_index(torch.tensor(v, dtype=torch.float32)))
-
-    pad = code_of(-1.0 if n_b == 0 else 0.0)
     rows = tensors[blocks.row_tensor].view(-1, 1)
-    codes = torch.where(valid, code_of(unit), pad).to(torch.uint8)
+    codes = torch.where(valid, _code_of(unit), padding_code(n_b)).to(torch.uint8)
     q.codes.copy_(torch.where(rows, codes, q.codes))
     q.absmax.masked_fill_(tensors[blocks.block_tensor], n_b)
+
+
+def _code_of(v: float) -> int:
+    """quantize's code for one normalised value."""
+    return int(readable.table_code_index(torch.tensor(v, dtype=torch.float32)))
+
+
+def padding_code(absmax: float) -> int:
+    """The code `quantize` writes on padding: that of 0, or of −1 in an all-zero block (0 · 1/0 is NaN there)."""
+    return _code_of(-1.0 if absmax == 0 else 0.0)
 
 
 def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
@@ -166,23 +171,28 @@ def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
     return slice(start, start + math.ceil(n / readable.BLOCKSIZE))
 
 
-def read_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int):
-    """Tensor i's (codes with its shape, absmax): the reference's `<key>_q` and `<key>_q_scale`."""
-    return layout.view(q.codes, i).clone(), q.absmax[_block_range(blocks, i, layout.numels[i])].clone()
+def tensor_views(q: QState, layout: Layout, blocks: BlockLayout, i: int):
+    """Tensor i's (codes with its shape, absmax) as views: the reference's `<key>_q` and `<key>_q_scale`."""
+    return layout.view(q.codes, i), q.absmax[_block_range(blocks, i, layout.numels[i])]
 
 
 def load_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int, codes, absmax) -> None:
+    """Tensor i's saved codes and absmax; its padding gets the code `quantize` writes there, so that a resumed
+    run holds the same bytes as one that never stopped."""
+    block_range = _block_range(blocks, i, layout.numels[i])
+    q.absmax[block_range] = absmax.to(q.absmax)
+    rows = layout.row_slice(i)
+    q.codes[rows.stop - 1] = padding_code(float(q.absmax[block_range.stop - 1]))  # only the last row is padded
     layout.view(q.codes, i).copy_(codes.reshape(layout.shapes[i]))
-    q.absmax[_block_range(blocks, i, layout.numels[i])] = absmax.to(q.absmax)
 
 
 def _rows(layout: Layout, i: int) -> slice:
     return slice(layout.row_start[i], layout.row_start[i] + layout.shapes[i][0])
 
 
-def read_rows(q: QState, layout: Layout, rows: BlockLayout, i: int):
-    """Matrix i's ρ as the reference stores it: codes [rows, 1] and absmax."""
-    return q.codes[_rows(layout, i)].clone(), q.absmax[_block_range(rows, i, layout.shapes[i][0])].clone()
+def row_views(q: QState, layout: Layout, rows: BlockLayout, i: int):
+    """Matrix i's ρ as the reference stores it, as views: codes [rows, 1] and absmax."""
+    return q.codes[_rows(layout, i)], q.absmax[_block_range(rows, i, layout.shapes[i][0])]
 
 
 def load_rows(q: QState, layout: Layout, rows: BlockLayout, i: int, codes, absmax) -> None:

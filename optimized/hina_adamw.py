@@ -5,8 +5,9 @@ Buckets are per param group and (dtype, device, 8-bit or not, wave). The referen
 one by one, and a paired LoRA-A's or a LoKr factor's step size reads its partner's value, the new one when
 the partner came first; such tensors go to a second bucket ("wave") stepped after the first, with the
 factors computed just before each bucket steps (lora_factors.py). As in optimized.Automagic_CameAMP,
-parameters become views of the bucket buffers, `optimizer.state` stays empty (per-parameter state is read
-through `state_dict()`), and bf16 arithmetic is done in fp32 with one rounding per stored value.
+parameters become views of the bucket buffers, `optimizer.state[p]` holds the reference's keys as views of
+the buffers (`state_dict()` is torch's own), and bf16 arithmetic is done in fp32 with one rounding per stored
+value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from reference import hina_adamw as readable
+from reference.checkpoint import check_state_dict
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
@@ -31,12 +33,16 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
-        # SPD anchors wait here until their bucket exists, then live in it
-        self._anchors = {p: state.pop("spd_anchor") for p, state in self.state.items() if "spd_anchor" in state}
-        self.state.clear()
+        # SPD anchors stay in `optimizer.state` (as the reference's) until their bucket exists, then live in it
+        self._anchors = {p: state["spd_anchor"] for p, state in self.state.items() if "spd_anchor" in state}
         self._buckets: dict[int, list[Bucket]] = {}
         self._factors: dict[int, BucketFactors] = {}
         self._wave = self._waves()
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if hasattr(self, "_wave"):  # torch's constructor adds the first groups before the waves exist
+            self._wave = self._waves()
 
     # ------------------------------------------------------------------ buckets
     def _waves(self) -> dict:
@@ -72,6 +78,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         b.host["lokr"] = np.array([k.startswith("lokr_") for k in kinds])
         b.host["projectable"] = np.array([p.dim() >= 2 for p in b.params])
         b.host["has_dim"] = np.array([p.dim() > 0 for p in b.params])
+        b.host["alignment"] = np.zeros(T)  # the alignment without TAM (never read; see `_entry`)
         self._factors[b] = BucketFactors(b.params, self.layout, self.alora_ratio, self.fixed, b.device)
         return b
 
@@ -170,6 +177,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             table[:, H.SPD] = coef
             H.spd_pass(b.theta, b.states["spd_anchor"], table.float(), b.idx)
         b.step = t
+        self._publish(b, active)
 
     def _decay_multipliers(self, b: Bucket, t) -> np.ndarray:
         """T14 per tensor (1 unless dynamic_weight_decay and a LoRA/LoKr factor past the transition)."""
@@ -201,33 +209,63 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         return ((1 + alignment) / 2).double()
 
     # ------------------------------------------------------------------ persistence, monitoring
-    def state_dict(self):
-        sd = super().state_dict()  # param_groups in torch's format; self.state is empty
-        ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
-        state = {}
-        for _, b in self._all_buckets():
-            for i, p in enumerate(b.params):
-                entry = b.export("spd_anchor", i) if b.host["spd_on"][i] else {}
-                if b.started[i]:
-                    entry["step"] = int(b.step[i])
-                    for name in MOMENTS:
-                        entry.update(b.export(name, i))
-                    alignment = b.states["momentum_alignment"][i]
-                    entry["momentum_alignment"] = alignment.clone() if self.use_tam else float(alignment)
-                if entry:
-                    state[ids[p]] = entry
-        sd["state"] = dict(sorted(state.items()))
-        return sd
+    def _publish(self, b: Bucket, tensors=None) -> None:
+        """`optimizer.state[p]` of the tensors in `tensors` (numpy bool [T]; None: all, rebuilt): the reference's
+        keys, tensors as views of the bucket's buffers; for a tensor that already has its entry, only `step`."""
+        rebuild = tensors is None or b.published != b.signature()
+        for i in np.flatnonzero(np.ones(len(b.params), dtype=bool) if rebuild else tensors):
+            p = b.params[i]
+            entry = self.state.get(p)
+            if rebuild or not entry or "step" not in entry:
+                self.state[p] = self._entry(b, i)
+            else:
+                entry["step"] = int(b.step[i])
+        b.published = b.signature()
+
+    def _entry(self, b: Bucket, i: int) -> dict:
+        entry = b.state_views("spd_anchor", i) if b.host["spd_on"][i] else {}
+        if b.started[i]:
+            entry["step"] = int(b.step[i])
+            for name in MOMENTS:
+                entry.update(b.state_views(name, i))
+            # without TAM the alignment is never read: the reference keeps the number it started with or loaded
+            entry["momentum_alignment"] = (
+                b.states["momentum_alignment"][i] if self.use_tam else float(b.host["alignment"][i])
+            )
+        return entry
 
     def load_state_dict(self, state_dict):
-        torch.optim.Optimizer.load_state_dict(self, {"state": {}, "param_groups": state_dict["param_groups"]})
-        self.state.clear()
+        """torch's own load (its hooks run; what the last pre-hook returns is checked before anything changes),
+        then the buffers take the loaded values and `optimizer.state` holds views of them again."""
+        check_state_dict(self, state_dict)
+        final = []
+
+        def check(optimizer, sd):
+            check_state_dict(optimizer, sd)
+            final.append(sd)
+
+        pre = self.register_load_state_dict_pre_hook(check)
+        post = self.register_load_state_dict_post_hook(lambda _: self._adopt(final[-1]), prepend=True)
+        try:
+            torch.optim.Optimizer.load_state_dict(self, state_dict)
+        finally:
+            pre.remove()
+            post.remove()
+
+    def _adopt(self, state_dict):
+        """Copy a loaded state_dict (the saved values, before torch's cast) into the buffers."""
         id_map = saved_param_map(self, state_dict)
         where = {p: (b, i) for _, b in self._all_buckets() for i, p in enumerate(b.params)}
         for _, b in self._all_buckets():
-            b.started[:] = False
+            b.restart()  # a parameter the checkpoint has no state for restarts at step 0
             b.host["spd_on"][:] = False
+        self.state.clear()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {}  # placeholders (see reference.AutomagicBase.add_param_group)
         for pid, saved in state_dict["state"].items():
+            if not saved:
+                continue
             b, i = where[id_map[pid]]
             b.host["spd_on"][i] = "spd_anchor" in saved
             if "spd_anchor" in saved:
@@ -239,7 +277,11 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             b.step[i], b.started[i] = int(saved["step"]), True
             for name in MOMENTS:
                 b.load(name, i, saved)
-            b.states["momentum_alignment"][i] = torch.as_tensor(saved.get("momentum_alignment", 0.0))
+            alignment = saved.get("momentum_alignment", 0.0)
+            b.states["momentum_alignment"][i] = torch.as_tensor(alignment)
+            b.host["alignment"][i] = float(alignment)
+        for _, b in self._all_buckets():
+            self._publish(b)
 
     def state_bytes(self) -> int:
         """Bytes held by optimizer state (moments, alignments, SPD anchors)."""

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .checkpoint import check_state_dict
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
@@ -35,6 +36,10 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
         super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            # a placeholder entry: `optimizer.state` is never empty, so torch.distributed.checkpoint does not take a
+            # zero-gradient step to create state before saving or loading (the LR mask would still move θ)
+            self.state[p] = {}
         if hasattr(self, "compat"):  # torch's constructor adds the first groups before compat is set
             self._warn_if_clamped(self.param_groups[-1])
 
@@ -161,15 +166,17 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
     def state_dict(self):
         sd = self._state_dict()
         sd["magic_version"] = self.magic_version
+        sd["optimizer"] = type(self).__name__
         return sd
 
     def load_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)
         if state_dict.get("magic_version") != self.magic_version:
             warnings.warn(
                 f"loaded a state dict without magic_version={self.magic_version}; the LR mask may not be synchronised",
                 stacklevel=2,
             )
-        self._load_state_dict({k: v for k, v in state_dict.items() if k != "magic_version"})
+        self._load_state_dict({k: v for k, v in state_dict.items() if k not in ("magic_version", "optimizer")})
 
     def _state_dict(self):
         return super().state_dict()

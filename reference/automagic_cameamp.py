@@ -15,12 +15,12 @@ Per-parameter pipeline (t = this parameter's step after increment, W = warmup_st
   9. t < W/2 and wd > 0: θ ← θ(1 − E·wd·ϑ)        T10
  10. θ ← θ − U ⊙ E
 
-``compat="upstream"`` reproduces the upstream numerics. Where upstream crashes or produces NaN, it
-does the defined thing instead, as upstream-issues.md prescribes: S = 0 leaves g unchanged and σ = 0
-gives ϑ = 1 [I-05]; the group statistics μ, σ are computed whenever a parameter of the group needs
-them [I-07]; keys deleted at t == W are recreated if a warm branch needs them [I-22]; fp16 parameters
-get fp32 states [I-24]; no `torch.cuda.synchronize()` [I-04]; 0-d parameters are treated as shape [1]
-by TAM (upstream raises).
+``compat="fixed"`` is the default. ``compat="upstream"`` (for parity studies) reproduces the upstream numerics.
+Where upstream crashes or produces NaN, it does the defined thing instead, as upstream-issues.md prescribes: S = 0
+leaves g unchanged and σ = 0 gives ϑ = 1 [I-05]; the group statistics μ, σ are computed whenever a parameter of the
+group needs them [I-07]; keys deleted at t == W are recreated if a warm branch needs them [I-22]; fp16 parameters
+get fp32 states [I-24]; no `torch.cuda.synchronize()` [I-04]; 0-d parameters are treated as shape [1] by TAM
+(upstream raises).
 
 ``compat="fixed"`` applies the corrections of upstream-issues.md:
   * [I-05] ε = 1e-12 in the AGR sum and in σ.

@@ -12,7 +12,9 @@ Pipeline, where it differs from Automagic_CameAMP (O1):
   * LR mask T8b: no (η − lr_max) jump while warming up; after warm-up the scaled mask
     M·max(η/lr_max, 0.1) is stored, so the scaling compounds every step [I-10].
 
-``compat="upstream"`` reproduces these numerics, including two storage quirks: the residual r is never
+``compat="fixed"`` is the default. ``compat="upstream"`` (for parity studies) reproduces these numerics, including
+upstream's explosion on simple problems (a 2-layer MLP regression at lr 1e-3 goes from loss 1.7 to ~9e3 in
+12 steps; equivalence_tests/test_torch_contract.py) and two storage quirks: the residual r is never
 re-quantised, so every step sees r = (1−β3)·((u − m̄)² + ε2) [I-08]; and an fp32 copy of v is kept in
 the state (memory only; it is not saved) [I-11b]. Unlike upstream, the state_dict holds plain tensors
 and `load_state_dict` restores every quantised state, so a run resumes [I-11a, e]; no

@@ -41,6 +41,7 @@ import torch
 
 from . import came_style, edge_suppression, frequency_penalty, low_rank_penalty, lr_mask, minmax_8bit, spd
 from .automagic_cameamp_improved import AGR_EPS, CAUTIOUS_MIN_MEAN, EARLY_RESIDUAL_BETA, Automagic_CameAMP_Improved
+from .checkpoint import check_state_dict
 from .config import Optimizer8BitConfig
 from .spatial_awareness import background_factor, spatial_bump, update_spatial_variance
 from .tam import TAM_DECAY, tam_improved_fixed, tam_s2o
@@ -255,6 +256,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
         return sd
 
     def load_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)
         block_size = state_dict.get("block_size", self.config.block_size)
         if block_size != self.config.block_size:
             raise ValueError(f"state_dict['block_size'] is {block_size}, this optimizer's is {self.config.block_size}")

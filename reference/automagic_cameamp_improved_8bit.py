@@ -59,6 +59,7 @@ from .adaptive_weight_decay import decay_factor, group_abs_stats
 from .agr import agr, group_abs_sum
 from .allora import row_variance_scaling
 from .automagic_base import AutomagicBase
+from .checkpoint import check_state_dict
 from .config import Improved8BitConfig
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
@@ -272,6 +273,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         return sd
 
     def load_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)  # before the generator changes
         extra = ("magic_improved_8bit_version", "bitsandbytes_version", "rng_state")
         if state_dict.get("magic_improved_8bit_version") != MAGIC_IMPROVED_8BIT_VERSION:
             warnings.warn("loaded a state dict without magic_improved_8bit_version=1", stacklevel=2)

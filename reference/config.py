@@ -55,7 +55,7 @@ class AutomagicConfig:
     came: bool = True
     full_finetune: bool = False
     verbose: bool = False
-    compat: str = "upstream"  # "upstream" numerics or the "fixed" corrections
+    compat: str = "fixed"  # the corrections of upstream-issues.md (default), or "upstream" numerics
     wd_until: str = "warmup_half"  # [I-48] "always" keeps adaptive weight decay on (fixed mode only)
     nonfinite: str = "raise"  # NaN/Inf gradients: "raise" (ValueError) or "skip" the step (with a warning)
 
@@ -118,7 +118,7 @@ class ImprovedCommonConfig:
     lora_rank_penalty: bool = True
     rank_penalty_strength: float = 0.01
     low_rank_emphasis: float = 1.2
-    compat: str = "upstream"
+    compat: str = "fixed"
     nonfinite: str = "raise"  # NaN/Inf gradients: "raise" or "skip" the step
 
     def __post_init__(self):

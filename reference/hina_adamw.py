@@ -46,6 +46,7 @@ import torch
 from . import adopt_stability, blockwise_8bit, lora_names, spd
 from .agr import agr_hina
 from .cautious import cautious_mask_hina
+from .checkpoint import check_state_dict
 from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
@@ -85,7 +86,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         is_paged=False, use_spd=True, spd_lambda=0.06, use_cautious=True, use_orthogonal_grad=False,
         use_adopt_stability=True, use_grams=True, use_agr=True, use_tam=True, tam_beta=0.999,
         use_alora=True, alora_ratio=16.0, dynamic_weight_decay=True, wd_transition_steps=1000,
-        wd_decay_factor=0.7, wd_min_ratio=0.1, compat="upstream", nonfinite="raise",
+        wd_decay_factor=0.7, wd_min_ratio=0.1, compat="fixed", nonfinite="raise",
     ):  # fmt: skip
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
@@ -132,6 +133,8 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
         super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            self.state[p] = {}  # a placeholder, as reference.AutomagicBase.add_param_group explains
 
     @property
     def fixed(self) -> bool:
@@ -257,7 +260,11 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         return 1.0
 
     # ------------------------------------------------------------------ persistence, monitoring
+    def state_dict(self):
+        return {**super().state_dict(), "optimizer": type(self).__name__}
+
     def load_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict)
         for state in self.state.values():  # upstream's dead v̄

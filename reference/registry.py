@@ -2,7 +2,7 @@
 `--optimizer_args key=value ...`), e.g.
 
     create_optimizer("Automagic_CameAMP8bit", model.parameters(), lr=1e-4,
-                     optimizer_args=["warmup_steps=200", "compat='fixed'"])
+                     optimizer_args=["warmup_steps=200"])  # compat='fixed' is the default
 
 Names are matched case-insensitively; a dotted path (`library.automagic_cameamp.Automagic_CameAMP`)
 is matched by its last component. `HinaAdamWOptimizer8bit` is the sd-scripts name of HinaAdamW, and
@@ -36,13 +36,15 @@ OPTIMIZERS = {
 }
 
 
-def get_optimizer_class(optimizer_type: str):
+def get_optimizer_class(optimizer_type: str, package=None):
+    """The class named `optimizer_type`: the reference's, or the same-named class of `package` (`optimized`)."""
     if not isinstance(optimizer_type, str):
         raise TypeError(f"optimizer_type must be a string, got {type(optimizer_type).__name__}")
     key = optimizer_type.rsplit(".", 1)[-1].lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer_type {optimizer_type!r}; known: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[key]
+    cls = OPTIMIZERS[key]
+    return cls if package is None else getattr(package, cls.__name__)
 
 
 def parse_optimizer_args(optimizer_args) -> dict:
@@ -59,9 +61,10 @@ def parse_optimizer_args(optimizer_args) -> dict:
     return kwargs
 
 
-def create_optimizer(optimizer_type: str, params, lr=None, optimizer_args=None, **kwargs):
-    """`cls(params, lr=lr, **optimizer_args, **kwargs)`, as sd-scripts' train_util builds optimizers."""
-    cls = get_optimizer_class(optimizer_type)
+def create_optimizer(optimizer_type: str, params, lr=None, optimizer_args=None, package=None, **kwargs):
+    """`cls(params, lr=lr, **optimizer_args, **kwargs)`, as sd-scripts' train_util builds optimizers; `package`:
+    see `get_optimizer_class`."""
+    cls = get_optimizer_class(optimizer_type, package)
     kwargs = {**parse_optimizer_args(optimizer_args), **kwargs}
     if lr is not None:
         kwargs["lr"] = lr

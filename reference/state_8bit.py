@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from . import blockwise_8bit
+from .checkpoint import check_state_dict
 
 MAGIC8_VERSION = 2
 
@@ -48,9 +49,11 @@ class Blockwise8bitStates:
         sd["magic8_version"] = MAGIC8_VERSION
         sd["quant_code"] = blockwise_8bit.code_table()
         sd["quant_blocksize"] = blockwise_8bit.BLOCKSIZE
+        sd["optimizer"] = type(self).__name__
         return sd
 
     def load_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)
         if state_dict.get("magic8_version", 0) < MAGIC8_VERSION:
             warnings.warn("loaded a state dict without magic8_version=2; 8-bit states may be missing", stacklevel=2)
         code = state_dict.get("quant_code")
@@ -59,5 +62,5 @@ class Blockwise8bitStates:
         blocksize = state_dict.get("quant_blocksize", blockwise_8bit.BLOCKSIZE)
         if blocksize != blockwise_8bit.BLOCKSIZE:
             raise ValueError(f"state_dict['quant_blocksize'] is {blocksize}, expected {blockwise_8bit.BLOCKSIZE}")
-        extra = ("magic8_version", "quant_code", "quant_blocksize")
+        extra = ("magic8_version", "quant_code", "quant_blocksize", "optimizer")
         self._load_state_dict({k: v for k, v in state_dict.items() if k not in extra})

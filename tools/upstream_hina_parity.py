@@ -52,7 +52,7 @@ def run(upstream, steps, seed, dtype, **kwargs):
     ours = {n: torch.nn.Parameter(x.clone()) for n, x in init.items()}
     theirs = {n: torch.nn.Parameter(x.clone()) for n, x in init.items()}
     names = list(SHAPES)
-    opt_ours = HinaAdamWOptimizer([{"params": [ours[n] for n in names], "named": names}], **kwargs)
+    opt_ours = HinaAdamWOptimizer([{"params": [ours[n] for n in names], "named": names}], compat="upstream", **kwargs)
     opt_theirs = upstream.HinaAdamWOptimizer([{"params": [theirs[n] for n in names], "named": names}], **kwargs)
     worst = 0.0
     for _ in range(steps):
