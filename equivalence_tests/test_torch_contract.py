@@ -1,6 +1,8 @@
 """torch.optim's contract for a third-party optimizer (issue 24), every class of both packages: what torch and its
-ecosystem do with an optimizer keeps working. This module grows with that issue; today: deepcopy and pickle,
-and Tensor hyper-parameters."""
+ecosystem do with an optimizer keeps working: deepcopy and pickle, Tensor hyper-parameters, the max_lr warning,
+the default numerics, real `optimizer.state` and the state_dict hooks, add_param_group. torch's own conformance
+checks, on OptimizerInfo, are in test_optimizer_conformance.py; checkpoints in test_checkpoint_validation.py and
+test_distributed_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -189,3 +191,23 @@ def test_add_param_group_after_steps(package, name):
     before = extra.detach().clone()
     run(opt, 2, seed=2)
     assert not torch.equal(extra.detach(), before) and opt.state[extra]["step"] == 2
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_entries_that_are_not_a_parameters_are_kept(package, name):
+    """torch keeps `optimizer.state` entries whose key is not a parameter (a flag a hook or a tool wrote) through
+    state_dict and load_state_dict. reference.Automagic_CameAMP8bit's state_dict failed on one, and HinaAdamW's
+    load raised on a flag a state_dict post-hook wrote."""
+    opt = build(package, name, "fixed")
+    run(opt, 2, seed=1)
+    opt.state["note"] = 3
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "state": {**sd["state"], "flag": True}})
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["state"]["note"] == 3 and saved["state"]["flag"] is True
+    other = build(package, name, "fixed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other.load_state_dict(saved)
+    run(other, 1, seed=2)
+    assert other.state["flag"] is True and other.state["note"] == 3

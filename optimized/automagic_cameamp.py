@@ -351,9 +351,10 @@ class Automagic_CameAMP(AutomagicBase):
         where = self._locate()
         for b in {id(b): b for b, _ in where.values()}.values():
             self._restart(b)  # a parameter the checkpoint has no state for restarts, as in the reference
-        self.state.clear()
+        for p in [k for k in self.state if torch.is_tensor(k)]:  # entries that are not a parameter's stay
+            del self.state[p]
         for pid, saved in state_dict["state"].items():
-            if not saved:  # a parameter that had not started
+            if not saved or pid not in id_map:  # a parameter that had not started; not a parameter's entry
                 continue
             b, i = where[id_map[pid]]
             group = next(g for g in self.param_groups if any(q is b.params[i] for q in g["params"]))

@@ -259,12 +259,13 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         for _, b in self._all_buckets():
             b.restart()  # a parameter the checkpoint has no state for restarts at step 0
             b.host["spd_on"][:] = False
-        self.state.clear()
+        for p in [k for k in self.state if torch.is_tensor(k)]:  # entries that are not a parameter's stay
+            del self.state[p]
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p] = {}  # placeholders (see reference.AutomagicBase.add_param_group)
         for pid, saved in state_dict["state"].items():
-            if not saved:
+            if not saved or pid not in id_map:  # a parameter that had not started; not a parameter's entry
                 continue
             b, i = where[id_map[pid]]
             b.host["spd_on"][i] = "spd_anchor" in saved

@@ -161,7 +161,8 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
 
     def state_bytes(self) -> int:
         """Bytes held by the per-parameter state tensors (measured from the tensors)."""
-        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values() if torch.is_tensor(v))
+        entries = [s for s in self.state.values() if isinstance(s, dict)]  # torch keeps non-parameter entries too
+        return sum(v.numel() * v.element_size() for s in entries for v in s.values() if torch.is_tensor(v))
 
     def state_dict(self):
         sd = self._state_dict()

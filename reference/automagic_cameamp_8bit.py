@@ -110,10 +110,13 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
 
     def _state_dict(self):
         sd = super()._state_dict()
+
         # [I-11b] the fp32 copy of v beside the quantised one is not saved (upstream drops it too); a 0-d
         # parameter's v is not quantised, so it is its only copy and is kept
-        sd["state"] = {
-            pid: {k: v for k, v in saved.items() if not (k == "exp_avg_sq" and "exp_avg_sq_q" in saved)}
-            for pid, saved in sd["state"].items()
-        }
+        def without_v_copy(saved):
+            if not isinstance(saved, dict):  # an entry that is not a parameter's (torch keeps those)
+                return saved
+            return {k: v for k, v in saved.items() if not (k == "exp_avg_sq" and "exp_avg_sq_q" in saved)}
+
+        sd["state"] = {pid: without_v_copy(saved) for pid, saved in sd["state"].items()}
         return sd

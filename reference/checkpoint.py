@@ -219,6 +219,8 @@ def check_state_dict(optimizer, state_dict) -> None:
         _fail(f"state must be a dict, got {type(state).__name__}")
     schema = SCHEMAS.get(name)
     for pid, entry in state.items():
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            continue  # not a parameter's entry: torch's load keeps such entries as they are
         if pid not in params:
             _fail(f"state has an entry for parameter {pid!r}, which no param group lists")
         p, group = params[pid]

@@ -267,7 +267,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict)
-        for state in self.state.values():  # upstream's dead v̄
+        for state in [s for s in self.state.values() if isinstance(s, dict)]:  # upstream's dead v̄
             for key in [k for k in state if k.startswith(DEAD_STATE)]:
                 del state[key]
 
@@ -304,7 +304,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
 
     def update_device(self, device) -> None:
         """Move every state tensor (SPD anchors included) to `device`."""
-        for state in self.state.values():
+        for state in [s for s in self.state.values() if isinstance(s, dict)]:
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
                     state[key] = value.to(device)

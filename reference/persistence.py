@@ -21,6 +21,8 @@ def restore_state_dtypes(optimizer, state_dict):
     """
     id_map = saved_param_map(optimizer, state_dict)
     for pid, saved in state_dict["state"].items():
+        if pid not in id_map:  # an entry that is not a parameter's: torch keeps it as it is
+            continue
         p = id_map[pid]
         for key, value in saved.items():
             if hasattr(value, "dtype") and optimizer.state[p][key].dtype != value.dtype:
