@@ -122,6 +122,16 @@ def feed(params, gen) -> None:
         p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
 
 
+def stepped(info, inp, seed: int, steps: int):
+    """(parameters, the gradient generator, an optimizer over them that took `steps` steps)."""
+    params, gen = params_for(), torch.Generator().manual_seed(seed)
+    opt = make(info, inp, params)
+    for _ in range(steps):
+        feed(params, gen)
+        quiet_step(opt)
+    return params, gen, opt
+
+
 def each_input(info):
     return info.optim_inputs_func(device="cpu")
 
@@ -173,11 +183,7 @@ def test_state_dict_deterministic(info):
     """An optimizer loaded from another's state_dict (over copies of its parameters) steps as that one does, and
     their state_dicts agree at every step; the closure's loss is returned."""
     for inp in each_input(info):
-        params, gen = params_for(), torch.Generator().manual_seed(2)
-        opt = make(info, inp, params)
-        for _ in range(3):
-            feed(params, gen)
-            quiet_step(opt)
+        params, gen, opt = stepped(info, inp, seed=2, steps=3)
         twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
         twin = make(info, inp, twins)
         twin.load_state_dict(copy.deepcopy(opt.state_dict()))
@@ -228,11 +234,7 @@ def test_step_hooks(info):
 @infos_for("test_save_load_equality_with_weights_only")
 def test_save_load_equality_with_weights_only(info):
     for inp in each_input(info):
-        params, gen = params_for(), torch.Generator().manual_seed(5)
-        opt = make(info, inp, params)
-        for _ in range(2):
-            feed(params, gen)
-            quiet_step(opt)
+        params, _, opt = stepped(info, inp, seed=5, steps=2)
         buffer = io.BytesIO()
         torch.save(opt.state_dict(), buffer)
         buffer.seek(0)
@@ -250,12 +252,8 @@ def test_save_load_equality_with_weights_only(info):
 @infos_for("test_can_load_a_tensor_step")
 def test_can_load_a_tensor_step(info):
     """torch's optimizers save `step` as a tensor; a checkpoint with tensor steps loads and resumes exactly."""
-    params, gen = params_for(), torch.Generator().manual_seed(6)
     inp = each_input(info)[0]
-    opt = make(info, inp, params)
-    for _ in range(2):
-        feed(params, gen)
-        quiet_step(opt)
+    params, gen, opt = stepped(info, inp, seed=6, steps=2)
     sd = copy.deepcopy(opt.state_dict())
     for entry in sd["state"].values():
         if "step" in entry:

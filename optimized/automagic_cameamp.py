@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from reference.automagic_base import FIXED_EPS, AutomagicBase
-from reference.checkpoint import check_state_dict
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from . import automagic_step as S
+from .adopting_load import load_adopting
 from .bucket import Bucket
 from .kernels import allora_table, masked_tensor_mean, row_norms
 
@@ -329,21 +329,8 @@ class Automagic_CameAMP(AutomagicBase):
         return sd
 
     def _load_state_dict(self, state_dict):
-        """torch's own load (its hooks run; what the last pre-hook returns is checked before anything changes),
-        then the buffers take the loaded values and `optimizer.state` holds views of them again."""
-        final = []
-
-        def check(optimizer, sd):
-            check_state_dict(optimizer, sd)
-            final.append(sd)
-
-        pre = self.register_load_state_dict_pre_hook(check)
-        post = self.register_load_state_dict_post_hook(lambda _: self._adopt(final[-1]), prepend=True)
-        try:
-            super()._load_state_dict(state_dict)
-        finally:
-            pre.remove()
-            post.remove()
+        """torch's own load, then the buffers take the loaded values (see adopting_load)."""
+        load_adopting(self, state_dict, super()._load_state_dict, self._adopt)
 
     def _adopt(self, state_dict):
         """Copy a loaded state_dict (the saved values, before torch's cast to the parameter dtype) into the buffers."""

@@ -22,6 +22,7 @@ from reference.persistence import saved_param_map
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
+from .adopting_load import load_adopting
 from .bucket import Bucket
 from .lora_factors import BucketFactors, dependencies
 
@@ -235,22 +236,9 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         return entry
 
     def load_state_dict(self, state_dict):
-        """torch's own load (its hooks run; what the last pre-hook returns is checked before anything changes),
-        then the buffers take the loaded values and `optimizer.state` holds views of them again."""
+        """torch's own load, then the buffers take the loaded values (see adopting_load)."""
         check_state_dict(self, state_dict)
-        final = []
-
-        def check(optimizer, sd):
-            check_state_dict(optimizer, sd)
-            final.append(sd)
-
-        pre = self.register_load_state_dict_pre_hook(check)
-        post = self.register_load_state_dict_post_hook(lambda _: self._adopt(final[-1]), prepend=True)
-        try:
-            torch.optim.Optimizer.load_state_dict(self, state_dict)
-        finally:
-            pre.remove()
-            post.remove()
+        load_adopting(self, state_dict, lambda sd: torch.optim.Optimizer.load_state_dict(self, sd), self._adopt)
 
     def _adopt(self, state_dict):
         """Copy a loaded state_dict (the saved values, before torch's cast) into the buffers."""
