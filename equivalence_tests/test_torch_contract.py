@@ -6,6 +6,7 @@ test_distributed_checkpoint.py."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 import warnings
@@ -211,3 +212,39 @@ def test_entries_that_are_not_a_parameters_are_kept(package, name):
         other.load_state_dict(saved)
     run(other, 1, seed=2)
     assert other.state["flag"] is True and other.state["note"] == 3
+
+
+@pytest.mark.parametrize("name", [n for n in CLASSES if n != "HinaAdamWOptimizer"])
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_state_reset_by_hand_restarts(package, name):
+    """`optimizer.state = defaultdict(dict)` (or deleting one entry) resets, as with torch's optimizers: the next
+    step starts those parameters afresh (the fast classes would have gone on from their buffers). It is the same
+    restart as loading a checkpoint without their state (test_checkpoint_validation.py compares that one with the
+    reference), so the two runs agree bit for bit."""
+
+    def by_hand(opt, drop):
+        if drop is None:
+            opt.state = collections.defaultdict(dict)
+        else:
+            del opt.state[params_of(opt)[drop]]
+
+    def by_loading(opt, drop):
+        sd = copy.deepcopy(opt.state_dict())
+        sd["state"] = {} if drop is None else {k: v for k, v in sd["state"].items() if k != drop}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.load_state_dict(sd)
+
+    results = []
+    for reset in (by_hand, by_loading):
+        opt = build(package, name, "fixed")
+        run(opt, 3, seed=1)
+        reset(opt, None)
+        run(opt, 2, seed=2)
+        assert opt.state[params_of(opt)[2]]["step"] == 2
+        reset(opt, 0)
+        run(opt, 1, seed=3)
+        assert opt.state[params_of(opt)[0]]["step"] == 1 and opt.state[params_of(opt)[2]]["step"] == 3
+        results.append([p.detach().clone() for p in params_of(opt)])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

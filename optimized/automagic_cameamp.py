@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from reference.automagic_base import FIXED_EPS, AutomagicBase
+from reference.checkpoint import check_entry
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
@@ -119,6 +120,7 @@ class Automagic_CameAMP(AutomagicBase):
         has_grads = []
         for b in buckets:
             b.check_views()
+            self._adopt_edits(b, group)
             has_grads.append(np.array([p.grad is not None for p in b.params], dtype=bool))
         if not any(h.any() for h in has_grads):
             return None
@@ -278,11 +280,32 @@ class Automagic_CameAMP(AutomagicBase):
             p, warm = b.params[i], bool(W == 0 or b.step[i] < W)
             entry = self.state.get(p)
             if rebuild or not entry or b.published_warm[i] != warm:
-                self.state[p] = self._entry(b, i, group)
+                self.state[p] = b.entries[i] = self._entry(b, i, group)
                 b.published_warm[i] = warm
             else:
                 entry.update(self._scalars(b, i))
         b.published = b.signature()
+
+    def _adopt_edits(self, b: Bucket, group) -> None:
+        """An entry of `optimizer.state` replaced since it was built is taken up before the step, as torch's
+        optimizers read their state: emptied or removed (e.g. `optimizer.state = defaultdict(dict)` to reset),
+        the tensor restarts; replaced by another dict, its values are loaded into the buffers."""
+        if not b.started.any():
+            return
+        entries = [self.state.get(p) for p in b.params]
+        edited = [i for i in np.flatnonzero(b.started) if entries[i] is not b.entries[i]]
+        if not edited:
+            return
+        gone = np.zeros(len(b.params), dtype=bool)
+        for i in edited:
+            if entries[i]:
+                check_entry(self, "an entry assigned into optimizer.state", entries[i], b.params[i], group)
+                self._import(b, i, group, entries[i])
+            else:
+                gone[i] = True
+        if gone.any():
+            self._restart(b, gone)
+        self._publish(b, group)
 
     def _scalars(self, b: Bucket, i: int) -> dict:
         """Tensor i's host-side state (C-Optim adds its counters)."""
@@ -352,8 +375,8 @@ class Automagic_CameAMP(AutomagicBase):
             for b in self._group_buckets(gi):
                 self._publish(b, group)
 
-    def _restart(self, b: Bucket):
-        b.restart()
+    def _restart(self, b: Bucket, tensors=None):
+        b.restart(tensors)
 
     def _import(self, b: Bucket, i: int, group, saved: dict):
         self._allocate(b, group)

@@ -84,10 +84,14 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
             out[f"momentum_count_{k}"] = int(counts[i, j])
         return out
 
-    def _restart(self, b: Bucket):
-        super()._restart(b)
-        for name in ("momentum_count", "edge_case_count", "contextual_lr_multiplier"):
-            b.host.pop(name, None)
+    def _restart(self, b: Bucket, tensors=None):
+        super()._restart(b, tensors)
+        if tensors is None:
+            for name in ("momentum_count", "edge_case_count", "contextual_lr_multiplier"):
+                b.host.pop(name, None)
+        elif "momentum_count" in b.host:
+            counts, edge_count, factor = self._counters(b)
+            counts[tensors], edge_count[tensors], factor[tensors] = 0, 0, 1.0
 
     def _import(self, b: Bucket, i: int, group, saved: dict):
         super()._import(b, i, group, saved)

@@ -54,14 +54,17 @@ class Bucket:
         self.host: dict[str, np.ndarray] = {}  # per-tensor host counters of a subclass (C-Optim)
         self.published: tuple | None = None  # `signature()` when optimizer.state's views were built
         self.published_warm = np.zeros(T, dtype=bool)  # whether each view entry holds the warm-up keys
+        self.entries: list = [None] * T  # the optimizer.state entry built for each tensor (see _publish)
 
-    def restart(self) -> None:
-        """Every tensor back to 'not started' (step 0), as before its first step; states are refilled at start."""
-        self.started[:] = False
-        self.step[:] = 0
-        self.lr_max[:] = 0
-        self.avg_lr[:] = 0
-        self.avg_lr_stale[:] = False
+    def restart(self, tensors=None) -> None:
+        """The tensors in `tensors` (numpy bool [T]; None: all) back to 'not started' (step 0), as before their
+        first step; their states are refilled when they start."""
+        chosen = slice(None) if tensors is None else tensors
+        self.started[chosen] = False
+        self.step[chosen] = 0
+        self.lr_max[chosen] = 0
+        self.avg_lr[chosen] = 0
+        self.avg_lr_stale[chosen] = False
         self.published = None
 
     # ------------------------------------------------------------------ storage

@@ -53,6 +53,7 @@ class ShapeStack:
         self.states: dict[str, torch.Tensor] = {}
         for key in self.tensor_keys(optimizer.state[params[0]]):
             self.set(key, torch.stack([optimizer.state[p][key] for p in params]))
+        self.entries = [optimizer.state[p] for p in params]  # replaced or removed (a reset): the stack is stale
         self.avg_lr: torch.Tensor | None = None  # per-tensor means, written to the states lazily
 
     @staticmethod
@@ -60,7 +61,9 @@ class ShapeStack:
         return [k for k, v in state.items() if torch.is_tensor(v)]
 
     def valid(self) -> bool:
-        return [p.data_ptr() for p in self.params] == self.ptrs
+        entries = self.optimizer.state
+        same = all(entries.get(p) is entry for p, entry in zip(self.params, self.entries, strict=True))
+        return same and [p.data_ptr() for p in self.params] == self.ptrs
 
     def set(self, key: str, stacked: torch.Tensor) -> None:
         """Own `stacked` as state `key`; each parameter's state entry becomes a view of it."""
@@ -82,8 +85,9 @@ class ShapeStack:
 
     def flush_avg_lr(self) -> None:
         if self.avg_lr is not None:
-            for p, value in zip(self.params, self.avg_lr.tolist(), strict=True):
-                self.optimizer.state[p]["avg_lr"] = value
+            for p, entry, value in zip(self.params, self.entries, self.avg_lr.tolist(), strict=True):
+                if self.optimizer.state.get(p) is entry:  # not into an entry that replaced (reset) this one
+                    entry["avg_lr"] = value
             self.avg_lr = None
 
 

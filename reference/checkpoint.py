@@ -92,7 +92,7 @@ SCHEMAS = {
 
 
 def _fail(message: str):
-    raise ValueError(f"load_state_dict: {message}; the optimizer is unchanged")
+    raise ValueError(f"{message}; the optimizer is unchanged")
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -188,6 +188,13 @@ def _check_entry(where: str, entry, p: torch.Tensor, group: Mapping, schema: Sch
         _fail(f"{where} lacks {missing} (a truncated checkpoint, or one of another optimizer?)")
 
 
+def check_entry(optimizer, where: str, entry, p: torch.Tensor, group: Mapping) -> None:
+    """Raise a ValueError unless `entry` is a state entry this class writes for `p` in `group`."""
+    schema = SCHEMAS.get(type(optimizer).__name__)
+    if schema is not None:
+        _check_entry(where, entry, p, group, schema)
+
+
 def check_state_dict(optimizer, state_dict) -> None:
     """Raise a ValueError unless `state_dict` is one `optimizer` can load: same class (when the checkpoint says),
     the same number of groups and parameters, and every state entry shaped and typed as this class writes it."""
@@ -217,12 +224,10 @@ def check_state_dict(optimizer, state_dict) -> None:
     state = state_dict["state"]
     if not isinstance(state, Mapping):
         _fail(f"state must be a dict, got {type(state).__name__}")
-    schema = SCHEMAS.get(name)
     for pid, entry in state.items():
         if not isinstance(pid, int) or isinstance(pid, bool):
             continue  # not a parameter's entry: torch's load keeps such entries as they are
         if pid not in params:
             _fail(f"state has an entry for parameter {pid!r}, which no param group lists")
         p, group = params[pid]
-        if schema is not None:
-            _check_entry(f"state[{pid!r}]", entry, p, group, schema)
+        check_entry(optimizer, f"state[{pid!r}]", entry, p, group)
