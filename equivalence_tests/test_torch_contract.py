@@ -214,7 +214,7 @@ def test_entries_that_are_not_a_parameters_are_kept(package, name):
     assert other.state["flag"] is True and other.state["note"] == 3
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSES if n != "HinaAdamWOptimizer"])
+@pytest.mark.parametrize("name", CLASSES)
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_state_reset_by_hand_restarts(package, name):
     """`optimizer.state = defaultdict(dict)` (or deleting one entry) resets, as with torch's optimizers: the next

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from reference import hina_adamw as readable
-from reference.checkpoint import check_state_dict
+from reference.checkpoint import check_entry, check_state_dict
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
@@ -98,6 +98,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         for gi in range(len(self.param_groups)):
             for b in self._group_buckets(gi):
                 b.check_views()
+                self._adopt_edits(b, self.param_groups[gi])
                 has = np.array([p.grad is not None for p in b.params], dtype=bool)
                 if has.any():
                     grad = b.gather_grads(has)
@@ -218,9 +219,10 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             p = b.params[i]
             entry = self.state.get(p)
             if rebuild or not entry or "step" not in entry:
-                self.state[p] = self._entry(b, i)
+                self.state[p] = entry = self._entry(b, i)
             else:
                 entry["step"] = int(b.step[i])
+            b.entries[i] = entry
         b.published = b.signature()
 
     def _entry(self, b: Bucket, i: int) -> dict:
@@ -253,23 +255,40 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             for p in group["params"]:
                 self.state[p] = {}  # placeholders (see reference.AutomagicBase.add_param_group)
         for pid, saved in state_dict["state"].items():
-            if not saved or pid not in id_map:  # a parameter that had not started; not a parameter's entry
-                continue
-            b, i = where[id_map[pid]]
-            b.host["spd_on"][i] = "spd_anchor" in saved
-            if "spd_anchor" in saved:
-                if "spd_anchor" not in b.states:
-                    b.states["spd_anchor"] = b.layout.empty(b.dtype, b.device, fill=0)
-                b.load("spd_anchor", i, saved)
-            if "step" not in saved:
-                continue
-            b.step[i], b.started[i] = int(saved["step"]), True
-            for name in MOMENTS:
-                b.load(name, i, saved)
-            alignment = saved.get("momentum_alignment", 0.0)
-            b.states["momentum_alignment"][i] = torch.as_tensor(alignment)
-            b.host["alignment"][i] = float(alignment)
+            if saved and pid in id_map:  # not: a parameter that had not started; not a parameter's entry
+                self._import(*where[id_map[pid]], saved)
         for _, b in self._all_buckets():
+            self._publish(b)
+
+    def _import(self, b: Bucket, i: int, saved: dict) -> None:
+        b.host["spd_on"][i] = "spd_anchor" in saved
+        if "spd_anchor" in saved:
+            if "spd_anchor" not in b.states:
+                b.states["spd_anchor"] = b.layout.empty(b.dtype, b.device, fill=0)
+            b.load("spd_anchor", i, saved)
+        if "step" not in saved:
+            return
+        b.step[i], b.started[i] = int(saved["step"]), True
+        for name in MOMENTS:
+            b.load(name, i, saved)
+        alignment = saved.get("momentum_alignment", 0.0)
+        b.states["momentum_alignment"][i] = torch.as_tensor(alignment)
+        b.host["alignment"][i] = float(alignment)
+
+    def _adopt_edits(self, b: Bucket, group) -> None:
+        """An entry of `optimizer.state` replaced since it was built is taken up before the step (as in
+        optimized.Automagic_CameAMP): emptied or removed, the tensor restarts without an SPD anchor, as the
+        reference's does; replaced by another dict, its values are loaded into the buffers."""
+        entries = [self.state.get(p) for p in b.params]
+        edited = [i for i, e in enumerate(entries) if b.entries[i] is not None and e is not b.entries[i]]
+        for i in edited:
+            entry = entries[i]
+            b.restart(np.arange(len(b.params)) == i)
+            b.host["spd_on"][i] = False
+            if entry:
+                check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
+                self._import(b, i, entry)
+        if edited:
             self._publish(b)
 
     def state_bytes(self) -> int:
