@@ -290,17 +290,15 @@ class Automagic_CameAMP(AutomagicBase):
         """An entry of `optimizer.state` replaced since it was built is taken up before the step, as torch's
         optimizers read their state: emptied or removed (e.g. `optimizer.state = defaultdict(dict)` to reset),
         the tensor restarts; replaced by another dict, its values are loaded into the buffers."""
-        if not b.started.any():
-            return
-        entries = [self.state.get(p) for p in b.params]
-        edited = [i for i in np.flatnonzero(b.started) if entries[i] is not b.entries[i]]
+        edited = b.edited(self.state)
         if not edited:
             return
         gone = np.zeros(len(b.params), dtype=bool)
         for i in edited:
-            if entries[i]:
-                check_entry(self, "an entry assigned into optimizer.state", entries[i], b.params[i], group)
-                self._import(b, i, group, entries[i])
+            entry = self.state.get(b.params[i])
+            if entry:
+                check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
+                self._import(b, i, group, entry)
             else:
                 gone[i] = True
         if gone.any():

@@ -66,6 +66,8 @@ class Bucket:
         self.avg_lr[chosen] = 0
         self.avg_lr_stale[chosen] = False
         self.published = None
+        for i in range(len(self.params)) if tensors is None else np.flatnonzero(tensors):
+            self.entries[i] = None  # not started: no entry of its own to watch (see `edited`)
 
     # ------------------------------------------------------------------ storage
     def allocate(self, came: bool, fixed: bool, start_lr: float):
@@ -185,6 +187,12 @@ class Bucket:
         if bitpack.is_packed(buf):
             return bitpack.read_tensor(buf, self.layout, i)
         return self.layout.view(buf, i).bool()
+
+    def edited(self, state) -> list:
+        """The tensors whose `optimizer.state` entry (`state`) is no longer the one built for them: removed,
+        emptied or replaced by hand since."""
+        return [i for i, (p, built) in enumerate(zip(self.params, self.entries, strict=True))
+                if built is not None and state.get(p) is not built]  # fmt: skip
 
     def signature(self) -> tuple:
         """Changes when a state buffer is created, replaced or dropped (the views must then be rebuilt)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from reference import hina_adamw as readable
-from reference.checkpoint import check_entry, check_state_dict
+from reference.checkpoint import check_entry
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
@@ -215,7 +215,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         """`optimizer.state[p]` of the tensors in `tensors` (numpy bool [T]; None: all, rebuilt): the reference's
         keys, tensors as views of the bucket's buffers; for a tensor that already has its entry, only `step`."""
         rebuild = tensors is None or b.published != b.signature()
-        for i in np.flatnonzero(np.ones(len(b.params), dtype=bool) if rebuild else tensors):
+        for i in range(len(b.params)) if rebuild else np.flatnonzero(tensors):
             p = b.params[i]
             entry = self.state.get(p)
             if rebuild or not entry or "step" not in entry:
@@ -239,7 +239,6 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
     def load_state_dict(self, state_dict):
         """torch's own load, then the buffers take the loaded values (see adopting_load)."""
-        check_state_dict(self, state_dict)
         load_adopting(self, state_dict, lambda sd: torch.optim.Optimizer.load_state_dict(self, sd), self._adopt)
 
     def _adopt(self, state_dict):
@@ -279,10 +278,9 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         """An entry of `optimizer.state` replaced since it was built is taken up before the step (as in
         optimized.Automagic_CameAMP): emptied or removed, the tensor restarts without an SPD anchor, as the
         reference's does; replaced by another dict, its values are loaded into the buffers."""
-        entries = [self.state.get(p) for p in b.params]
-        edited = [i for i, e in enumerate(entries) if b.entries[i] is not None and e is not b.entries[i]]
+        edited = b.edited(self.state)
         for i in edited:
-            entry = entries[i]
+            entry = self.state.get(b.params[i])
             b.restart(np.arange(len(b.params)) == i)
             b.host["spd_on"][i] = False
             if entry:
