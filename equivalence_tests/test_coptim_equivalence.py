@@ -46,3 +46,28 @@ def test_lockstep_with_losses(name, compat):
                 b.copy_(a)
     assert len(multipliers) >= 3 and edges > 0, (multipliers, edges)  # the context was exercised
     assert worst <= lockstep_tolerance(torch.float32).bound, worst
+
+
+@pytest.mark.parametrize("name", ["Automagic_CameAMP_COptim", "Automagic_CameAMP_COptim8bit"])
+@pytest.mark.parametrize("package", ["reference", "optimized"])
+def test_a_step_without_a_loss_says_so_once(package, name):
+    """HF Trainer calls step() without the loss: the contextual multiplier then stays upstream's constant, which the
+    first such step says (once); a step given its loss says nothing."""
+    import warnings
+
+    import optimized
+    import reference
+
+    cls = getattr({"reference": reference, "optimized": optimized}[package], name)
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    opt = cls([p], lr=1e-3)
+    p.grad = torch.randn(4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(loss=1.0)
+        opt.observe_loss(torch.tensor(0.9))
+        opt.step()
+    with pytest.warns(UserWarning, match=r"got no loss.*observe_loss") as caught:
+        opt.step()
+        opt.step()
+    assert sum("got no loss" in str(w.message) for w in caught) == 1

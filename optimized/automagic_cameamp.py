@@ -24,7 +24,7 @@ from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from . import automagic_step as S
 from .adopting_load import load_adopting
-from .bucket import Bucket
+from .bucket import Bucket, release_if_changed, trainable_params
 from .kernels import allora_table, masked_tensor_mean, row_norms
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
@@ -43,22 +43,47 @@ class Automagic_CameAMP(AutomagicBase):
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
         self._buckets: dict[int, list[Bucket]] = {}
+        self._members: dict[int, list] = {}  # the tensors each group's buckets were built over
 
     # ------------------------------------------------------------------ buckets
     def _group_buckets(self, gi: int) -> list[Bucket]:
-        """One bucket per (dtype, device); with 8-bit states, 0-d parameters get a bucket of their own, as the
-        reference quantises only tensors with a dimension. The 8-bit classes' states are fp32 before
-        quantisation, so that bucket's states are fp32 too, whatever the parameter dtype (as the reference's)."""
+        """One bucket per (dtype, device) over the group's trainable tensors (`requires_grad`, not empty: a frozen
+        parameter takes no place, state or workspace); with 8-bit states, 0-d parameters get a bucket of their
+        own, as the reference quantises only tensors with a dimension. The 8-bit classes' states are fp32 before
+        quantisation, so that bucket's states are fp32 too, whatever the parameter dtype (as the reference's).
+        When the trainable set changes (`requires_grad` flipped), the buckets are rebuilt with every state kept."""
+        trainable = trainable_params(self.param_groups[gi])
+        carried = release_if_changed(self, gi, trainable)
         if gi not in self._buckets:
             by_key: dict = {}
-            for p in self.param_groups[gi]["params"]:
-                if p.numel() > 0:
-                    by_key.setdefault((p.dtype, p.device, self.quantized_states and p.dim() > 0), []).append(p)
+            for p in trainable:
+                by_key.setdefault((p.dtype, p.device, self.quantized_states and p.dim() > 0), []).append(p)
             self._buckets[gi] = [
                 Bucket(ps, torch.float32 if self.quantized_states else self._state_dtype(dt), quantized=q)
                 for (dt, _, q), ps in by_key.items()
             ]
+            self._members[gi] = trainable
+            if carried:
+                self._carry(gi, carried)
         return self._buckets[gi]
+
+    def _carried_entry(self, b: Bucket, i: int, group) -> dict:
+        """Tensor i's state as a checkpoint entry of its own ({} before its first step; see `release_if_changed`)."""
+        if not b.started[i]:
+            return {}
+        self._refresh_avg_lr(b)
+        entry = self._entry(b, i, group)
+        bits = b.polarity(i) if b.published_warm[i] else None
+        return entry if bits is None else {**entry, "last_polarity": bits}
+
+    def _carry(self, gi: int, carried: dict) -> None:
+        """Load the entries `release_if_changed` kept into the group's new buckets."""
+        group = self.param_groups[gi]
+        for b in self._buckets[gi]:
+            for i, p in enumerate(b.params):
+                if p in carried:
+                    self._import(b, i, group, carried[p])
+            self._publish(b, group)
 
     def _extra_states(self) -> dict:
         """States beyond O1's, as {name: start value} (C-Optim's multi-scale momenta)."""
@@ -171,12 +196,12 @@ class Automagic_CameAMP(AutomagicBase):
         lower = upd & ~warm & (lr < b.lr_max)
         scale[lower] = np.maximum(lr / b.lr_max[lower], POST_WARMUP_MIN_SCALE)
 
-        tf = t.astype(np.float64)
+        tf = t.astype(np.float64)  # 0 for a tensor that has not stepped yet (inactive; its row is unused)
         beta1_t = np.maximum(beta1 * decay**tf, 0.4)
         alpha = 1.0 * decay**tf
         per_tensor = np.stack([
             active, seed, early, warm, beta1_t, 1 - beta1_t, alpha, 1 - alpha,
-            1 / (1 - beta3**tf) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
+            1 / (1 - beta3 ** np.maximum(tf, 1)) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
         ], axis=1).astype(np.float64)  # fmt: skip
         step_context = self._bucket_context(b, group, t, active, *context)
         consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
@@ -221,6 +246,7 @@ class Automagic_CameAMP(AutomagicBase):
             b.work.clear()  # the early-phase scratch
         if W >= 1 and (b.step >= W).all():
             b.drop_warm_buffers()
+        b.copy_out()
         self._publish(b, group, active)
 
     def _forget_warm_state(self, b: Bucket, ending):
@@ -359,17 +385,19 @@ class Automagic_CameAMP(AutomagicBase):
         where = self._locate()
         for b in {id(b): b for b, _ in where.values()}.values():
             self._restart(b)  # a parameter the checkpoint has no state for restarts, as in the reference
+        # a frozen parameter's state stays as torch loaded it (as in the reference), until it trains again
+        kept = {p: self.state[p] for p in id_map.values() if p not in where and self.state.get(p)}
         for p in [k for k in self.state if torch.is_tensor(k)]:  # entries that are not a parameter's stay
             del self.state[p]
         for pid, saved in state_dict["state"].items():
-            if not saved or pid not in id_map:  # a parameter that had not started; not a parameter's entry
+            if not saved or pid not in id_map or id_map[pid] in kept:  # not started; not a parameter's; frozen
                 continue
             b, i = where[id_map[pid]]
             group = next(g for g in self.param_groups if any(q is b.params[i] for q in g["params"]))
             self._import(b, i, group, saved)
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
-                self.state[p] = {}  # placeholders (see AutomagicBase.add_param_group)
+                self.state[p] = kept.get(p, {})  # or a placeholder (see AutomagicBase.add_param_group)
             for b in self._group_buckets(gi):
                 self._publish(b, group)
 

@@ -7,6 +7,8 @@ per-tensor scalars; nothing is read back from the device during a step.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -26,7 +28,7 @@ class Bucket:
         self.params = sorted(params, key=lambda p: (p.dim(), tuple(p.shape)))
         first = self.params[0]
         self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
-        self.layout = build_layout(self.params, self.device)
+        self.layout = build_layout(self.params, self.device, keep_strides=not quantized)
         self.idx = index_tensors(self.layout)
         self.quantized = quantized
         self.blocks = C.build_blocks(self.layout, self.device) if quantized else None
@@ -34,8 +36,12 @@ class Bucket:
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])
-        for p, view in zip(self.params, self.views, strict=True):
-            p.data = view
+        # a parameter is re-pointed into θ when its view has its strides; else (a layout the buffer cannot take:
+        # channels_last in an 8-bit bucket, a transposed matrix) it keeps its storage and is copied in and out
+        self.copied = [view.stride() != p.stride() for p, view in zip(self.params, self.views, strict=True)]
+        for p, view, copied in zip(self.params, self.views, self.copied, strict=True):
+            if not copied:
+                p.data = view
         self.ptrs = [p.data_ptr() for p in self.params]
         T = len(self.params)
         self.step = np.zeros(T, dtype=np.int64)
@@ -261,9 +267,10 @@ class Bucket:
 
     # ------------------------------------------------------------------ parameters and gradients
     def check_views(self):
-        """Re-adopt a parameter whose `.data` was replaced (same shape and dtype), else refuse."""
+        """Before a step: re-adopt a parameter whose `.data` was replaced (same shape and dtype), else refuse; copy
+        the parameters that keep their own storage into θ."""
         for i, p in enumerate(self.params):
-            if p.data_ptr() == self.ptrs[i]:
+            if p.data_ptr() == self.ptrs[i] and not self.copied[i]:
                 continue
             if p.dtype != self.dtype or p.device != self.device or tuple(p.shape) != self.layout.shapes[i]:
                 raise ValueError(
@@ -271,8 +278,15 @@ class Bucket:
                     "build the optimizer after moving or casting the model"
                 )
             self.views[i].copy_(p.detach())
-            p.data = self.views[i]
+            if not self.copied[i]:
+                p.data = self.views[i]
             self.ptrs[i] = p.data_ptr()
+
+    def copy_out(self):
+        """After a step: θ back into the parameters that keep their own storage (see `copied`)."""
+        pairs = [(p.data, view) for p, view, copied in zip(self.params, self.views, self.copied, strict=True) if copied]
+        if pairs:
+            torch._foreach_copy_(*map(list, zip(*pairs, strict=True)))
 
     def gather_grads(self, has_grad) -> torch.Tensor:
         """The gradients in the bucket's layout: zeros on padding and for tensors without a gradient.
@@ -307,3 +321,31 @@ class Bucket:
         """Bytes of the persistent gradient buffer, ALLoRA's per-element ρ and the early-phase scratch."""
         bufs = [self.grad, self.row_factor, *self.work.values()]
         return sum(t.numel() * t.element_size() for t in bufs if t is not None)
+
+
+def trainable_params(group) -> list:
+    """The tensors of a param group that a bucket holds: trainable (`requires_grad`) and not empty."""
+    return [p for p in group["params"] if p.requires_grad and p.numel() > 0]
+
+
+def release_if_changed(optimizer, gi: int, trainable) -> dict | None:
+    """If group gi's trainable tensors are no longer those its buckets hold, drop the buckets: each parameter gets
+    its own storage back (memory format kept), each tensor's state (if it has one) becomes a standalone
+    `optimizer.state` entry (`optimizer._carried_entry`), returned as {param: entry} for the new buckets to load
+    (with the entries kept by tensors that train again). Else None."""
+    members = optimizer._members.get(gi)
+    if gi not in optimizer._buckets or (len(members) == len(trainable) and all(map(operator.is_, members, trainable))):
+        return None
+    group, carried = optimizer.param_groups[gi], {}
+    held = {id(p) for p in members}  # a tensor trainable again takes up the standalone entry it kept while frozen
+    carried.update({p: optimizer.state[p] for p in trainable if id(p) not in held and optimizer.state.get(p)})
+    for b in optimizer._buckets.pop(gi):
+        for i, p in enumerate(b.params):
+            entry = optimizer._carried_entry(b, i, group)
+            if entry:
+                carried[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}
+            optimizer.state[p] = carried.get(p, {})
+            p.data = p.data.clone()
+            if p.grad is not None:
+                p.grad = p.grad.clone()
+    return carried

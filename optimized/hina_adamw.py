@@ -23,7 +23,7 @@ from reference.validation import check_grads, gradients_are_finite, nonfinite_st
 
 from . import hina_step as H
 from .adopting_load import load_adopting
-from .bucket import Bucket
+from .bucket import Bucket, release_if_changed, trainable_params
 from .lora_factors import BucketFactors, dependencies
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -37,6 +37,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         # SPD anchors stay in `optimizer.state` (as the reference's) until their bucket exists, then live in it
         self._anchors = {p: state["spd_anchor"] for p, state in self.state.items() if "spd_anchor" in state}
         self._buckets: dict[int, list[Bucket]] = {}
+        self._members: dict[int, list] = {}  # the tensors each group's buckets were built over
         self._factors: dict[int, BucketFactors] = {}
         self._wave = self._waves()
 
@@ -53,14 +54,29 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         return {p: 2 if any(order[q] < k for q in deps.get(p, [])) else 1 for p, k in order.items()}
 
     def _group_buckets(self, gi: int) -> list[Bucket]:
+        """Buckets over the group's trainable tensors (a frozen parameter takes no place, state or workspace), by
+        wave, dtype, device and state width; rebuilt with every state kept when the trainable set changes."""
+        trainable = trainable_params(self.param_groups[gi])
+        carried = release_if_changed(self, gi, trainable)
         if gi not in self._buckets:
             by_key: dict = {}
-            for p in self.param_groups[gi]["params"]:
-                if p.numel() > 0:
-                    key = (self._wave[p], p.dtype, p.device, self._eight_bit("exp_avg", p))
-                    by_key.setdefault(key, []).append(p)
+            for p in trainable:
+                key = (self._wave[p], p.dtype, p.device, self._eight_bit("exp_avg", p))
+                by_key.setdefault(key, []).append(p)
             self._buckets[gi] = [self._new_bucket(ps, q, wave) for (wave, _, _, q), ps in by_key.items()]
+            self._members[gi] = trainable
+            live = {b for bs in self._buckets.values() for b in bs}
+            self._factors = {b: f for b, f in self._factors.items() if b in live}
+            for b in self._buckets[gi] if carried else ():
+                for i, p in enumerate(b.params):
+                    if p in carried:
+                        self._import(b, i, carried[p])
+                self._publish(b)
         return self._buckets[gi]
+
+    def _carried_entry(self, b: Bucket, i: int, group) -> dict:
+        """Tensor i's state as an entry of its own (for `release_if_changed`)."""
+        return self._entry(b, i)
 
     def _new_bucket(self, params, quantized: bool, wave: int) -> Bucket:
         b = Bucket(params, torch.float32 if quantized else params[0].dtype, quantized=quantized)
@@ -179,6 +195,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             table[:, H.SPD] = coef
             H.spd_pass(b.theta, b.states["spd_anchor"], table.float(), b.idx)
         b.step = t
+        b.copy_out()
         self._publish(b, active)
 
     def _decay_multipliers(self, b: Bucket, t) -> np.ndarray:
@@ -248,13 +265,15 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         for _, b in self._all_buckets():
             b.restart()  # a parameter the checkpoint has no state for restarts at step 0
             b.host["spd_on"][:] = False
+        # a frozen parameter's state stays as torch loaded it (as in the reference), until it trains again
+        kept = {p: self.state[p] for p in id_map.values() if p not in where and self.state.get(p)}
         for p in [k for k in self.state if torch.is_tensor(k)]:  # entries that are not a parameter's stay
             del self.state[p]
         for group in self.param_groups:
             for p in group["params"]:
-                self.state[p] = {}  # placeholders (see reference.AutomagicBase.add_param_group)
+                self.state[p] = kept.get(p, {})  # or a placeholder (see reference.AutomagicBase.add_param_group)
         for pid, saved in state_dict["state"].items():
-            if saved and pid in id_map:  # not: a parameter that had not started; not a parameter's entry
+            if saved and pid in id_map and id_map[pid] not in kept:  # not: unstarted, not a parameter's, frozen
                 self._import(*where[id_map[pid]], saved)
         for _, b in self._all_buckets():
             self._publish(b)

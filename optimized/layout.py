@@ -31,6 +31,7 @@ class Layout:
     row_start: list  # first row id of each 2-D tensor (None elsewhere)
     is_matrix: list
     shape_classes: list  # (first tensor, count, shape) of each run of same-shape tensors
+    strides: list  # each tensor's view strides: None (row-major), or its own (see `kept_strides`)
 
     @property
     def ntensors(self) -> int:
@@ -39,7 +40,9 @@ class Layout:
     def view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
         """Tensor i as a view of a [nchunks, CHUNK] buffer."""
         start = self.chunk_start[i] * CHUNK
-        return flat.view(-1)[start : start + self.numels[i]].view(self.shapes[i])
+        segment = flat.view(-1)[start : start + self.numels[i]]
+        strides = self.strides[i]
+        return segment.view(self.shapes[i]) if strides is None else segment.as_strided(self.shapes[i], strides)
 
     def views(self, flat: torch.Tensor) -> list:
         return [self.view(flat, i) for i in range(self.ntensors)]
@@ -54,7 +57,31 @@ class Layout:
         return slice(self.chunk_start[i], self.chunk_start[i] + math.ceil(self.numels[i] / CHUNK))
 
 
-def build_layout(tensors, device) -> Layout:
+def kept_strides(t: torch.Tensor):
+    """t's strides if a view with them can stand in for t in a flat segment and every kernel still sees what it
+    expects: t dense and non-overlapping (a permuted memory order, e.g. channels_last) with dim 0 outermost, so a
+    segment's rows are t's dim-0 slices (the column reductions of TAM read [n0, rest] blocks). Else None: row-major
+    (t contiguous, or a layout the buffer cannot take; see bucket.Bucket.copied)."""
+    if t.is_contiguous() or dense_strides(t) is None:
+        return None
+    outermost = max(range(t.dim()), key=lambda d: (t.stride(d), -d))
+    return tuple(t.stride()) if outermost == 0 else None
+
+
+def dense_strides(t: torch.Tensor):
+    """t's strides if its elements fill a segment of memory exactly once (in any order of the dims), else None."""
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    expected = 1
+    for d in reversed(order):
+        if t.shape[d] > 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    return tuple(t.stride())
+
+
+def build_layout(tensors, device, keep_strides: bool = True) -> Layout:
+    """`keep_strides`: views take each tensor's own strides where `kept_strides` allows (an 8-bit bucket's codes
+    follow the reference's row-major blocks, so it does not)."""
     shapes = [tuple(t.shape) for t in tensors]
     numels = [t.numel() for t in tensors]
     chunk_start, chunk_tensor, chunk_valid = [], [], []
@@ -88,6 +115,7 @@ def build_layout(tensors, device) -> Layout:
         row_start=row_start,
         is_matrix=is_matrix,
         shape_classes=shape_classes(shapes),
+        strides=[kept_strides(t) if keep_strides else None for t in tensors],
     )
 
 

@@ -22,6 +22,7 @@ import torch
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from .improved_step import fused_abs_sum
+from .layout import dense_strides
 
 WARMUP_ONLY = ("s", "last_polarity", "pre")  # dropped at t == W, as the reference's _open_param does
 # the most elements in one stack: bounds a step's temporaries (~90 bytes per stacked element). LoRA-like set
@@ -40,12 +41,25 @@ def stacked_grad(params) -> torch.Tensor:
     return torch.stack([p.grad for p in params]) if len(params) > 1 else params[0].grad[None]
 
 
+def stacked_like(tensors) -> torch.Tensor:
+    """torch.stack, each slice with the tensors' own strides (a stack's tensors share them: `_partition_key`), so
+    a parameter re-pointed into it keeps its memory format."""
+    first = tensors[0]
+    strides = dense_strides(first)
+    if first.is_contiguous() or strides is None:
+        return torch.stack(tensors)
+    out = torch.empty_strided((len(tensors), *first.shape), (first.numel(), *strides), dtype=first.dtype,
+                              device=first.device)  # fmt: skip
+    torch._foreach_copy_(list(out.unbind(0)), list(tensors))
+    return out
+
+
 class ShapeStack:
     """Same-shape parameters whose θ and tensor states are stacked along a new dim 0."""
 
     def __init__(self, optimizer, params):
         self.params = params
-        self.theta = torch.stack([p.detach() for p in params])
+        self.theta = stacked_like([p.detach() for p in params])
         for i, p in enumerate(params):
             p.data = self.theta[i]
         self.ptrs = [p.data_ptr() for p in params]
@@ -101,7 +115,7 @@ class StackedSteps:
 
     # ------------------------------------------------------------------ partitions
     def _partition_key(self, p) -> tuple:
-        return (tuple(p.shape), p.dtype, p.device, self.state[p].get("step", 0) + 1)
+        return (tuple(p.shape), p.stride(), p.dtype, p.device, self.state[p].get("step", 0) + 1)
 
     def _partitions(self, updating) -> list[list]:
         parts: dict = {}

@@ -65,6 +65,7 @@ class ContextualOptimization:
         )
         self.momentum_scales = list(self.config.momentum_scales)
         self._pending_loss = None
+        self._told_no_loss = False  # the one warning of a step without a loss (see `step`)
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -79,6 +80,11 @@ class ContextualOptimization:
             loss, self._pending_loss = self._pending_loss, None
         if loss is not None:
             self._observe_context(float(loss))
+        elif not self._told_no_loss:
+            self._told_no_loss = True
+            warnings.warn(f"{type(self).__name__}.step() got no loss: the contextual multiplier stays upstream's "
+                          "constant 1.2. Pass step(loss=...) or call observe_loss(loss) before step() (with HF "
+                          "Trainer: see the README's 'C-Optim under HF Trainer')", stacklevel=2)  # fmt: skip
         self._step_groups()
         if self.verbose:
             print(f"Lr: {[group['lr'] for group in self.param_groups]}")

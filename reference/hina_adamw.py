@@ -91,9 +91,11 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
         check_nonfinite_policy(nonfinite)
+        # amsgrad, block_wise and is_paged are ignored, but a string there is a parsing mistake all the same
         switches = dict(use_spd=use_spd, use_cautious=use_cautious, use_orthogonal_grad=use_orthogonal_grad,
                         use_adopt_stability=use_adopt_stability, use_grams=use_grams, use_agr=use_agr,
-                        use_tam=use_tam, use_alora=use_alora, dynamic_weight_decay=dynamic_weight_decay)  # fmt: skip
+                        use_tam=use_tam, use_alora=use_alora, dynamic_weight_decay=dynamic_weight_decay,
+                        amsgrad=amsgrad, block_wise=block_wise, is_paged=is_paged)  # fmt: skip
         for name, value in switches.items():
             check_bool(name, value)
         _real("lr", lr, 0.0)
