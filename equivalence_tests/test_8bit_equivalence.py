@@ -128,11 +128,12 @@ def test_states_are_8bit_and_small():
     assert warm <= 4.2 and after <= 4.2, (warm, after)  # issue 6 asks ≤ 6.5 during warm-up
 
 
+@pytest.mark.parametrize("exact_zero", [False, True], ids=["bitsandbytes", "exact_zero"])
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.compiled)], ids=["eager", "compiled"])
-def test_fused_codec_matches_bitsandbytes(compiled):
+def test_fused_codec_matches_bitsandbytes(compiled, exact_zero):
     """codec.quantize over a bucket (tensors cut into their own blocks, short last blocks, padding,
-    an all-zero tensor, outliers) gives bitsandbytes' codes and absmax for every tensor, and
-    codec.dequantize gives its values."""
+    an all-zero tensor, outliers, exact zeros among others) gives bitsandbytes' codes and absmax for every
+    tensor, and codec.dequantize gives its values; with `exact_zero` (the corrected mode), the reference's."""
     from optimized import codec
     from optimized.kernels import index_tensors, valid_mask
     from optimized.layout import build_layout
@@ -142,8 +143,9 @@ def test_fused_codec_matches_bitsandbytes(compiled):
     tensors = [torch.randn(s, generator=gen) * 10.0**e for s, e in [((5000,), 0), ((3, 7), -3), ((9000,), 2)]]
     tensors.append(torch.zeros(300))
     tensors[0][17] = 1e4  # an outlier sets its block's absmax
+    tensors[2][::7] = 0.0  # exact zeros in blocks that are not all zero
     layout = build_layout(tensors, "cpu")
-    blocks = codec.build_blocks(layout, "cpu")
+    blocks = codec.build_blocks(layout, "cpu", exact_zero)
     values = layout.empty(torch.float32, "cpu", fill=0)
     for i, t in enumerate(tensors):
         layout.view(values, i).copy_(t)
@@ -159,7 +161,7 @@ def test_fused_codec_matches_bitsandbytes(compiled):
     restored = run(state, values, blocks.blocks, valid_mask(index_tensors(layout)))
     for i, t in enumerate(tensors):
         codes, absmax = codec.tensor_views(state, layout, blocks, i)
-        want_codes, want_absmax = blockwise_8bit.quantize(t)
+        want_codes, want_absmax = blockwise_8bit.quantize(t, exact_zero=exact_zero)
         assert torch.equal(codes, want_codes) and torch.equal(absmax, want_absmax), i
         assert torch.equal(layout.view(restored, i), blockwise_8bit.dequantize(want_codes, want_absmax)), i
 

@@ -213,14 +213,15 @@ def stacks(draw):
     return x
 
 
-@given(x=stacks())
-def test_stacked_codec_is_bitsandbytes_bit_for_bit(x):
+@given(x=stacks(), exact_zero=st.booleans())
+def test_stacked_codec_is_bitsandbytes_bit_for_bit(x, exact_zero):
     """optimized.stack_codec (block gather, or a reshape for vectors of whole blocks): each tensor's codes and
-    absmax are bitsandbytes' (reference.blockwise_8bit.quantize), and so is its de-quantised value."""
-    blocks = stack_codec.blocks_for(tuple(x.shape[1:]), x.device)
+    absmax are bitsandbytes' (reference.blockwise_8bit.quantize; with `exact_zero`, the corrected mode's), and
+    so is its de-quantised value."""
+    blocks = stack_codec.blocks_for(tuple(x.shape[1:]), x.device, exact_zero)
     q, absmax = stack_codec.quantize(x, blocks)
     restored = stack_codec.dequantize(q, absmax, blocks)
     for i in range(x.shape[0]):
-        q_i, absmax_i = blockwise_8bit.quantize(x[i])
+        q_i, absmax_i = blockwise_8bit.quantize(x[i], exact_zero=exact_zero)
         assert torch.equal(q[i], q_i) and torch.equal(absmax[i], absmax_i)
         assert torch.equal(restored[i], blockwise_8bit.dequantize(q_i, absmax_i))

@@ -231,10 +231,12 @@ def test_codes_match_bitsandbytes_at_bin_edges(absmax):
     in the same step) a whole row's step moved by one code (1.7%; fixed fp64 lockstep 3.2e-5)."""
     x = bin_edge_values(absmax)
     x = torch.cat([x, x.new_zeros(-x.numel() % blockwise_8bit.BLOCKSIZE)])
-    expected, scale = blockwise_8bit.quantize(x)
-    n_b = scale.repeat_interleave(blockwise_8bit.BLOCKSIZE)
-    mine = codec.encode(x, n_b, blockwise_8bit.code_lookup_table().to(torch.uint8))
-    assert torch.equal(mine.to(torch.uint8), expected)
+    for exact_zero in (False, True):  # bitsandbytes' codes, and the corrected mode's
+        expected, scale = blockwise_8bit.quantize(x, exact_zero=exact_zero)
+        n_b = scale.repeat_interleave(blockwise_8bit.BLOCKSIZE)
+        table = blockwise_8bit.code_lookup_table().to(torch.uint8)
+        mine = codec.encode(x, n_b, table, codec.zero_code(exact_zero, x.device))
+        assert torch.equal(mine.to(torch.uint8), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

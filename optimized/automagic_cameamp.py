@@ -20,6 +20,7 @@ from reference.automagic_base import FIXED_EPS, AutomagicBase
 from reference.checkpoint import check_entry
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
+from reference.roundoff_floor import ROUNDOFF_FLOOR
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from . import automagic_step as S
@@ -59,7 +60,12 @@ class Automagic_CameAMP(AutomagicBase):
             for p in trainable:
                 by_key.setdefault((p.dtype, p.device, self.quantized_states and p.dim() > 0), []).append(p)
             self._buckets[gi] = [
-                Bucket(ps, torch.float32 if self.quantized_states else self._state_dtype(dt), quantized=q)
+                Bucket(
+                    ps,
+                    torch.float32 if self.quantized_states else self._state_dtype(dt),
+                    quantized=q,
+                    exact_zero=self.fixed,
+                )
                 for (dt, _, q), ps in by_key.items()
             ]
             self._members[gi] = trainable
@@ -126,9 +132,9 @@ class Automagic_CameAMP(AutomagicBase):
         for group, prep in zip(self.param_groups, prepared, strict=True):
             context = self._group_context()  # per group, with or without gradients, as the reference
             if prep is not None:
-                work, group_sum, mu, sigma = prep
+                work, group_sum, mu, sigma, count = prep
                 for b, has, grad, abs_sum, _ in work:
-                    self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum, context)
+                    self._step_bucket(b, group, has, grad, group_sum, mu, sigma, abs_sum, count, context)
 
     def _group_context(self) -> tuple:
         """Per-group extras of the step (C-Optim: Λ and the edge flag)."""
@@ -161,9 +167,10 @@ class Automagic_CameAMP(AutomagicBase):
         group_sum = abs_total.to(torch.float32)
         mu = abs_total / count
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
-        return work, group_sum, mu, sigma
+        return work, group_sum, mu, sigma, count
 
-    def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum, context=()):
+    def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum, count, context=()):
+        """One bucket's step; `count`: the group's gradient elements (for the round-off floor)."""
         active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)
         if not active.any():
             return
@@ -206,7 +213,7 @@ class Automagic_CameAMP(AutomagicBase):
         step_context = self._bucket_context(b, group, t, active, *context)
         consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
                   group["weight_decay"], self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
-                  self._mask_setting(group, "max_lr"), 1.0 / group["eta"] ** 2]  # fmt: skip
+                  self._mask_setting(group, "max_lr"), 1.0 / group["eta"] ** 2, ROUNDOFF_FLOOR / count]  # fmt: skip
         flags = S.Flags(
             came=bool(came),
             fixed=self.fixed,

@@ -141,7 +141,7 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
     def _blocks_for(self, stack: ShapeStack) -> stack_codec.Blocks:
         key = (tuple(stack.theta.shape[1:]), stack.theta.device)
         if key not in self._blocks:
-            self._blocks[key] = stack_codec.blocks_for(*key)
+            self._blocks[key] = stack_codec.blocks_for(*key, exact_zero=self.fixed)
         return self._blocks[key]
 
     def _drop_stacked(self, stack: ShapeStack, key: str) -> None:

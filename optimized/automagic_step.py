@@ -43,8 +43,8 @@ INV_DIV, TAM_S, WD_FACTOR = range(NCOLS, NCOLS + 3)
 
 # entries of the group constant vector
 (BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, BETA3, ONE_MINUS_BETA3, EPS1, EPS2, CLIP, WD, LR_BUMP,
- MIN_LR, MAX_LR, ETA_TERM) = range(14)  # fmt: skip
-NCONST = 14
+ MIN_LR, MAX_LR, ETA_TERM, FLOOR_PER_SUM) = range(15)  # fmt: skip
+NCONST = 15  # FLOOR_PER_SUM: the round-off floor over S, ROUNDOFF_FLOOR / n (reference.roundoff_floor)
 
 
 class Flags(NamedTuple):
@@ -179,10 +179,20 @@ def _gradient_partials(grad: torch.Tensor, idx: K.Idx):
     return K.tensor_sum(a, idx), K.tensor_sum(a * a, idx)
 
 
+def _agr(b: Buffers, consts, group_sum, f: Flags):
+    """g̃ (T1a) of the gradient as the element-wise pipeline reads it: in the corrected mode an element at or below
+    the round-off floor ROUNDOFF_FLOOR·S/n is 0 (reference.roundoff_floor)."""
+    g = b.grad
+    if f.fixed:
+        s = group_sum.float()
+        g = torch.where(g.abs() > torch.where(torch.isfinite(s), s * consts[FLOOR_PER_SUM].float(), 0.0), g, 0)
+    return K.agr(g, group_sum.float(), 1e-12 if f.fixed else 0.0)
+
+
 def _unclipped(b: Buffers, idx: K.Idx, per_tensor, consts, group_sum, f: Flags):
     """g̃ and the scaled gradient before the RMS clip (came; V2 from this step's v) or after the ADOPT
     clip (came=False)."""
-    gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
+    gt = _agr(b, consts, group_sum, f)
     if f.came and f.v2:
         c = consts.float()
         u = K.came_unclipped(gt, K.second_moment(_load(b, "exp_avg_sq"), gt, c[BETA2], c[ONE_MINUS_BETA2], c[EPS1]))
@@ -379,7 +389,7 @@ def _orthograd_apply(b: Buffers, idx: K.Idx, coef, consts, group_sum, update, pr
     use = (col(EARLY) > 0) & (K.per_row(keep.double(), idx) == 0)
     update = torch.where(use, orth, update)
     cond = _conds(coef, f)
-    gt = K.agr(b.grad, group_sum.float(), 1e-12 if f.fixed else 0.0)
+    gt = _agr(b, consts, group_sum, f)
     lr_eff, mask_sums = _lr_and_mask(b, gt, col, c, cond, idx, f)
     _apply_update(b, update, lr_eff, col, _rows(cond.upd, idx), c, f)
     return mask_sums

@@ -23,7 +23,9 @@ class Bucket:
     `codec.QState`s (Automagic_CameAMP8bit); their export and import use upstream's `<key>_q` and
     `<key>_q_scale` entries."""
 
-    def __init__(self, params, state_dtype, quantized: bool = False):
+    def __init__(self, params, state_dtype, quantized: bool = False, exact_zero: bool = False):
+        """`exact_zero`: 8-bit states store an exact 0 as the code of 0 (the corrected mode; see
+        reference.blockwise_8bit.quantize)."""
         # same-shape tensors adjacent: column reductions become one dense op per shape class
         self.params = sorted(params, key=lambda p: (p.dim(), tuple(p.shape)))
         first = self.params[0]
@@ -31,8 +33,8 @@ class Bucket:
         self.layout = build_layout(self.params, self.device, keep_strides=not quantized)
         self.idx = index_tensors(self.layout)
         self.quantized = quantized
-        self.blocks = C.build_blocks(self.layout, self.device) if quantized else None
-        self.row_blocks = C.build_row_blocks(self.layout, self.device) if quantized else None
+        self.blocks = C.build_blocks(self.layout, self.device, exact_zero) if quantized else None
+        self.row_blocks = C.build_row_blocks(self.layout, self.device, exact_zero) if quantized else None
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])

@@ -40,6 +40,7 @@ class Blocks(NamedTuple):
     block_tensor: torch.Tensor  # [nblocks] int64: the tensor of each block
     code: torch.Tensor  # [256] float32: the signed dynamic tree code
     table: torch.Tensor  # [65536] uint8: bin → code index
+    zero: torch.Tensor  # 0-d uint8: the code of an exact 0 in a block that is not all 0 (reference.zero_code)
 
 
 class BlockLayout(NamedTuple):
@@ -47,7 +48,7 @@ class BlockLayout(NamedTuple):
     block_start: list  # first block of each tensor (None: the tensor has no rows here)
 
 
-def _blocks(row_counts, device, rows_per_block) -> BlockLayout:
+def _blocks(row_counts, device, rows_per_block, exact_zero: bool) -> BlockLayout:
     """Blocks of `rows_per_block` rows, cut per tensor; `row_counts[i]` rows of tensor i (None: none)."""
     row_block, row_tensor, block_tensor, block_start = [], [], [], []
     for i, rows in enumerate(row_counts):
@@ -62,21 +63,27 @@ def _blocks(row_counts, device, rows_per_block) -> BlockLayout:
         *(torch.tensor(x, dtype=torch.int64, device=device) for x in (row_block, row_tensor, block_tensor)),
         code=readable.code_table(device),
         table=readable.code_lookup_table(device),
+        zero=zero_code(exact_zero, device),
     )
     return BlockLayout(blocks, block_start)
 
 
-def build_blocks(layout: Layout, device) -> BlockLayout:
-    """Blocks of the element states: B = 4096 elements = 16 rows of the layout, per tensor."""
+def zero_code(exact_zero: bool, device) -> torch.Tensor:
+    return torch.tensor(readable.zero_code(exact_zero), dtype=torch.uint8, device=device)
+
+
+def build_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayout:
+    """Blocks of the element states: B = 4096 elements = 16 rows of the layout, per tensor. `exact_zero`: the
+    corrected mode's code for 0 (reference.blockwise_8bit.quantize)."""
     rows = [layout.row_slice(i).stop - layout.chunk_start[i] for i in range(layout.ntensors)]
-    return _blocks(rows, device, ROWS_PER_BLOCK)
+    return _blocks(rows, device, ROWS_PER_BLOCK, exact_zero)
 
 
-def build_row_blocks(layout: Layout, device) -> BlockLayout:
+def build_row_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayout:
     """Blocks of ALLoRA's ρ table ([nrows + 1], one entry per row of each 2-D tensor, as the reference's
     [rows, 1] state): B = 4096 entries per tensor; the last (dummy, ρ = 1) entry is a block of its own."""
     rows = [shape[0] if matrix else None for shape, matrix in zip(layout.shapes, layout.is_matrix, strict=True)]
-    return _blocks([*rows, 1], device, readable.BLOCKSIZE)
+    return _blocks([*rows, 1], device, readable.BLOCKSIZE, exact_zero)
 
 
 def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
@@ -94,11 +101,12 @@ def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
     """x (float32 [N, CHUNK], zero on padding) → (codes, absmax)."""
     # N_b = max |x| over the block's rows
     absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
-    return encode(x, absmax[blocks.row_block].view(-1, 1), blocks.table), absmax
+    return encode(x, absmax[blocks.row_block].view(-1, 1), blocks.table, blocks.zero), absmax
 
 
-def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """The code index of each x given its block's absmax n_b (broadcast against x): bitsandbytes' CPU rule."""
+def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """The code index of each x given its block's absmax n_b (broadcast against x): bitsandbytes' CPU rule, with
+    `zero` for an exact 0 in a block that is not all 0 (the rule's own code upstream, the code of 0 when fixed)."""
     # v = x·(1/N_b), the reciprocal first as bitsandbytes computes it (x / N_b rounds differently, and a value
     # within round-off of a bin edge then takes the neighbouring code); an all-zero block is taken as v = −1
     # (code 0), as bitsandbytes does (a select, not nan_to_num, which inductor's CPU backend runs one element
@@ -106,7 +114,7 @@ def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor) -> torch.Ten
     v = torch.where(n_b > 0, x * (1.0 / n_b), -1.0).clamp(-1.0, 1.0)
     # the clamp keeps a NaN (whose int conversion is undefined) inside the table
     k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
-    return table[k]
+    return torch.where((x == 0) & (n_b > 0), zero, table[k])
 
 
 def load(buf, blocks: Blocks | None) -> torch.Tensor:
@@ -151,7 +159,7 @@ def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch
     n_b = abs(float(value))
     unit = -1.0 if n_b == 0 else value / n_b
     rows = tensors[blocks.row_tensor].view(-1, 1)
-    codes = torch.where(valid, _code_of(unit), padding_code(n_b)).to(torch.uint8)
+    codes = torch.where(valid, _code_of(unit), padding_code(n_b, blocks)).to(torch.uint8)
     q.codes.copy_(torch.where(rows, codes, q.codes))
     q.absmax.masked_fill_(tensors[blocks.block_tensor], n_b)
 
@@ -161,9 +169,9 @@ def _code_of(v: float) -> int:
     return int(readable.table_code_index(torch.tensor(v, dtype=torch.float32)))
 
 
-def padding_code(absmax: float) -> int:
+def padding_code(absmax: float, blocks: Blocks) -> int:
     """The code `quantize` writes on padding: that of 0, or of −1 in an all-zero block (0 · 1/0 is NaN there)."""
-    return _code_of(-1.0 if absmax == 0 else 0.0)
+    return _code_of(-1.0) if absmax == 0 else int(blocks.zero)
 
 
 def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
@@ -182,7 +190,8 @@ def load_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int, codes, a
     block_range = _block_range(blocks, i, layout.numels[i])
     q.absmax[block_range] = absmax.to(q.absmax)
     rows = layout.row_slice(i)
-    q.codes[rows.stop - 1] = padding_code(float(q.absmax[block_range.stop - 1]))  # only the last row is padded
+    last = float(q.absmax[block_range.stop - 1])
+    q.codes[rows.stop - 1] = padding_code(last, blocks.blocks)  # only the last row is padded
     layout.view(q.codes, i).copy_(codes.reshape(layout.shapes[i]))
 
 

@@ -19,6 +19,7 @@ from reference import hina_adamw as readable
 from reference.checkpoint import check_entry
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
+from reference.roundoff_floor import group_floor
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
@@ -79,7 +80,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         return self._entry(b, i)
 
     def _new_bucket(self, params, quantized: bool, wave: int) -> Bucket:
-        b = Bucket(params, torch.float32 if quantized else params[0].dtype, quantized=quantized)
+        b = Bucket(params, torch.float32 if quantized else params[0].dtype, quantized=quantized, exact_zero=self.fixed)
         b.host["wave"] = wave
         b.add_states(MOMENTS)
         T = len(b.params)
@@ -128,14 +129,23 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         # per group, the first wave then the second; a wave's factors are computed before any of its
         # buckets steps (its buckets may hold both factors of a pair)
         for gi, group in enumerate(self.param_groups):
+            floor = self._group_floor([item for item in work if item[0] == gi])
             for wave in (1, 2):
                 phase = [item for item in work if item[0] == gi and item[1].host["wave"] == wave]
                 factors = [self._factors[b].compute() if self.use_alora else None for _, b, _, _ in phase]
                 for (_, b, has, sums), factor in zip(phase, factors, strict=True):
-                    self._step_bucket(b, group, has, sums, factor)
+                    self._step_bucket(b, group, has, sums, factor, floor)
         return loss
 
-    def _step_bucket(self, b: Bucket, group, active, sums, lora_factor):
+    def _group_floor(self, work):
+        """The group's round-off floor from its buckets' Σ|g| (fixed mode; reference.roundoff_floor), or None."""
+        if not self.fixed or not work:
+            return None
+        total = sum(sums["abs"][torch.from_numpy(has).to(b.device)].sum() for _, b, has, sums in work)
+        count = sum(n for _, b, has, _ in work for n, h in zip(b.layout.numels, has, strict=True) if h)
+        return group_floor(total.float(), count)
+
+    def _step_bucket(self, b: Bucket, group, active, sums, lora_factor, floor=None):
         new = active & ~b.started
         if new.any():
             for name in (*MOMENTS, "momentum_alignment"):
@@ -151,6 +161,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         flags = H.Flags(
             adopt=self.use_adopt_stability,
             floor=self.fixed,
+            roundoff=floor is not None,
             orthogonal=self.use_orthogonal_grad,
             tam=self.use_tam,
             grams=self.use_grams,
@@ -164,6 +175,9 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         table[:, : H.PROJ] = host.to(dev)
         if lora_factor is not None:
             table[:, H.STEP] *= lora_factor
+        if floor is not None:
+            table[:, H.FLOOR] = floor
+            sums = H.floored_sums(b.theta, b.grad, floor.float(), b.idx, self.use_orthogonal_grad)
         active_t = torch.from_numpy(active).to(dev)
 
         # T7c: π = ⟨θ,g⟩/⟨θ,θ⟩ in the parameter dtype, for tensors with ≥ 2 dims and θ ≠ 0

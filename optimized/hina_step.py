@@ -25,13 +25,14 @@ from . import kernels as K
 from .compile import compiled
 
 # columns of the per-tensor table
-ACTIVE, STALE, STEP, DECAY, PROJ, AGR, TAM, SPD = range(8)
-NCOLS = 8
+ACTIVE, STALE, STEP, DECAY, PROJ, AGR, TAM, SPD, FLOOR = range(9)  # FLOOR: the group's round-off floor
+NCOLS = 9
 
 
 class Flags(NamedTuple):
     adopt: bool  # use_adopt_stability: the denominator is one step stale (v̄ = v as loaded)
     floor: bool  # fixed mode: the stale denominator is √max(v̄, v) + ε
+    roundoff: bool  # fixed mode: gradient elements at or below the round-off floor read as 0
     orthogonal: bool
     tam: bool
     grams: bool
@@ -69,9 +70,12 @@ def _rounded(x, dtype):
 
 
 def _projected(theta, grad, table, idx: K.Idx, f: Flags):
-    """g, or with OrthoGrad g⊥ = g − π·θ (π = 0 where the reference leaves g as it is). Where g is nearly
-    parallel to θ, g⊥'s sign rests on these roundings, and Cautious masks by that sign."""
+    """g, or with OrthoGrad g⊥ = g − π·θ (π = 0 where the reference leaves g as it is), of the gradient with its
+    round-off elements as 0 (fixed mode, reference.roundoff_floor). Where g is nearly parallel to θ, g⊥'s sign
+    rests on these roundings, and Cautious masks by that sign."""
     g = grad.float()
+    if f.roundoff:
+        g = torch.where(g.abs() > _col(table, idx, FLOOR), g, 0.0)
     if not f.orthogonal:
         return g
     return _rounded(g - _rounded(_col(table, idx, PROJ) * theta.float(), grad.dtype), grad.dtype)
@@ -91,6 +95,13 @@ def _gradient_sums(theta, grad, idx: K.Idx, orthogonal: bool):
         w = theta.float()
         out["wg"], out["ww"] = K.tensor_sum(w * g, idx), K.tensor_sum(w * w, idx)
     return out
+
+
+def _floored_sums(theta, grad, floor, idx: K.Idx, orthogonal: bool):
+    """`_gradient_sums` of the gradient with its round-off elements as 0 (fixed mode): the per-tensor statistics
+    (AGR's Σg/‖g‖, OrthoGrad's π) the reference takes of the gradient it reads."""
+    g = grad.float()
+    return _gradient_sums(theta, torch.where(g.abs() > floor, g, 0.0), idx, orthogonal)
 
 
 def _projected_sums(theta, grad, table, idx: K.Idx, f: Flags):
@@ -161,6 +172,7 @@ def _spd_pass(theta, anchor, table, idx: K.Idx):
 
 
 gradient_sums = compiled(_gradient_sums)
+floored_sums = compiled(_floored_sums)
 projected_sums = compiled(_projected_sums, exact_casts=True)
 tam_sums = compiled(_tam_sums, stores_states=False, exact_casts=True)
 main_pass = compiled(_main_pass, exact_casts=True)

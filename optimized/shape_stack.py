@@ -183,6 +183,7 @@ class StackedSteps:
                 if len(self.state[p]) == 0:
                     self._init_state(p, group)
             terms = self._group_terms(group, updating, parts)
+            self._set_floor(group_sum, updating)  # the round-off floor (fixed mode), as the reference's
             for params in parts:
                 stack = self._stack_for(params)
                 if stack is None:  # mixed state keys: the reference, tensor by tensor
@@ -190,7 +191,7 @@ class StackedSteps:
                     for p in params:
                         self._step_param(p, group, group_sum, *terms)
                 else:
-                    self._step_stack(stack, stacked_grad(params), group, group_sum, *terms)
+                    self._step_stack(stack, self._floored(stacked_grad(params)), group, group_sum, *terms)
 
     def _open_stack(self, stack: ShapeStack, group):
         """The stack's `_open_param`: t += 1, and at t == W the warm-up-only states are dropped.

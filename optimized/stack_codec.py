@@ -17,7 +17,7 @@ import torch
 
 from reference import blockwise_8bit as readable
 
-from .codec import encode
+from .codec import encode, zero_code
 from .minmax_codec import BlockIndex, block_index
 
 PARTS = ("q", "q_scale")
@@ -29,9 +29,10 @@ class Blocks(NamedTuple):
     index: BlockIndex | None  # None: the blocks are a reshape of the rows
     code: torch.Tensor  # [256] float32: the signed dynamic tree code
     table: torch.Tensor  # [65536] uint8: bin → code index
+    zero: torch.Tensor  # 0-d uint8: the code of an exact 0 (see codec.Blocks)
 
 
-def blocks_for(shape, device) -> Blocks:
+def blocks_for(shape, device, exact_zero: bool = False) -> Blocks:
     """The blocks of a stack of tensors of `shape`. Vectors whose size is a multiple of B read their blocks
     as a reshape (16M elements: 35 rather than 70 ms per state); every other tensor gathers them, padded:
     reading a matrix's rows as blocks of 4,096 made inductor recompute each element's 2-D position (a
@@ -39,7 +40,8 @@ def blocks_for(shape, device) -> Blocks:
     n = math.prod(shape)
     whole = len(shape) <= 1 and n % readable.BLOCKSIZE == 0
     index = None if whole else block_index(n, readable.BLOCKSIZE, device)
-    return Blocks(index, readable.code_table(device), readable.code_lookup_table(device))
+    return Blocks(index, readable.code_table(device), readable.code_lookup_table(device),
+                  zero_code(exact_zero, device))  # fmt: skip
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ def quantize(x: torch.Tensor, blocks: Blocks):
     # N_b = max |x| over the block (a gather of the padded blocks unless they are a reshape)
     magnitude = flat.abs()
     absmax = (magnitude[:, blocks.index.gather] if blocks.index is not None else magnitude).amax(dim=2)
-    return encode(flat, _per_element(absmax, blocks), blocks.table).reshape(x.shape), absmax
+    return encode(flat, _per_element(absmax, blocks), blocks.table, blocks.zero).reshape(x.shape), absmax
 
 
 def dequantize(q: torch.Tensor, absmax: torch.Tensor, blocks: Blocks) -> torch.Tensor:

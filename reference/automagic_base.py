@@ -11,6 +11,7 @@ from .checkpoint import check_state_dict
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
+from .roundoff_floor import floor_roundoff, group_floor
 from .validation import check_distinct_params, check_grads, gradients_are_finite, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
@@ -30,6 +31,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         self.wd_until = getattr(config, "wd_until", "warmup_half")
         self.nonfinite = config.nonfinite
         self._warned_max_lr = False
+        self._floor = None  # the round-off floor of the group being stepped (see `_set_floor`)
         for group in self.param_groups:
             self._warn_if_clamped(group)
 
@@ -104,6 +106,15 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
     def _step_groups(self):
         raise NotImplementedError
 
+    def _set_floor(self, group_sum, params) -> None:
+        """Before a group's parameters step: its round-off floor (corrected mode, reference.roundoff_floor), from
+        S = Σ|g| over `params`, the group's parameters with a gradient."""
+        self._floor = group_floor(group_sum, sum(p.numel() for p in params)) if self.fixed else None
+
+    def _floored(self, grad):
+        """The gradient the element-wise pipeline reads: round-off elements as 0 (corrected mode)."""
+        return grad if self._floor is None else floor_roundoff(grad, self._floor)
+
     def _open_param(self, p, group):
         """The start of an Improved-family parameter step: lazy init, the gradient and θ in the state dtype,
         t += 1, and at t == W the warm-up-only state (s, last_polarity, pre) is dropped.
@@ -112,7 +123,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         if len(state) == 0:
             self._init_state(p, group)
         dtype = self._state_dtype(p.dtype)
-        raw_grad = p.grad.to(dtype)  # a copy whenever the dtypes differ; never written to [I-03]
+        raw_grad = self._floored(p.grad.to(dtype))  # a copy whenever the dtypes differ; never written to [I-03]
         theta = p.detach() if p.dtype == dtype else p.detach().to(dtype)
         state["step"] += 1
         t = state["step"]

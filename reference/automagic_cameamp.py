@@ -87,6 +87,7 @@ class Automagic_CameAMP(AutomagicBase):
             grads = self._stats_grads([p.grad for p in with_grad])
             # T1a: S = Σ|g| over the group
             group_sum = agr.group_abs_sum(grads)
+            self._set_floor(group_sum, with_grad)
             updating = [p for p in with_grad if p.requires_grad]
             # T10 pre-pass: μ, σ whenever a parameter of this group will use them [I-07]
             mu = sigma = None
@@ -115,7 +116,7 @@ class Automagic_CameAMP(AutomagicBase):
         state = self.state[p]
         if len(state) == 0:
             self._init_state(p, group)
-        raw_grad = p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad
+        raw_grad = self._floored(p.grad.to(group_sum.dtype) if p.grad.dtype != group_sum.dtype else p.grad)
         grad = agr.agr(raw_grad, group_sum, eps=self._eps_guard).to(self._work_dtype(p))  # T1a
         state["step"] += 1
         t = state["step"]

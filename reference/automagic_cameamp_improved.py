@@ -88,6 +88,7 @@ class Automagic_CameAMP_Improved(AutomagicBase):
                 continue
             # T1a: S = Σ|g| over the group (in the state dtype when fixed)
             group_sum = group_abs_sum([p.grad.float() if self.fixed else p.grad for p in updating])
+            self._set_floor(group_sum, updating)
             for p in updating:
                 self._step_param(p, group, group_sum)
 

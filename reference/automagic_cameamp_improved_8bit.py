@@ -150,6 +150,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
                 continue
             grads = [p.grad.float() if self.fixed else p.grad for p in updating]
             group_sum = group_abs_sum(grads)  # T1a: S = Σ|g|
+            self._set_floor(group_sum, updating)
             mu = sigma = None
             half_warmup = group["warmup_steps"] / 2
             if group["weight_decay"] > 0 and any(self.state[p].get("step", 0) < half_warmup for p in updating):

@@ -17,6 +17,10 @@ The code and the quantiser are also written out here, readable (`dynamic_tree_co
     The two differ by one code where v is within half a bin (1.5e-5) of a midpoint between codes, and by
     up to a few codes near 0, where bins are wider than the code spacing (v = 0 maps to 2.1e-5, not to 0).
     An all-zero block (N_b = 0) gets code 0 (−0.993), which dequantises to 0.
+  * the corrected mode stores an exact 0 as the code of 0 (`quantize(..., exact_zero=True)`, index ZERO_CODE),
+    as the nearest-code rule (and bitsandbytes' GPU kernel) does. The CPU table's 2.1e-5·N_b would make a
+    state that is exactly 0 (the momentum of an element whose gradient is 0, see reference.roundoff_floor)
+    decode as 2.1e-5·N_b every step, and a normalised step (m/√r, where r is as small) then moves it.
 `quantize_readable(x, B)` with the table is bit-identical to `bitsandbytes.functional.quantize_blockwise` on
 the CPU (equivalence_tests/test_papers_reference.py, block sizes 64–4096).
 
@@ -35,6 +39,7 @@ import bitsandbytes.functional as bnb_functional
 import torch
 
 BLOCKSIZE = 4096  # upstream `_quantize_tensor(x, blocksize=4096)`
+ZERO_CODE = 127  # the index of 0.0 in the signed dynamic tree code
 
 
 @functools.cache
@@ -47,13 +52,23 @@ def code_table(device="cpu") -> torch.Tensor:
     return _code_table(torch.device(device)).clone()
 
 
-def quantize(x: torch.Tensor, blocksize: int = BLOCKSIZE):
-    """x → (codes uint8 with x's shape, absmax fp32 [⌈n/B⌉]). Quantises fp32 values of x."""
+def quantize(x: torch.Tensor, blocksize: int = BLOCKSIZE, exact_zero: bool = False):
+    """x → (codes uint8 with x's shape, absmax fp32 [⌈n/B⌉]). Quantises fp32 values of x; `exact_zero` (the
+    corrected mode): an element that is exactly 0 in a block that is not all 0 gets ZERO_CODE."""
     x32 = x.detach().to(torch.float32).contiguous()
     if x32.numel() == 0:
         return torch.zeros(x.shape, dtype=torch.uint8, device=x.device), torch.zeros(0, device=x.device)
     codes, quant_state = bnb_functional.quantize_blockwise(x32, blocksize=blocksize)
-    return codes, quant_state.absmax.to(torch.float32)
+    absmax = quant_state.absmax.to(torch.float32)
+    if exact_zero:
+        n_b = absmax.repeat_interleave(blocksize)[: x32.numel()].view(x32.shape)
+        codes = torch.where((x32 == 0) & (n_b > 0), ZERO_CODE, codes).to(torch.uint8)
+    return codes, absmax
+
+
+def zero_code(exact_zero: bool) -> int:
+    """The code index `quantize` gives an exact 0 in a block that is not all 0."""
+    return ZERO_CODE if exact_zero else int(table_code_index(torch.tensor(0.0)))
 
 
 def dequantize(codes: torch.Tensor, absmax: torch.Tensor, blocksize: int = BLOCKSIZE) -> torch.Tensor:

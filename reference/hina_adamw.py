@@ -44,12 +44,13 @@ import numbers
 import torch
 
 from . import adopt_stability, blockwise_8bit, lora_names, spd
-from .agr import agr_hina
+from .agr import agr_hina, group_abs_sum
 from .cautious import cautious_mask_hina
 from .checkpoint import check_state_dict
 from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
+from .roundoff_floor import floor_roundoff, group_floor
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
@@ -119,6 +120,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.compat, self.optim_bits, self.min_8bit_size = compat, optim_bits, min_8bit_size
         self.nonfinite = nonfinite  # NaN/Inf gradients: "raise" or "skip" the step
+        self._floor = None  # the round-off floor of the group being stepped (see `_group_floor`)
         self.use_spd, self.spd_lambda, self.use_cautious = use_spd, spd_lambda, use_cautious
         self.use_orthogonal_grad, self.use_adopt_stability = use_orthogonal_grad, use_adopt_stability
         self.use_grams, self.use_agr, self.use_tam, self.tam_beta = use_grams, use_agr, use_tam, tam_beta
@@ -160,7 +162,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
 
     def _store(self, state, key, value, p):
         if self._eight_bit(key, p):
-            state[f"{key}_q"], state[f"{key}_q_scale"] = blockwise_8bit.quantize(value)
+            state[f"{key}_q"], state[f"{key}_q_scale"] = blockwise_8bit.quantize(value, exact_zero=self.fixed)
         else:
             state[key] = value
 
@@ -183,10 +185,17 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         if not nonfinite_step_allowed(gradients_are_finite(self.param_groups), self.nonfinite, type(self).__name__):
             return loss
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
+            stepping = [p for p in group["params"] if p.grad is not None]
+            self._floor = self._group_floor(stepping)
+            for p in stepping:
+                self._step_param(p, group)
         return loss
+
+    def _group_floor(self, stepping):
+        """The group's round-off floor (corrected mode; reference.roundoff_floor), or None."""
+        if not self.fixed or not stepping:
+            return None
+        return group_floor(group_abs_sum([p.grad.float() for p in stepping]), sum(p.numel() for p in stepping))
 
     def _step_param(self, p, group):
         state = self.state[p]
@@ -197,7 +206,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         state["step"] += 1
         t = state["step"]
 
-        grad = p.grad
+        grad = p.grad if self._floor is None else floor_roundoff(p.grad, self._floor)
         if self.use_orthogonal_grad:
             grad = project_out(p, grad)  # T7c
         if self.use_agr:

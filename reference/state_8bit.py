@@ -33,7 +33,7 @@ class Blockwise8bitStates:
 
     def _store(self, state, key, value: torch.Tensor) -> None:
         if self._quantized(key, value):
-            state[f"{key}_q"], state[f"{key}_q_scale"] = blockwise_8bit.quantize(value)
+            state[f"{key}_q"], state[f"{key}_q_scale"] = blockwise_8bit.quantize(value, exact_zero=self.fixed)
         else:
             state[key] = value
 
