@@ -170,8 +170,10 @@ class Automagic_CameAMP(AutomagicBase):
         return work, group_sum, mu, sigma, count
 
     def _step_bucket(self, b: Bucket, group, has_grad, grad, group_sum, mu, sigma, abs_sum, count, context=()):
-        """One bucket's step; `count`: the group's gradient elements (for the round-off floor)."""
-        active = has_grad & np.array([p.requires_grad for p in b.params], dtype=bool)
+        """One bucket's step; `count`: the group's gradient elements (for the round-off floor). A bucket holds only
+        trainable tensors (`_group_buckets` rebuilt it before the gradients were gathered), so those with a
+        gradient are the active ones."""
+        active = has_grad
         if not active.any():
             return
         new = active & ~b.started

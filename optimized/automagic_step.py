@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from reference.orthograd import PARALLEL_TOL
+from reference.roundoff_floor import floor_from_sum, floor_roundoff
 
 from . import bitpack
 from . import codec as C
@@ -184,8 +185,7 @@ def _agr(b: Buffers, consts, group_sum, f: Flags):
     the round-off floor ROUNDOFF_FLOOR·S/n is 0 (reference.roundoff_floor)."""
     g = b.grad
     if f.fixed:
-        s = group_sum.float()
-        g = torch.where(g.abs() > torch.where(torch.isfinite(s), s * consts[FLOOR_PER_SUM].float(), 0.0), g, 0)
+        g = floor_roundoff(g, floor_from_sum(group_sum.float(), consts[FLOOR_PER_SUM].float()))
     return K.agr(g, group_sum.float(), 1e-12 if f.fixed else 0.0)
 
 

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from reference.roundoff_floor import floor_roundoff
+
 from . import codec as C
 from . import kernels as K
 from .compile import compiled
@@ -75,7 +77,7 @@ def _projected(theta, grad, table, idx: K.Idx, f: Flags):
     rests on these roundings, and Cautious masks by that sign."""
     g = grad.float()
     if f.roundoff:
-        g = torch.where(g.abs() > _col(table, idx, FLOOR), g, 0.0)
+        g = floor_roundoff(g, _col(table, idx, FLOOR))
     if not f.orthogonal:
         return g
     return _rounded(g - _rounded(_col(table, idx, PROJ) * theta.float(), grad.dtype), grad.dtype)
@@ -100,8 +102,7 @@ def _gradient_sums(theta, grad, idx: K.Idx, orthogonal: bool):
 def _floored_sums(theta, grad, floor, idx: K.Idx, orthogonal: bool):
     """`_gradient_sums` of the gradient with its round-off elements as 0 (fixed mode): the per-tensor statistics
     (AGR's Σg/‖g‖, OrthoGrad's π) the reference takes of the gradient it reads."""
-    g = grad.float()
-    return _gradient_sums(theta, torch.where(g.abs() > floor, g, 0.0), idx, orthogonal)
+    return _gradient_sums(theta, floor_roundoff(grad.float(), floor), idx, orthogonal)
 
 
 def _projected_sums(theta, grad, table, idx: K.Idx, f: Flags):

@@ -27,7 +27,12 @@ ROUNDOFF_FLOOR = 2.0**-20  # of the group's mean |g|; 9.5e-7, where the tiny GPT
 def group_floor(group_sum: torch.Tensor, count: int) -> torch.Tensor:
     """The floor of a group: ROUNDOFF_FLOOR · S/n, S = Σ|g| and n = the number of its gradient elements; 0 where S
     overflowed (finite gradients whose sum is not: no scale to compare round-off with)."""
-    return torch.where(torch.isfinite(group_sum), group_sum * (ROUNDOFF_FLOOR / max(count, 1)), 0.0)
+    return floor_from_sum(group_sum, ROUNDOFF_FLOOR / max(count, 1))
+
+
+def floor_from_sum(group_sum: torch.Tensor, per_sum) -> torch.Tensor:
+    """S · per_sum (per_sum = ROUNDOFF_FLOOR/n, a number or a 0-d tensor), or 0 where S is not finite."""
+    return torch.where(torch.isfinite(group_sum), group_sum * per_sum, 0.0)
 
 
 def floor_roundoff(grad: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
