@@ -23,7 +23,7 @@ from reference import blockwise_8bit
 from .tolerances import SELF_DIVERGENCE, scaled_error
 
 # 0-d, 1-D, LoRA-like pairs, 4-D conv, sizes that are no multiple of any block size (incl. the
-# 256-element chunk), and a non-contiguous parameter (a transposed view).
+# 256- and 32-element row widths), and a non-contiguous parameter (a transposed view).
 SHAPES = [(), (37,), (16, 768), (768, 16), (8, 4, 3, 3), (5, 7)]
 NONCONTIGUOUS = (24, 33)  # stored as the transpose of a (33, 24) tensor
 

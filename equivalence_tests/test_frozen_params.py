@@ -18,8 +18,9 @@ CLASSES = sorted({cls.__name__ for cls in OPTIMIZERS.values()})
 FLAT = ["Automagic_CameAMP", "Automagic_CameAMP8bit", "Automagic_CameAMP_COptim", "Automagic_CameAMP_COptim8bit",
         "HinaAdamWOptimizer"]  # fmt: skip
 PACKAGES = pytest.mark.parametrize("package", [reference, optimized], ids=["reference", "optimized"])
-# Padding: a tensor takes whole rows of 256 elements; the LayerNorm-like 320-element tensor below pads to 512, the
-# factors not at all: 8% of this model's state bytes, measured (2026-12-03)
+# Padding: a tensor takes whole rows (optimized.layout.row_width); in 256-element rows the LayerNorm-like
+# 320-element tensor below would pad to 512 (8 % of this model's state bytes), so the bucket takes 32-element rows
+# and pads nothing (test_row_width.py covers many small tensors)
 PADDING_SHARE = 0.10
 
 

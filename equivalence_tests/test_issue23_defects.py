@@ -81,17 +81,18 @@ def test_zero_eps_is_refused(package, name):
         build(package, name, [p], eps=eps)
 
 
+@pytest.mark.parametrize("shape", [(10, 20), (16, 16)])  # 32- and 256-element rows (optimized.layout.row_width)
 @pytest.mark.parametrize("compat", ["upstream", "fixed"])
 @pytest.mark.parametrize("name", CLASSES)
-def test_group_sum_overflow_is_not_a_nonfinite_gradient(name, compat):
-    """Finite gradients whose Σ|g| overflows fp32 (1e37 over 200 elements): the optimized classes read the
+def test_group_sum_overflow_is_not_a_nonfinite_gradient(name, compat, shape):
+    """Finite gradients whose Σ|g| overflows fp32 (1e37 over 200 or 256 elements): the optimized classes read the
     overflowed sum as a NaN/Inf gradient and raised, where the reference steps. Both now step, to the same
-    parameters (NaN where the reference's g² overflows too)."""
+    parameters (NaN where the reference's g² overflows too), whether or not one row's float32 sum overflows."""
     finals = []
     for package in PACKAGES:
-        p = torch.nn.Parameter(torch.full((10, 20), 0.5))
+        p = torch.nn.Parameter(torch.full(shape, 0.5))
         opt = build(package, name, [p], compat=compat, lr=1e-3)
-        p.grad = torch.full((10, 20), 1e37)
+        p.grad = torch.full(shape, 1e37)
         opt.step()
         assert state_snapshot(opt)[0]["step"] == 1
         finals.append(p)

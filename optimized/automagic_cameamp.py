@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from reference.automagic_base import FIXED_EPS, AutomagicBase
-from reference.checkpoint import check_entry
+from reference.checkpoint import check_class, check_entry
 from reference.lr_mask import POST_WARMUP_MIN_SCALE
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import ROUNDOFF_FLOOR
@@ -26,7 +26,7 @@ from reference.validation import gradients_are_finite, nonfinite_step_allowed
 from . import automagic_step as S
 from .adopting_load import load_adopting
 from .bucket import Bucket, release_if_changed, trainable_params
-from .kernels import allora_table, masked_tensor_mean, row_norms
+from .kernels import allora_table, in_fp32_range, masked_tensor_mean, row_norms
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
 
@@ -162,8 +162,9 @@ class Automagic_CameAMP(AutomagicBase):
                 grad = b.gather_grads(has)
                 work.append((b, has, grad, *S.gradient_partials(grad, b.idx)))
         count = sum(n for b, has, *_ in work for n, h in zip(b.layout.numels, has, strict=True) if h)
-        abs_total = sum(abs_sum.sum() for *_, abs_sum, _ in work)
-        sq_total = sum(sq_sum.sum() for *_, sq_sum in work)
+        # the group's Σ|g| and Σg² overflow where the reference's float32 sums do (kernels.in_fp32_range)
+        abs_total = in_fp32_range(sum(abs_sum.sum() for *_, abs_sum, _ in work))
+        sq_total = in_fp32_range(sum(sq_sum.sum() for *_, sq_sum in work))
         group_sum = abs_total.to(torch.float32)
         mu = abs_total / count
         sigma = (sq_total / count - mu * mu).clamp(min=0).sqrt()
@@ -383,6 +384,11 @@ class Automagic_CameAMP(AutomagicBase):
                     if bits is not None and pid in sd["state"]:
                         sd["state"][pid] = {**sd["state"][pid], "last_polarity": bits}
         return sd
+
+    def _check_state_dict(self, state_dict):
+        """Only the class here: load_adopting checks the rest as the user's load pre-hooks return it, before
+        anything changes (the class name is dropped on the way there)."""
+        check_class(self, state_dict)
 
     def _load_state_dict(self, state_dict):
         """torch's own load, then the buffers take the loaded values (see adopting_load)."""

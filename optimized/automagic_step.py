@@ -167,7 +167,7 @@ def _momentum_input(b: Buffers, u, contextual_input, idx: K.Idx):
 
 
 def _valid(f: Flags, idx: K.Idx):
-    """The real elements ([N, CHUNK] bool), or None where padding stays 0 without a mask."""
+    """The real elements ([N, C] bool), or None where padding stays 0 without a mask."""
     return None if f.padding_safe else K.valid_mask(idx)
 
 
@@ -330,7 +330,7 @@ def _lr_and_mask(b: Buffers, gt, col, c, cond: Conds, idx: K.Idx, f: Flags):
     c_warm = _rows(cond.warm, idx)
     mask = _load(b, "lr_mask")
     if f.has_warm:
-        packed = bitpack.is_packed(b.polarity)
+        packed = bitpack.is_packed(b.polarity, idx.lanes.shape[-1])
         last_polarity = bitpack.unpack(b.polarity) if packed else b.polarity
         mask_warm, polarity = K.warmup_mask(mask, gt, last_polarity, col(LR_SHIFT), c[LR_BUMP], c[MIN_LR], c[MAX_LR])
     if f.has_post:

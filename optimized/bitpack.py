@@ -2,8 +2,8 @@
 packed by the 8-bit buckets; the fp32 classes keep one byte per element, which their warm-up steps read
 and write ~20 % faster).
 
-A [N, CHUNK] 0/1 tensor is kept as [N, CHUNK // 8] uint8: bit k of byte j of a row is element 8·j + k
-of that row. A tensor's elements therefore stay in its own rows, so row slices (`Layout.row_slice`)
+A [N, C] 0/1 tensor (C: the layout's row width) is kept as [N, C // 8] uint8: bit k of byte j of a row is
+element 8·j + k of that row. A tensor's elements therefore stay in its own rows, so row slices (`Layout.row_slice`)
 address the packed buffer as they address the unpacked one. `pack` and `unpack` are traced into the
 compiled passes; the eager helpers below serve state_dict export and import.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import CHUNK, Layout
+from .layout import Layout
 
 BITS = 8
 
@@ -22,13 +22,14 @@ def _shifts(device) -> torch.Tensor:
     return torch.arange(BITS, dtype=torch.int32, device=device)
 
 
-def is_packed(buf: torch.Tensor) -> bool:
-    return buf.dim() == 2 and buf.shape[-1] == CHUNK // BITS
+def is_packed(buf: torch.Tensor, chunk: int) -> bool:
+    """Whether `buf` holds a layout of row width `chunk` packed (else one byte per element)."""
+    return buf.dim() == 2 and buf.shape[-1] == chunk // BITS
 
 
 def empty(layout: Layout, device) -> torch.Tensor:
     """All bits 0."""
-    return torch.zeros((layout.nchunks, CHUNK // BITS), dtype=torch.uint8, device=device)
+    return torch.zeros((layout.nchunks, layout.chunk // BITS), dtype=torch.uint8, device=device)
 
 
 def unpack(packed: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,6 @@ def read_tensor(packed: torch.Tensor, layout: Layout, i: int) -> torch.Tensor:
 def write_tensor(packed: torch.Tensor, layout: Layout, i: int, bits: torch.Tensor) -> None:
     """Store tensor i's bits (any shape with its element count); the row's padding bits are 0."""
     rows = layout.row_slice(i)
-    full = torch.zeros((rows.stop - rows.start) * CHUNK, dtype=torch.uint8, device=packed.device)
+    full = torch.zeros((rows.stop - rows.start) * layout.chunk, dtype=torch.uint8, device=packed.device)
     full[: layout.numels[i]] = bits.reshape(-1).to(packed.device) != 0
-    packed[rows] = pack(full.view(-1, CHUNK))
+    packed[rows] = pack(full.view(-1, layout.chunk))

@@ -162,7 +162,7 @@ class Bucket:
         buf = self.states[name]
         if buf is None:
             return
-        if name == "last_polarity" and bitpack.is_packed(buf):  # every bit of a byte
+        if name == "last_polarity" and bitpack.is_packed(buf, self.layout.chunk):  # every bit of a byte
             value = 255 if value else 0
         if isinstance(buf, C.QState):
             tensors = torch.from_numpy(tensors).to(self.device)
@@ -192,7 +192,7 @@ class Bucket:
         buf = self.states.get("last_polarity")
         if buf is None:
             return None
-        if bitpack.is_packed(buf):
+        if bitpack.is_packed(buf, self.layout.chunk):
             return bitpack.read_tensor(buf, self.layout, i)
         return self.layout.view(buf, i).bool()
 
@@ -218,7 +218,7 @@ class Bucket:
                 tensors = np.arange(self.layout.ntensors) == i
                 self.fill(name, 0.0, tensors)
             return
-        if name == "last_polarity" and bitpack.is_packed(buf):
+        if name == "last_polarity" and bitpack.is_packed(buf, self.layout.chunk):
             bits = saved.get(name, torch.zeros(self.layout.numels[i], dtype=torch.bool))
             bitpack.write_tensor(buf, self.layout, i, bits)
             return

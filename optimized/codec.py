@@ -1,7 +1,7 @@
 """Blockwise dynamic 8-bit state inside the fused step (spec T19a; readable twin: reference.blockwise_8bit).
 
-A quantised state of a bucket is a `QState`: uint8 codes in the bucket's [N, CHUNK] layout and one fp32
-absmax per block. Blocks are B consecutive elements *of one tensor* (B = 4096 = 16 rows of the layout),
+A quantised state of a bucket is a `QState`: uint8 codes in the bucket's [N, C] layout and one fp32
+absmax per block. Blocks are B consecutive elements *of one tensor* (B = 4096 = B / C rows of the layout),
 as bitsandbytes cuts each tensor separately; a tensor's last block may be short, and the layout's zero
 padding never raises an absmax. `dequantize` and `quantize` are traced into the compiled passes, so a
 state is read as codes, updated in fp32 registers and written back as codes with no fp32 copy of it.
@@ -20,15 +20,12 @@ import torch
 
 from reference import blockwise_8bit as readable
 
-from .layout import CHUNK, Layout
+from .layout import Layout
 from .segment_ops import segment_amax
-
-ROWS_PER_BLOCK = readable.BLOCKSIZE // CHUNK
-assert ROWS_PER_BLOCK * CHUNK == readable.BLOCKSIZE
 
 
 class QState(NamedTuple):
-    codes: torch.Tensor  # [N, CHUNK] uint8
+    codes: torch.Tensor  # [N, C] uint8
     absmax: torch.Tensor  # [nblocks] float32
 
 
@@ -73,10 +70,12 @@ def zero_code(exact_zero: bool, device) -> torch.Tensor:
 
 
 def build_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayout:
-    """Blocks of the element states: B = 4096 elements = 16 rows of the layout, per tensor. `exact_zero`: the
+    """Blocks of the element states: B = 4096 elements = B / C rows of the layout, per tensor. `exact_zero`: the
     corrected mode's code for 0 (reference.blockwise_8bit.quantize)."""
+    rows_per_block, rest = divmod(readable.BLOCKSIZE, layout.chunk)
+    assert rest == 0, "a block must be whole rows"
     rows = [layout.row_slice(i).stop - layout.chunk_start[i] for i in range(layout.ntensors)]
-    return _blocks(rows, device, ROWS_PER_BLOCK, exact_zero)
+    return _blocks(rows, device, rows_per_block, exact_zero)
 
 
 def build_row_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayout:
@@ -87,18 +86,18 @@ def build_row_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockL
 
 
 def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
-    codes = torch.zeros((layout.nchunks, CHUNK), dtype=torch.uint8, device=device)
+    codes = torch.zeros((layout.nchunks, layout.chunk), dtype=torch.uint8, device=device)
     return QState(codes, torch.zeros(blocks.blocks.block_tensor.numel(), dtype=torch.float32, device=device))
 
 
 def dequantize(q: QState, blocks: Blocks) -> torch.Tensor:
-    """x̂ = code[q] · N_b, float32 [N, CHUNK]."""
+    """x̂ = code[q] · N_b, float32 [N, C]."""
     # int32 indices: inductor's CPU gather from int64 ones costs twice as much
     return blocks.code[q.codes.int()] * q.absmax[blocks.row_block].view(-1, 1)
 
 
 def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
-    """x (float32 [N, CHUNK], zero on padding) → (codes, absmax)."""
+    """x (float32 [N, C], zero on padding) → (codes, absmax)."""
     # N_b = max |x| over the block's rows
     absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
     return encode(x, absmax[blocks.row_block].view(-1, 1), blocks.table, blocks.zero), absmax
@@ -125,7 +124,7 @@ def load(buf, blocks: Blocks | None) -> torch.Tensor:
 def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=None, valid=None) -> None:
     """Write `value` where `rows` ([N, 1] bool, None = everywhere). A QState is re-quantised; blocks of
     tensors not in `tensors` ([T] bool) keep their absmax, rows outside `rows` keep their codes. `valid`
-    ([N, CHUNK] bool) zeroes the padding first, so it never enters an absmax."""
+    ([N, C] bool) zeroes the padding first, so it never enters an absmax."""
     if not isinstance(buf, QState):
         buf.copy_(value if rows is None else torch.where(rows, value, buf.float()))
         return
@@ -155,7 +154,7 @@ def fill(q: QState, value: torch.Tensor, blocks: Blocks, valid, tensors: torch.T
 def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch.Tensor) -> None:
     """Set every element of the tensors in `tensors` ([T] bool) to `value`, writing codes directly: what
     `fill` would store for a constant (absmax |value|; the code of ±1, or code 0 for an all-zero block;
-    padding gets the code of 0), with no fp32 copy of the state. `valid`: [N, CHUNK] bool."""
+    padding gets the code of 0), with no fp32 copy of the state. `valid`: [N, C] bool."""
     n_b = abs(float(value))
     unit = -1.0 if n_b == 0 else value / n_b
     rows = tensors[blocks.row_tensor].view(-1, 1)

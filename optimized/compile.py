@@ -8,6 +8,7 @@ import shutil
 import warnings
 
 import torch
+import torch.utils._pytree
 
 _enabled = os.environ.get("CAMEAMP_COMPILE", "1") != "0"
 
@@ -91,6 +92,15 @@ def _reads_8bit_state(args) -> bool:
     return any(getattr(a, "blocks", None) is not None for a in args)
 
 
+def _width_static(args) -> None:
+    """Mark dim 1 of every 2-D tensor in `args` static: a flat bucket's row width. Else a process that steps
+    buckets of both widths would recompile the first graph with a symbolic width, which every later call of
+    either width would then take (element-wise loops over an unknown row length)."""
+    for t in torch.utils._pytree.tree_leaves(args):
+        if isinstance(t, torch.Tensor) and t.dim() == 2:
+            torch._dynamo.mark_static(t, 1)
+
+
 def set_compile(enabled: bool) -> None:
     """Turn compilation of the fused steps on or off (takes effect at the next call)."""
     global _enabled
@@ -115,9 +125,10 @@ def compiled(fn, stores_states: bool = True, exact_casts: bool = False, outer_lo
     `_patch_outer_loop_fusion`.
 
     Shapes are 'automatic dynamic' by default: a dimension that changes between calls (the number of rows
-    of a bucket, the number of tensors) becomes symbolic after one recompile, while the chunk width stays a
-    constant 256, which lets inductor fuse every element-wise loop of a pass. `dynamic=True` makes every
-    dimension symbolic from the first compile (for steps over tensors of many shapes)."""
+    of a bucket, the number of tensors) becomes symbolic after one recompile, while the row width (dim 1 of
+    every 2-D input, `_width_static`) stays a constant, 256 or 32, which lets inductor fuse every element-wise
+    loop of a pass; each width gets its own graphs. `dynamic=True` makes every dimension symbolic from the first
+    compile (for steps over tensors of many shapes)."""
     cache = {}
 
     @functools.wraps(fn)
@@ -129,6 +140,8 @@ def compiled(fn, stores_states: bool = True, exact_casts: bool = False, outer_lo
                           stacklevel=2)  # fmt: skip
             set_compile(False)
             return fn(*args, **kwargs)
+        if dynamic is not True:
+            _width_static(args)
         recompute = stores_states and _reads_8bit_state(args)
         if recompute not in cache:
             options = RECOMPUTE_OPTIONS if recompute else INDUCTOR_OPTIONS

@@ -1,11 +1,12 @@
 """Technique kernels on the chunked layout (see layout.py), traced by torch.compile.
 
-Every function takes `[nchunks, CHUNK]` element tensors and `[nchunks, 1]` per-row values (a per-tensor
-scalar broadcast to its rows), computes in float32, and has a readable twin in `reference/`; the
-equivalence tests compare each pair. Per-tensor reductions go through `tensor_sum`, which is a row sum
-plus a segment sum over rows, so nothing here loops over tensors. Row and dim-0 column quantities
-(ALLoRA, upstream TAM) are computed eagerly per run of same-shape tensors (`column_normaliser`,
-`row_norms`, `expand_rows`): dense reductions and broadcast writes instead of per-element gathers.
+Every function takes `[nchunks, C]` element tensors (C: the layout's row width) and `[nchunks, 1]` per-row
+values (a per-tensor scalar broadcast to its rows), computes element-wise in float32 (per-tensor sums in
+float64), and has a readable twin in `reference/`; the equivalence tests compare each pair. Per-tensor
+reductions go through `tensor_sum`, which is a row sum plus a segment sum over rows, so nothing here loops
+over tensors. Row and dim-0 column quantities (ALLoRA, upstream TAM) are computed eagerly per run of
+same-shape tensors (`column_normaliser`, `row_norms`, `expand_rows`): dense reductions and broadcast writes
+instead of per-element gathers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import NamedTuple
 
 import torch
 
-from .layout import CHUNK, Layout
+from .layout import Layout
 from .segment_ops import segment_sum
+
+FP32_MAX = torch.finfo(torch.float32).max
 
 
 class Idx(NamedTuple):
@@ -23,23 +26,19 @@ class Idx(NamedTuple):
 
     chunk_tensor: torch.Tensor  # [N]
     chunk_valid: torch.Tensor  # [N, 1]
+    lanes: torch.Tensor  # [1, C] int64: 0 … C − 1, the position of each element in its row
     numel_t: torch.Tensor  # [T] float64
 
 
 def index_tensors(layout: Layout) -> Idx:
-    return Idx(
-        layout.chunk_tensor, layout.chunk_valid, layout.numel_t,
-    )  # fmt: skip
+    lanes = torch.arange(layout.chunk, device=layout.chunk_valid.device).view(1, -1).clone()  # no _base to go symbolic
+    return Idx(layout.chunk_tensor, layout.chunk_valid, lanes, layout.numel_t)
 
 
 # ---------------------------------------------------------------- segment helpers
-def lanes(idx: Idx) -> torch.Tensor:
-    return torch.arange(CHUNK, device=idx.chunk_valid.device).view(1, CHUNK)
-
-
 def valid_mask(idx: Idx) -> torch.Tensor:
     """True on real elements, False on padding."""
-    return lanes(idx) < idx.chunk_valid
+    return idx.lanes < idx.chunk_valid
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +48,15 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 def tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
     """Per-tensor sum of a [N, C] tensor, float64, shape [T]; rows are summed in float32, or in float64 when x
-    is float64 (squares of large values, e.g. SPD's ‖θ − θ0‖², overflow float32 before they are summed)."""
-    return segment_sum(at_least_fp32(x).sum(dim=1), idx.chunk_tensor, idx.numel_t)
+    is float64 (squares of large values, e.g. SPD's ‖θ − θ0‖², overflow float32 before they are summed). A sum
+    of float32 values beyond float32's range is ±inf, as the reference's float32 sum is, whatever the row width."""
+    total = segment_sum(at_least_fp32(x).sum(dim=1), idx.chunk_tensor, idx.numel_t)
+    return total if x.dtype == torch.float64 else in_fp32_range(total)
+
+
+def in_fp32_range(total: torch.Tensor) -> torch.Tensor:
+    """A float64 sum of float32 values as a float32 accumulator ends: ±inf where it passed float32's range."""
+    return torch.where(total.abs() <= FP32_MAX, total, total.sign() * torch.inf)
 
 
 def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:

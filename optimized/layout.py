@@ -1,8 +1,9 @@
 """Flat, chunked storage for a list of tensors.
 
-Tensor i occupies `nchunks_i = ceil(numel_i / CHUNK)` rows of a `[nchunks, CHUNK]` buffer, padded with
-zeros. A per-tensor reduction is a row sum followed by a segment sum over rows, so its cost and its
-compiled graph do not depend on how many tensors share the buffer. Row and dim-0 column reductions (ALLoRA,
+Tensor i occupies `nchunks_i = ceil(numel_i / C)` rows of a `[nchunks, C]` buffer, padded with zeros. The
+row width C is WIDE, or NARROW for a bucket of small tensors that WIDE rows would pad by more than
+PADDING_GOAL (`row_width`). A per-tensor reduction is a row sum followed by a segment sum over rows, so its
+cost and its compiled graph do not depend on how many tensors share the buffer. Row and dim-0 column reductions (ALLoRA,
 TAM) work on runs of same-shape tensors, which buckets keep adjacent.
 """
 
@@ -13,7 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-CHUNK = 256  # elements per row; padding per tensor is < CHUNK
+WIDE = 256  # elements per row; padding per tensor is < the row width
+NARROW = 32  # rows of small tensors (a 320-element LayerNorm weight pads to 512 elements in WIDE rows, 320 here)
+PADDING_GOAL = 1 / 32  # the most padding, as a share of a bucket's elements, that WIDE rows may add
+
+
+def row_width(numels) -> int:
+    """WIDE, unless its rows would pad the tensors by more than PADDING_GOAL of their elements: NARROW. Wide rows
+    cost less per row (the per-row index and partial sums); narrow ones waste less per tensor."""
+    padding = sum(max(1, math.ceil(n / WIDE)) * WIDE - n for n in numels)
+    return WIDE if padding <= PADDING_GOAL * sum(numels) else NARROW
 
 
 @dataclass
@@ -24,6 +34,7 @@ class Layout:
     numels: list
     chunk_start: list  # first row of each tensor
     nchunks: int
+    chunk: int  # elements per row (WIDE or NARROW)
     chunk_tensor: torch.Tensor  # [nchunks] int64: tensor index of each row
     chunk_valid: torch.Tensor  # [nchunks, 1] int64: number of real elements in the row
     numel_t: torch.Tensor  # [T] float64: element counts
@@ -38,8 +49,8 @@ class Layout:
         return len(self.shapes)
 
     def view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
-        """Tensor i as a view of a [nchunks, CHUNK] buffer."""
-        start = self.chunk_start[i] * CHUNK
+        """Tensor i as a view of a [nchunks, chunk] buffer."""
+        start = self.chunk_start[i] * self.chunk
         segment = flat.view(-1)[start : start + self.numels[i]]
         strides = self.strides[i]
         return segment.view(self.shapes[i]) if strides is None else segment.as_strided(self.shapes[i], strides)
@@ -48,13 +59,13 @@ class Layout:
         return [self.view(flat, i) for i in range(self.ntensors)]
 
     def empty(self, dtype, device, fill=None) -> torch.Tensor:
-        buf = torch.empty((self.nchunks, CHUNK), dtype=dtype, device=device)
+        buf = torch.empty((self.nchunks, self.chunk), dtype=dtype, device=device)
         if fill is not None:
             buf.fill_(fill)
         return buf
 
     def row_slice(self, i: int) -> slice:
-        return slice(self.chunk_start[i], self.chunk_start[i] + math.ceil(self.numels[i] / CHUNK))
+        return slice(self.chunk_start[i], self.chunk_start[i] + math.ceil(self.numels[i] / self.chunk))
 
 
 def kept_strides(t: torch.Tensor):
@@ -79,24 +90,25 @@ def dense_strides(t: torch.Tensor):
     return tuple(t.stride())
 
 
-def build_layout(tensors, device, keep_strides: bool = True) -> Layout:
+def build_layout(tensors, device, keep_strides: bool = True, chunk: int | None = None) -> Layout:
     """`keep_strides`: views take each tensor's own strides where `kept_strides` allows (an 8-bit bucket's codes
-    follow the reference's row-major blocks, so it does not)."""
+    follow the reference's row-major blocks, so it does not). `chunk`: the row width (default: `row_width`)."""
     shapes = [tuple(t.shape) for t in tensors]
     numels = [t.numel() for t in tensors]
+    chunk = chunk or row_width(numels)
     chunk_start, chunk_tensor, chunk_valid = [], [], []
     is_matrix = []
     row = nrows = 0
     row_start = []
     for i, (shape, n) in enumerate(zip(shapes, numels, strict=True)):
-        k = max(1, math.ceil(n / CHUNK))
+        k = max(1, math.ceil(n / chunk))
         chunk_start.append(row)
         matrix = len(shape) == 2
         is_matrix.append(matrix)
         row_start.append(nrows if matrix else None)
         for j in range(k):
             chunk_tensor.append(i)
-            chunk_valid.append(max(0, min(CHUNK, n - j * CHUNK)))
+            chunk_valid.append(max(0, min(chunk, n - j * chunk)))
         nrows += shape[0] if matrix else 0
         row += k
 
@@ -108,6 +120,7 @@ def build_layout(tensors, device, keep_strides: bool = True) -> Layout:
         numels=numels,
         chunk_start=chunk_start,
         nchunks=row,
+        chunk=chunk,
         chunk_tensor=torch.tensor(chunk_tensor, dtype=torch.int64, device=device),
         chunk_valid=col(chunk_valid),
         numel_t=torch.tensor(numels, dtype=torch.float64, device=device),

@@ -182,13 +182,16 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict):
-        check_state_dict(self, state_dict)
+        self._check_state_dict(state_dict)
         if state_dict.get("magic_version") != self.magic_version:
             warnings.warn(
                 f"loaded a state dict without magic_version={self.magic_version}; the LR mask may not be synchronised",
                 stacklevel=2,
             )
         self._load_state_dict({k: v for k, v in state_dict.items() if k not in ("magic_version", "optimizer")})
+
+    def _check_state_dict(self, state_dict):
+        check_state_dict(self, state_dict)
 
     def _state_dict(self):
         return super().state_dict()

@@ -195,18 +195,22 @@ def check_entry(optimizer, where: str, entry, p: torch.Tensor, group: Mapping) -
         _check_entry(where, entry, p, group, schema)
 
 
+def check_class(optimizer, state_dict) -> None:
+    """Raise a ValueError unless `state_dict` is a dict that is `optimizer`'s class's, when it names one."""
+    if not isinstance(state_dict, Mapping):
+        _fail(f"expected a dict, got {type(state_dict).__name__}")
+    name, saved_name = type(optimizer).__name__, state_dict.get("optimizer")
+    if saved_name is not None and saved_name != name:
+        _fail(f"the checkpoint is of {saved_name}, this optimizer is {name}")
+
+
 def check_state_dict(optimizer, state_dict) -> None:
     """Raise a ValueError unless `state_dict` is one `optimizer` can load: same class (when the checkpoint says),
     the same number of groups and parameters, and every state entry shaped and typed as this class writes it."""
-    name = type(optimizer).__name__
-    if not isinstance(state_dict, Mapping):
-        _fail(f"expected a dict, got {type(state_dict).__name__}")
+    check_class(optimizer, state_dict)
     for key in ("state", "param_groups"):
         if key not in state_dict:
             _fail(f"the state_dict has no {key!r}")
-    saved_name = state_dict.get("optimizer")
-    if saved_name is not None and saved_name != name:
-        _fail(f"the checkpoint is of {saved_name}, this optimizer is {name}")
     groups, saved_groups = optimizer.param_groups, state_dict["param_groups"]
     if not isinstance(saved_groups, (list, tuple)) or not all(
         isinstance(g, Mapping) and "params" in g for g in saved_groups

@@ -14,6 +14,9 @@ of a few `c = a + s·b` passes over 768 MB, which moves 12 bytes per element). W
 "Traffic floor" is that least traffic over fused AdamW's (28 bytes/param): the × fused AdamW a step would
 take if it moved only that traffic at AdamW's GB/s. A goal below it cannot be met by any step that keeps
 these states; extra passes for dependent reductions only raise it.
+
+The memory section (tools/bench_frozen.py) compares state, workspace and saved-adapter bytes of the flat-buffer
+classes with the reference's on a frozen base beside a LoRA.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from tools import bench_frozen
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {
@@ -235,7 +240,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=9, help="rounds per row")
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--no-reference", action="store_true", help="skip the slow reference rows")
-    parser.add_argument("--only", nargs="*", default=[], help="run only the rows whose names contain one of these")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        help="run only the rows whose names contain one of these ('memory': the frozen-base section)",
+    )
     args = parser.parse_args()
     line = bandwidth_line()
     lines = [f"# Benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, CPU)", "",
@@ -256,6 +266,8 @@ def main():
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "
                   f"early-phase graphs): {six:.1f} s", ""]  # fmt: skip
         print("\n".join(lines[-(len(rows) + 6) :]), flush=True)
+    if not args.only or "memory" in args.only:
+        lines += bench_frozen.section()
     out = ROOT / "reports" / "bench.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
