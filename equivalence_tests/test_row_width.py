@@ -19,12 +19,11 @@ from optimized.layout import NARROW, PADDING_GOAL, WIDE, build_layout, row_width
 
 from .harness import OPTIMIZER_CASES, lockstep
 from .test_8bit_equivalence import param_bound
+from .test_frozen_params import FLAT, held_bytes
 from .test_hina_equivalence import HINA_CASES, lockstep_bounds
 from .test_hina_equivalence import lockstep as hina_lockstep
 from .tolerances import LOCKSTEP_8BIT_FLIPS, LOCKSTEP_8BIT_STATES, lockstep_tolerance, momentum_tolerance
 
-FLAT = ["Automagic_CameAMP", "Automagic_CameAMP8bit", "Automagic_CameAMP_COptim", "Automagic_CameAMP_COptim8bit",
-        "HinaAdamWOptimizer"]  # fmt: skip
 # issue 29: padding on many small tensors ≤ 10 % of state bytes. NARROW rows pad a tensor by < 32 elements,
 # under 10 % of any tensor from 320 elements (a LayerNorm of SD's narrowest width), so the sizes drawn below
 # start there. Measured on 15 random lists of such sizes: at most 3.1 % (fp32 states; 10.0 % with WIDE rows
@@ -74,12 +73,6 @@ def test_wide_rows_agree_with_the_reference_in_lockstep(monkeypatch, name, compa
         assert err <= bounds[key], f"{key}: {err:.3e} > {bounds[key]}"
 
 
-def _state_bytes(opt) -> int:
-    if hasattr(opt, "state_bytes"):
-        return opt.state_bytes()
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-
-
 def _many_small(package, name, shapes):
     params = [torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(i)))
               for i, shape in enumerate(shapes)]  # fmt: skip
@@ -89,7 +82,7 @@ def _many_small(package, name, shapes):
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()
-    return _state_bytes(opt)
+    return held_bytes(opt)
 
 
 SMALL = st.one_of(st.tuples(st.integers(320, 4000)), st.tuples(st.integers(1, 16), st.integers(320, 1280)))

@@ -271,8 +271,9 @@ def main():
     out = ROOT / "reports" / "bench.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot(results, line, out.with_suffix(".png"))
-    print(f"written to {out} and {out.with_suffix('.png')}")
+    if results:  # (none with `--workloads` given no workload: the memory section alone)
+        plot(results, line, out.with_suffix(".png"))
+    print(f"written to {out}" + (f" and {out.with_suffix('.png')}" if results else ""))
 
 
 def plot(results: dict, line: float, path: Path) -> None:
