@@ -90,14 +90,16 @@ def test_stacked_graph_count_does_not_grow_with_tensor_count(settings):
     assert counters["stats"]["unique_graphs"] == many
 
 
-def test_8bit_loads_take_the_one_instruction_path():
-    """optimized.compile patches inductor's AVX2 load of 8 uint8 values (a stack copy that stalls) into
-    ATen's one-instruction loadu_one_fourth; the results are unchanged. On AVX-512 inductor already
-    loads them that way, and the patch has nothing to do."""
+def test_8bit_loads_take_the_one_instruction_path_in_our_passes_only():
+    """Our compiled passes get inductor's AVX2 load of 8 uint8 values (a stack copy that stalls) as ATen's
+    one-instruction loadu_one_fourth; the results are unchanged. The user's own torch.compile, and dynamo's
+    recompile limit, are as torch leaves them (issue 25: no import-time global side effects). On AVX-512
+    inductor already loads them that way, and the change has nothing to do."""
     from torch._inductor import cpu_vec_isa
+    from torch._inductor.codegen import cpp
     from torch._inductor.utils import run_and_get_code
 
-    from optimized.compile import FAST_BYTE_LOADS
+    from optimized.compile import FAST_BYTE_LOADS, compiled
 
     assert FAST_BYTE_LOADS
     codes = torch.randint(0, 256, (64, 256), dtype=torch.uint8)
@@ -107,10 +109,17 @@ def test_8bit_loads_take_the_one_instruction_path():
     def decode_add(codes, table, x):
         return x + table[codes.int()] * codes.float()
 
+    def decode_mul(codes, table, x):  # a second function, so that the user's compile is a graph of its own
+        return x * table[codes.int()] * codes.float()
+
+    limit, load_line = torch._dynamo.config.recompile_limit, cpp.CppVecKernel._get_vec_load_line
     # no dynamo reset (the stacked classes' graphs above are reused by their compiled tests); the FX graph
-    # cache is off so that the kernel is generated, and its code seen, even on a warm cache
+    # cache is off so that the kernels are generated, and their code seen, even on a warm cache
     with torch._inductor.config.patch(fx_graph_cache=False):
-        out, (code,) = run_and_get_code(torch.compile(decode_add), codes, table, x)
-    assert torch.equal(out, decode_add(codes, table, x))
+        ours, (our_code,) = run_and_get_code(compiled(decode_add), codes, table, x)
+        users, (user_code,) = run_and_get_code(torch.compile(decode_mul), codes, table, x)
+    assert torch.equal(ours, decode_add(codes, table, x)) and torch.equal(users, decode_mul(codes, table, x))
+    assert torch._dynamo.config.recompile_limit == limit and cpp.CppVecKernel._get_vec_load_line is load_line
     if cpu_vec_isa.pick_vec_isa().bit_width() == 256:
-        assert "loadu_one_fourth" in code and "Vectorized<uint8_t>::loadu(" not in code
+        assert "loadu_one_fourth" in our_code and "Vectorized<uint8_t>::loadu(" not in our_code
+        assert "Vectorized<uint8_t>::loadu(" in user_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -14,9 +15,8 @@ _enabled = os.environ.get("CAMEAMP_COMPILE", "1") != "0"
 
 # Each combination of static phase flags is one graph. One training run sees about four, but a
 # process that builds optimizers with many configurations (the test suite) sees more than dynamo's
-# default limit of 8 per function. Shapes never recompile (dynamic=True).
+# default limit of 8 per function. Set only while one of our passes runs (`_scoped`).
 GRAPH_VARIANT_LIMIT = 256
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_VARIANT_LIMIT)
 
 
 # No bounds check per gathered element: the indices are 8-bit codes into the 256-entry code, bins
@@ -32,20 +32,12 @@ RECOMPUTE_OPTIONS = {**INDUCTOR_OPTIONS, "realize_opcount_threshold": 100_000, "
                      "realize_acc_reads_threshold": 100_000}  # fmt: skip
 
 
-def _patch_byte_loads() -> bool:
+def _byte_load_line(original):
     """Inductor's AVX2 code loads 8 uint8/int8 values (one float vector's worth) with
     `Vectorized<uint8_t>::loadu(ptr, 8)`, which goes through a stack copy and stalls on store
     forwarding: reading an 8-bit state then costs 4x reading an fp32 one. ATen's `loadu_one_fourth`
     loads the same 8 bytes with one instruction (AVX-512's `loadu` already takes that path); the
-    conversions that follow use only those 8 lanes. Returns False, changing nothing, where this torch
-    has no such code generator."""
-    try:
-        from torch._inductor.codegen import cpp
-    except ImportError:
-        return False
-    original = getattr(cpp.CppVecKernel, "_get_vec_load_line", None)
-    if original is None or getattr(original, "_cameamp", False):
-        return original is not None
+    conversions that follow use only those 8 lanes."""
     slow = ", static_cast<int64_t>(8))"
 
     def load_line(self, var, index, dtype, load_mask=None):
@@ -54,37 +46,51 @@ def _patch_byte_loads() -> bool:
             line = line[: -len(slow)].replace("::loadu(", "::loadu_one_fourth(", 1) + ")"
         return line
 
-    load_line._cameamp = True
-    cpp.CppVecKernel._get_vec_load_line = load_line
-    return True
+    return load_line
 
 
-FAST_BYTE_LOADS = _patch_byte_loads()
+def _no_outer_loop_fusion(self, node1, node2):
+    """`compiled(..., outer_loop_fusion=False)`: no CPU outer-loop fusion (a per-row reduction fused with its
+    consumers over a shared outer loop): on Automagic_CameAMP_Improved's early-phase graph of 2-D stacks,
+    torch 2.13's local-buffer analysis of such a fusion raises KeyError inside inductor."""
+    return False
 
-_outer_loop_fusion = True
 
-
-def _patch_outer_loop_fusion() -> None:
-    """Let `compiled(..., outer_loop_fusion=False)` turn off inductor's CPU outer-loop fusion (a per-row
-    reduction fused with its consumers over a shared outer loop) while its graphs compile: on
-    Automagic_CameAMP_Improved's early-phase graph of 2-D stacks, torch 2.13's local-buffer analysis of
-    such a fusion raises KeyError inside inductor."""
+@functools.cache
+def _codegen_classes():
+    """Inductor's CPU code generator classes, or None where this torch has none."""
     try:
-        from torch._inductor.codegen.cpp import CppScheduling
+        from torch._inductor.codegen import cpp
     except ImportError:
-        return
-    original = CppScheduling.can_fuse_vertical_outer_loop
-    if getattr(original, "_cameamp", False):
-        return
-
-    def can_fuse_vertical_outer_loop(self, node1, node2):
-        return _outer_loop_fusion and original(self, node1, node2)
-
-    can_fuse_vertical_outer_loop._cameamp = True
-    CppScheduling.can_fuse_vertical_outer_loop = can_fuse_vertical_outer_loop
+        return None
+    kernel, scheduling = cpp.CppVecKernel, cpp.CppScheduling
+    if not (hasattr(kernel, "_get_vec_load_line") and hasattr(scheduling, "can_fuse_vertical_outer_loop")):
+        return None
+    return kernel, scheduling
 
 
-_patch_outer_loop_fusion()
+FAST_BYTE_LOADS = _codegen_classes() is not None  # whether `_scoped` can give 8-bit loads the one-instruction path
+
+
+@contextlib.contextmanager
+def _scoped(outer_loop_fusion: bool):
+    """Our inductor code-generation changes and dynamo's recompile limit, only while one of our passes runs
+    (and compiles): importing `optimized` changes nothing for the user's own torch.compile."""
+    classes = _codegen_classes()
+    saved_limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(saved_limit, GRAPH_VARIANT_LIMIT)
+    if classes is not None:
+        kernel, scheduling = classes
+        load_line, fuse = kernel._get_vec_load_line, scheduling.can_fuse_vertical_outer_loop
+        kernel._get_vec_load_line = _byte_load_line(load_line)
+        if not outer_loop_fusion:
+            scheduling.can_fuse_vertical_outer_loop = _no_outer_loop_fusion
+    try:
+        yield
+    finally:
+        torch._dynamo.config.recompile_limit = saved_limit
+        if classes is not None:
+            kernel._get_vec_load_line, scheduling.can_fuse_vertical_outer_loop = load_line, fuse
 
 
 def _reads_8bit_state(args) -> bool:
@@ -123,7 +129,7 @@ def compiled(fn, stores_states: bool = True, exact_casts: bool = False, outer_lo
     """Compile `fn` on first use; `stores_states=False`: it never writes a state, so it needs no recompute
     limits even over 8-bit states. `exact_casts=True`: a round trip such as `x.to(bf16).float()` rounds, as
     it does uncompiled (inductor drops it by default). `outer_loop_fusion=False`: see
-    `_patch_outer_loop_fusion`.
+    `_no_outer_loop_fusion`.
 
     Shapes are 'automatic dynamic' by default: a dimension that changes between calls (the number of rows
     of a bucket, the number of tensors) becomes symbolic after one recompile, while the row width (dim 1 of
@@ -149,11 +155,7 @@ def compiled(fn, stores_states: bool = True, exact_casts: bool = False, outer_lo
             if exact_casts:
                 options = {**options, "emulate_precision_casts": True}
             cache[recompute] = torch.compile(fn, dynamic=dynamic, fullgraph=True, options=options)
-        global _outer_loop_fusion
-        _outer_loop_fusion = outer_loop_fusion
-        try:
+        with _scoped(outer_loop_fusion):
             return cache[recompute](*args, **kwargs)
-        finally:
-            _outer_loop_fusion = True
 
     return wrapper
