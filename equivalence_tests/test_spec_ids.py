@@ -43,7 +43,9 @@ SOURCES = set(re.findall(r"^\| (S\d[a-z]?|D\d) \|", TECHNIQUES_TEXT, re.M))
 def _cited_files() -> list[Path]:
     listed = subprocess.run(["git", "ls-files", *CITING], cwd=ROOT, capture_output=True, text=True, check=True)
     files = [ROOT / name for name in listed.stdout.split()]
-    return [f for f in files if SPEC not in f.parents and f.suffix in {".py", ".md", ".json", ""} and f.is_file()]
+    own = Path(__file__).resolve()  # its resolver cases cite ids that must not resolve
+    return [f for f in files if SPEC not in f.parents and f != own and f.suffix in {".py", ".md", ".json", ""}
+            and f.is_file()]  # fmt: skip
 
 
 def _resolves(match: re.Match) -> bool:
