@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .test_resume_process import CLASSES, STEPS, STOP, build, feed_steps
+from .cases.resume import CLASSES, STEPS, STOP, build, feed_steps
 
 
 def main(directory: str) -> None:

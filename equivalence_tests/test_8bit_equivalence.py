@@ -11,20 +11,11 @@ import torch
 import optimized
 import reference
 
+from .cases.eight_bit import MODES, NAMES, free_running_bound, param_bound
+from .cases.family import kwargs_for, resume_runs, run
 from .harness import OPTIMIZER_CASES, SELF, assert_free_running, free_running, lockstep, roundtrip, with_compiled
-from .test_family_reference import kwargs_for, resume_runs, run
-from .tolerances import (
-    FREE_RUNNING_8BIT_FP32,
-    FREE_RUNNING_8BIT_UPSTREAM_TAM,
-    LOCKSTEP_8BIT_FLIPS,
-    LOCKSTEP_8BIT_STATES,
-    LOCKSTEP_8BIT_UPSTREAM,
-    free_running_tolerance,
-    lockstep_tolerance,
-)
+from .tolerances import LOCKSTEP_8BIT_FLIPS, LOCKSTEP_8BIT_STATES
 
-NAMES = ["Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit"]
-MODES = [("fixed", torch.float32), ("fixed", torch.bfloat16), ("upstream", torch.float32)]
 # `make test` runs a subset, and compiles one of it (conftest.py): every 8-bit graph compiles in ~20-40 s
 # on 2 cores (the recompute options), and a cold cache (CI) must compile each. O2: every case in fixed
 # fp32, the basic case in the other two modes; COptim8bit (its own paths: C, Λ·ef, the μ_k codes) the
@@ -41,23 +32,6 @@ MATRIX = with_compiled(
         name == "Automagic_CameAMP8bit" and case is OPTIMIZER_CASES[0] and dtype == torch.float32
     ),
 )
-
-
-def fresh_residual(name, compat) -> bool:
-    """Upstream O2 never stores r [I-08] (LOCKSTEP_8BIT_UPSTREAM); COptim8bit keeps O4's residual."""
-    return compat == "upstream" and name == "Automagic_CameAMP8bit"
-
-
-def param_bound(name, compat, dtype) -> float:
-    return (LOCKSTEP_8BIT_UPSTREAM if fresh_residual(name, compat) else lockstep_tolerance(dtype)).bound
-
-
-def free_running_bound(name, compat, dtype) -> float:
-    if fresh_residual(name, compat):
-        return LOCKSTEP_8BIT_UPSTREAM.bound
-    if compat == "upstream":
-        return FREE_RUNNING_8BIT_UPSTREAM_TAM.bound
-    return (free_running_tolerance(dtype) if dtype == torch.bfloat16 else FREE_RUNNING_8BIT_FP32).bound
 
 
 @pytest.mark.parametrize("name,case,compat,dtype", MATRIX, ids=lambda x: getattr(x, "name", str(x)))

@@ -15,9 +15,9 @@ import torch
 import optimized
 import reference
 
+from .cases.contract import PACKAGES, WARMED, build, params_of, run
 from .differential import CLASSES
 from .harness import SELF, RoundingPerturbed, assert_free_running
-from .test_torch_contract import PACKAGES, WARMED, build, params_of, run
 from .tolerances import free_running_tolerance, scaled_error
 
 COMPATS = ["upstream", "fixed"]

@@ -34,19 +34,19 @@ def test_graph_count_does_not_grow_with_tensor_count():
 
 
 def _improved():
-    from .test_improved_equivalence import CASES
+    from .cases.improved import CASES
 
     return optimized.Automagic_CameAMP_Improved, CASES["defaults, W 8"], 5
 
 
 def _seed004():
-    from .test_seed004_equivalence import CASES
+    from .cases.seed004 import CASES
 
     return optimized.Automagic_CameAMP_8Bit, CASES["defaults, W 8, B 64, sync 5"], 4
 
 
 def _improved8():
-    from .test_improved8_equivalence import CASES
+    from .cases.improved8 import CASES
 
     return optimized.Automagic_CameAMP_Improved_8Bit, CASES["defaults, W 8, 8-bit from 256 elements"], 3
 

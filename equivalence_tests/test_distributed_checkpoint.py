@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
+from .cases.contract import PACKAGES, WARMED
 from .differential import CLASSES
-from .test_torch_contract import PACKAGES, WARMED
 
 
 def model_and_optimizer(package, name, compat):

@@ -5,7 +5,7 @@ parameters and determinism. (NaN/Inf gradients: test_nonfinite.py; resume: test_
 import pytest
 import torch
 
-from .test_resume_process import CLASSES, build, feed_steps
+from .cases.resume import CLASSES, build, feed_steps
 
 COMPATS = ["upstream", "fixed"]
 

@@ -14,10 +14,14 @@ from equivalence_tests.harness import SELF, assert_free_running, make_partner, s
 from equivalence_tests.tolerances import FREE_RUNNING_FP32
 from reference.registry import OPTIMIZERS
 
+from .cases.frozen import FLAT, held_bytes
+
 CLASSES = sorted({cls.__name__ for cls in OPTIMIZERS.values()})
-FLAT = ["Automagic_CameAMP", "Automagic_CameAMP8bit", "Automagic_CameAMP_COptim", "Automagic_CameAMP_COptim8bit",
-        "HinaAdamWOptimizer"]  # fmt: skip
+
+
 PACKAGES = pytest.mark.parametrize("package", [reference, optimized], ids=["reference", "optimized"])
+
+
 # Padding: a tensor takes whole rows (optimized.layout.row_width); in 256-element rows the LayerNorm-like
 # 320-element tensor below would pad to 512 (8 % of this model's state bytes), so the bucket takes 32-element rows
 # and pads nothing (test_row_width.py covers many small tensors)
@@ -58,13 +62,6 @@ def train(opt, model, steps, start=0, flips=None):
         model.loss(xs[t]).backward()
         opt.step()
         opt.zero_grad()
-
-
-def held_bytes(opt) -> int:
-    """Bytes of state held: the fast classes' buffers, or the reference's state tensors."""
-    if hasattr(opt, "state_bytes"):
-        return opt.state_bytes()
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
 
 def saved_bytes(module_state) -> int:

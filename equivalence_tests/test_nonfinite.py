@@ -10,8 +10,8 @@ import torch
 import optimized
 import reference
 
-from .test_family_reference import make_params
-from .test_resume_process import CLASSES, build, feed_steps
+from .cases.family import make_params
+from .cases.resume import CLASSES, build, feed_steps
 
 KINDS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 

@@ -17,11 +17,11 @@ import reference
 from optimized import layout as flat_layout
 from optimized.layout import NARROW, PADDING_GOAL, WIDE, build_layout, row_width
 
+from .cases.eight_bit import param_bound
+from .cases.frozen import FLAT, held_bytes
+from .cases.hina import HINA_CASES, lockstep_bounds
+from .cases.hina import lockstep as hina_lockstep
 from .harness import OPTIMIZER_CASES, lockstep
-from .test_8bit_equivalence import param_bound
-from .test_frozen_params import FLAT, held_bytes
-from .test_hina_equivalence import HINA_CASES, lockstep_bounds
-from .test_hina_equivalence import lockstep as hina_lockstep
 from .tolerances import LOCKSTEP_8BIT_FLIPS, LOCKSTEP_8BIT_STATES, lockstep_tolerance, momentum_tolerance
 
 # issue 29: padding on many small tensors ≤ 10 % of state bytes. NARROW rows pad a tensor by < 32 elements,

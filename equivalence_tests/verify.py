@@ -85,7 +85,7 @@ def optimizer_rows():
 
 def eight_bit_rows():
     """The optimized 8-bit classes against the reference: parameters, de-quantised states, code flips."""
-    from .test_8bit_equivalence import MODES, NAMES, free_running_bound, param_bound
+    from .cases.eight_bit import MODES, NAMES, free_running_bound, param_bound
 
     rows = []
     for cls_name, spec in zip(NAMES, ("O2", "O5"), strict=True):
@@ -110,8 +110,8 @@ def eight_bit_rows():
 
 def hina_rows():
     """optimized.HinaAdamWOptimizer against the reference (O9): every case, mode and dtype."""
-    from .test_hina_equivalence import COMPATS, DTYPES, HINA_CASES, free_running_bound, lockstep, lockstep_bounds
-    from .test_hina_equivalence import free_running as hina_free_running
+    from .cases.hina import COMPATS, DTYPES, HINA_CASES, free_running_bound, lockstep, lockstep_bounds
+    from .cases.hina import free_running as hina_free_running
 
     rows = []
     for case in HINA_CASES:
@@ -149,7 +149,7 @@ def improved_rows():
     full shape set uncompiled (the same code; each stack class is a graph per phase, ~250 graphs for the
     matrix), and compiled on the test's smaller shape set for every case."""
 
-    from . import test_improved_equivalence as imp
+    from .cases import improved as imp
     from .tolerances import free_running_tolerance, lockstep_tolerance
 
     def rows_for(case, compat, dtype, label, shapes=None):
@@ -176,8 +176,8 @@ def seed004_rows():
     """optimized.Automagic_CameAMP_8Bit (seed 004) against the reference (O8): every case, mode and dtype on
     the full shape set uncompiled; compiled, every case on matrices and the first on every stack class."""
 
-    from . import test_seed004_equivalence as s4
-    from .test_improved_equivalence import STEPS
+    from .cases import seed004 as s4
+    from .cases.improved import STEPS
     from .tolerances import lockstep_tolerance
 
     def rows_for(case, compat, dtype, label, shapes=None):
@@ -213,8 +213,8 @@ def improved8_rows():
     """optimized.Automagic_CameAMP_Improved_8Bit against the reference (O7): every case, mode and dtype on the
     full shape set uncompiled; compiled, every case on LoRA matrices and the first on every stack class."""
 
-    from . import test_improved8_equivalence as i8
-    from .test_improved_equivalence import STEPS
+    from .cases import improved8 as i8
+    from .cases.improved import STEPS
     from .tolerances import LOCKSTEP_8BIT_FLIPS_SMALL_SETS, LOCKSTEP_8BIT_STATES, lockstep_tolerance
 
     def rows_for(case, compat, dtype, label, shapes=None, lora=None):
@@ -250,7 +250,7 @@ def improved8_rows():
 
 def family_rows():
     """Every reference class of the family: resume across save/load (weights_only) is bit-identical."""
-    from . import test_family_reference as fam
+    from .cases import family as fam
 
     rows = []
     for cls in fam.FAMILY:
@@ -269,7 +269,7 @@ def paper_rows():
 
     from reference import blockwise_8bit
 
-    from . import test_papers_reference as tp
+    from .cases import paper_oracles as tp
 
     rows = []
     for name, ours, ours_kw, theirs, theirs_kw, keys in tp.ORACLES:

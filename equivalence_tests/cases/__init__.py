@@ -1,0 +1,1 @@
+"""Declarative cases and runners shared by the tests and `make verify` (no test module imports another)."""
