@@ -151,3 +151,13 @@ def test_fixed_mode_states_are_fp32_for_bf16(compat):
         expected = torch.bfloat16 if compat == "upstream" else torch.float32
         assert state["exp_avg"].dtype == expected and state["exp_avg_res"].dtype == expected
         assert state["lr_mask"].dtype == torch.float32 and state["last_polarity"].dtype == torch.bool
+
+
+def test_importing_the_packages_prints_nothing():
+    """Issue 28: no import-time output (bitsandbytes' CPU backend warns about an optional 4-bit kernel)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import reference, optimized, papers"], capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert done.stdout == "" and done.stderr == "", (done.stdout, done.stderr)

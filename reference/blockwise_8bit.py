@@ -34,9 +34,26 @@ state and are saved once per state_dict (`code_table()`, `BLOCKSIZE`).
 from __future__ import annotations
 
 import functools
+import logging
 
-import bitsandbytes.functional as bnb_functional
 import torch
+
+
+def _import_bitsandbytes():
+    """bitsandbytes.functional, imported without its CPU backend's import-time warning: on AVX-512-BF16
+    machines it logs that its optional 4-bit GEMM kernel (the `kernels` package) is missing, which 8-bit
+    optimizer states never use. Importing our package prints nothing."""
+    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes.functional as functional
+    finally:
+        quiet.setLevel(level)
+    return functional
+
+
+bnb_functional = _import_bitsandbytes()
 
 BLOCKSIZE = 4096  # upstream `_quantize_tensor(x, blocksize=4096)`
 ZERO_CODE = 127  # the index of 0.0 in the signed dynamic tree code
