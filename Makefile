@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 export PYTHONPATH := $(CURDIR)
 # Two cores in CI: keep torch from oversubscribing when pytest and inductor both run.
 export OMP_NUM_THREADS ?= 2
@@ -11,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 # cache gave lockstep errors (3.8e-5 against 5e-6) that the same run on a fresh cache did not.
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor-$(or $(ATEN_CPU_CAPABILITY),native)
 
-.PHONY: venv verify test notebooks bench demo lint lock clean
+.PHONY: venv verify test notebooks bench demo docs docs-check lint lock clean
 
 venv: $(STAMP)
 
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 lock:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q torch -e ".[test]"
+	.lock-venv/bin/pip install -q torch -e ".[test,docs]"
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 
@@ -37,6 +38,18 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest equivalence_tests
 	$(PY) -m notebooks.run_all
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,docs]"
+	@touch $(DOCS_STAMP)
+
+# The study site in reports/site/ (every notebook executed; Sphinx warnings are errors).
+docs: $(DOCS_STAMP)
+	$(PY) -m tools.site.build
+
+# The built site in headless Chromium (Debian's: apt-get install chromium): links, math, plots, screenshots.
+docs-check: docs
+	$(PY) -m tools.site.check
 
 notebooks: $(STAMP)
 	$(PY) -m notebooks.run_all
@@ -52,4 +65,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) reports/*.md reports/*.png
+	rm -rf $(VENV) reports/*.md reports/*.png reports/site build/site
