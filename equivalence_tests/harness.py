@@ -177,20 +177,35 @@ def build(case: OptimizerCase, dtype, compat, seed=0, name="Automagic_CameAMP", 
 SELF = "the reference, its gradients perturbed by one rounding error"
 
 
-# Where the reference sums a whole param group (AGR's S = Σ|g|): a fast path sums it in another order, so the
-# perturbed reference's S gets one rounding error too. Where one element holds nearly all of a group's L1 mass,
-# 1 − |g|/S cancels, and S's last bit decides g̃'s leading digits: in the reference as much as in a fast path.
-GROUP_SUMS = (
-    (reference.agr, "group_abs_sum"),
-    (reference.automagic_cameamp_improved, "group_abs_sum"),
-    (reference.automagic_cameamp_improved_8bit, "group_abs_sum"),
+def _sum_rounded(f, generator):
+    return lambda grads: perturbed(f(grads), generator)
+
+
+def _residual_inputs_rounded(f, generator):
+    return lambda r, u, m_bar, *rest: f(r, perturbed(u, generator), perturbed(m_bar, generator), *rest)
+
+
+# Where one rounding inside the reference's step decides its result, the perturbed reference gets one there too:
+# - a whole param group's sum (AGR's S = Σ|g|): a fast path sums it in another order; where one element holds
+#   nearly all of a group's L1 mass, 1 − |g|/S cancels, and S's last bit decides g̃'s leading digits;
+# - the AdaBelief residual's inputs u and m̄ (T3): each is the result of rounded operations, which a fast path
+#   does in another order or precision. Where r is still ≈ 0 (upstream: from 0, no bias correction) and u − m̄
+#   cancels exactly in bf16, r = (1−β3)·ε2 and U = m ⊙ rsqrt(r) is ~1e9·m: whether the two roundings coincided
+#   decides a step of 1e6 (found by the differential profile: Automagic_CameAMP_COptim upstream, bf16, an
+#   element with a zero first gradient; the fast path, in fp32, stepped 3.75 where the reference stepped 9.5e5).
+PERTURBED_CALLS = (
+    (reference.agr, "group_abs_sum", _sum_rounded),
+    (reference.automagic_cameamp_improved, "group_abs_sum", _sum_rounded),
+    (reference.automagic_cameamp_improved_8bit, "group_abs_sum", _sum_rounded),
+    (reference.adabelief_residual, "update_residual", _residual_inputs_rounded),
 )
 
 
 class RoundingPerturbed:
     """An optimizer whose parameters and gradients get a relative error of up to one unit round-off of the
-    working precision before each step, and whose group sums (GROUP_SUMS) get one when taken: what one rounding
-    of the step's inputs, or another summation order, does. Run beside the unperturbed reference, it measures
+    working precision before each step, and where one rounding inside the step decides its result (PERTURBED_CALLS:
+    group sums, the residual's inputs) get one there: what one rounding of the step's inputs, or another order of
+    its operations, does. Run beside the unperturbed reference, it measures
     how far the reference's own run carries a rounding error (tolerances.SELF_DIVERGENCE). θ is perturbed too,
     since some terms depend on it alone (the rank penalty's SVD of θ)."""
 
@@ -205,13 +220,13 @@ class RoundingPerturbed:
                 if p.grad is not None and p.grad.is_floating_point():
                     p.grad = perturbed(p.grad, self.generator)
                     p.copy_(perturbed(p, self.generator))
-        originals = [getattr(module, name) for module, name in GROUP_SUMS]
-        for (module, name), original in zip(GROUP_SUMS, originals, strict=True):
-            setattr(module, name, lambda grads, f=original: perturbed(f(grads), self.generator))
+        originals = [getattr(module, name) for module, name, _ in PERTURBED_CALLS]
+        for (module, name, rounded), original in zip(PERTURBED_CALLS, originals, strict=True):
+            setattr(module, name, rounded(original, self.generator))
         try:
             return self.optimizer.step(*args, **kwargs)
         finally:
-            for (module, name), original in zip(GROUP_SUMS, originals, strict=True):
+            for (module, name, _), original in zip(PERTURBED_CALLS, originals, strict=True):
                 setattr(module, name, original)
 
     def __getattr__(self, name):
