@@ -49,6 +49,15 @@ def _identifier(word: str) -> str:
     return r"\mathrm{" + word.replace("_", r"\_") + "}"
 
 
+def _script_run(text: str, i: int) -> tuple[str, int]:
+    """The run of superscript (or subscript) characters at text[i] as ^{…} (_{…}), and where it ends."""
+    table, marker = (SUPERSCRIPTS, "^") if text[i] in SUPERSCRIPTS else (SUBSCRIPTS, "_")
+    j = i
+    while j < len(text) and text[j] in table:
+        j += 1
+    return marker + "{" + "".join(table[c] for c in text[i:j]) + "}", j
+
+
 def to_latex(text: str) -> str:
     out, i = [], 0
     while i < len(text):
@@ -69,18 +78,9 @@ def to_latex(text: str) -> str:
         elif word:
             out.append(_identifier(word[0]))
             i = word.end()
-        elif ch in SUPERSCRIPTS:
-            j = i
-            while j < len(text) and text[j] in SUPERSCRIPTS:
-                j += 1
-            out.append("^{" + "".join(SUPERSCRIPTS[c] for c in text[i:j]) + "}")
-            i = j
-        elif ch in SUBSCRIPTS:
-            j = i
-            while j < len(text) and text[j] in SUBSCRIPTS:
-                j += 1
-            out.append("_{" + "".join(SUBSCRIPTS[c] for c in text[i:j]) + "}")
-            i = j
+        elif ch in SUPERSCRIPTS or ch in SUBSCRIPTS:
+            latex, i = _script_run(text, i)
+            out.append(latex)
         elif ch in ACCENTS and out:
             out[-1] = f"{ACCENTS[ch]}{{{out[-1]}}}"
             i += 1
