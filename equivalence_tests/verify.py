@@ -46,14 +46,10 @@ SEEDS = range(3)
 
 
 def free_row(name: str, source: str, error_of, base: float) -> list:
-    """A free-running row: `error_of(partner)`'s error against the bound the tests hold it to: `base`, or where
+    """A free-running row: `error_of(optimized)`'s error against the bound the tests hold it to: `base`, or where
     the error is beyond it, the reference's own drift over the same run (harness.free_running_limit)."""
-    err = error_of(None)
+    err = error_of(optimized)
     return [name, source, None, err, free_running_limit(err, base, lambda: error_of(SELF))]
-
-
-def _partner(partner) -> dict:
-    return {} if partner is None else {"partner": partner}
 
 
 def technique_rows():
@@ -90,7 +86,7 @@ def optimizer_rows():
                                  momentum_tolerance(dtype, cls_name, compat).bound])  # fmt: skip
                     rows.append(free_row(f"{name} free-running {case.steps} steps", f"optimizers.md {spec}",
                                          lambda p, c=case, d=dtype, m=compat, n=cls_name: free_running(
-                                             c, d, m, name=n, **_partner(p)),
+                                             c, d, m, name=n, partner=p),
                                          free_running_tolerance(dtype).bound))  # fmt: skip
     return rows
 
@@ -116,7 +112,7 @@ def eight_bit_rows():
                      LOCKSTEP_8BIT_FLIPS.bound],
                     free_row(f"{name} free-running {case.steps} steps", f"optimizers.md {spec}",
                              lambda p, c=case, d=dtype, m=compat, n=cls_name: free_running(
-                                 c, d, m, name=n, **_partner(p)),
+                                 c, d, m, name=n, partner=p),
                              free_running_bound(cls_name, compat, dtype)),
                 ]  # fmt: skip
     return rows
@@ -139,7 +135,7 @@ def hina_rows():
                 rows.append([f"{name} lockstep (worst: {worst})", "optimizers.md O9", None, lock[worst],
                              bounds[worst]])  # fmt: skip
                 rows.append(free_row(f"{name} free-running {case.steps} steps", "optimizers.md O9",
-                                     lambda p, c=case, d=dtype, m=compat: hina_free_running(c, d, m, **_partner(p)),
+                                     lambda p, c=case, d=dtype, m=compat: hina_free_running(c, d, m, partner=p),
                                      free_running_bound(case, dtype)))  # fmt: skip
     return rows
 
@@ -171,7 +167,7 @@ def improved_rows():
         name = f"O6 Automagic_CameAMP_Improved {compat} {str(dtype).replace('torch.', '')} [{case}] {label}"
         lock = imp.run(case, dtype, compat, lockstep=True, shapes=shapes)
         worst = max(lock, key=lock.get)
-        free = lambda p: imp.run(case, dtype, compat, lockstep=False, shapes=shapes, **_partner(p))["params"]  # noqa: E731
+        free = lambda p: imp.run(case, dtype, compat, lockstep=False, shapes=shapes, partner=p)["params"]  # noqa: E731
         return [[f"{name} lockstep (worst: {worst})", "optimizers.md O6", None, lock[worst],
                  lockstep_tolerance(dtype).bound],
                 free_row(f"{name} free-running {imp.STEPS} steps", "optimizers.md O6", free,
@@ -201,7 +197,7 @@ def seed004_rows():
         steps = lock.pop("code_steps")
         params = lock.pop("params")
         worst = max(lock, key=lock.get)
-        free = lambda p: s4.run(case, dtype, compat, lockstep=False, shapes=shapes, **_partner(p))["params"]  # noqa: E731
+        free = lambda p: s4.run(case, dtype, compat, lockstep=False, shapes=shapes, partner=p)["params"]  # noqa: E731
         return [[f"{name} lockstep params", "optimizers.md O8", None, params, lockstep_tolerance(dtype).bound],
                 [f"{name} lockstep D(q)+e (worst: {worst})", "optimizers.md O8, T18", None, lock[worst],
                  s4.state_bound(case, dtype)],
@@ -239,7 +235,7 @@ def improved8_rows():
         params = lock.pop("params")
         worst = max(lock, key=lock.get)
         state_bound = max(lockstep_tolerance(dtype).bound, LOCKSTEP_8BIT_STATES.bound)
-        free = lambda p: i8.run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora, **_partner(p))["params"]  # noqa: E731
+        free = lambda p: i8.run(case, dtype, compat, lockstep=False, shapes=shapes, lora=lora, partner=p)["params"]  # noqa: E731
         return [[f"{name} lockstep params", "optimizers.md O7", None, params, lockstep_tolerance(dtype).bound],
                 [f"{name} lockstep states, de-quantised (worst: {worst})", "optimizers.md O7, T19c", None,
                  lock[worst], state_bound],

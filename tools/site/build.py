@@ -12,12 +12,13 @@ them with warnings as errors. Usage: python -m tools.site.build [--no-execute]
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import papers as paper_index
 
 from .annotate import anchor_id, annotate
 
@@ -255,8 +256,7 @@ def build_sources(papers: list[dict]) -> int:
 def main(argv: list[str]) -> int:
     if "--no-execute" not in argv:
         subprocess.run([sys.executable, "-m", "notebooks.run_all"], cwd=ROOT, check=True)
-    papers = json.loads((ROOT / "papers" / "index.json").read_text(encoding="utf-8"))["papers"]
-    pages = build_sources(papers)
+    pages = build_sources(paper_index.load())
     if OUT.exists():
         shutil.rmtree(OUT)
     subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", "-c",
