@@ -20,6 +20,7 @@ INFRASTRUCTURE = {
     "automagic_base",
     "registry",
     "paper_optimizer",
+    "sharding",
 }  # shared helpers
 FIELDS = ("key", "technique", "title", "authors", "year", "venue", "url", "implemented", "deviations",
           "reference", "test", "notebook")  # fmt: skip

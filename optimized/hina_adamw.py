@@ -20,6 +20,7 @@ from reference.checkpoint import check_entry
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
+from reference.sharding import refuse_dtensor_params
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
@@ -106,6 +107,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure=None):
+        refuse_dtensor_params(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():

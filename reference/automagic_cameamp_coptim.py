@@ -43,6 +43,7 @@ from .config import COptimConfig
 from .contextual_lr import ContextualOptimizationModule
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
+from .sharding import whole_tensor_step
 from .state_8bit import Blockwise8bitStates
 
 MULTISCALE_BETA = 0.9  # T17, hard-coded upstream
@@ -68,6 +69,7 @@ class ContextualOptimization:
         self._told_no_loss = False  # the one warning of a step without a loss (see `step`)
 
     @torch.no_grad()
+    @whole_tensor_step
     def step(self, closure=None, loss=None):
         """One step. The loss for the context comes from the closure (run with grad enabled), from
         `loss=`, or from an earlier `observe_loss()`; the closure's loss is returned."""

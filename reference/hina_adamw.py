@@ -51,6 +51,7 @@ from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
 from .roundoff_floor import floor_roundoff, group_floor
+from .sharding import refuse_dtensor_params
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
@@ -177,6 +178,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure=None):
+        refuse_dtensor_params(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():  # upstream runs it under no_grad, which breaks backward() [I-02]

@@ -1,0 +1,221 @@
+"""One rank of the distributed equivalence tests (test_distributed.py), started by torchrun with gloo on the CPU.
+
+For every class of both packages, both modes and each setting, it trains a small MLP under
+DistributedDataParallel and under FSDP2 (`fully_shard`: DTensor parameters sharded on dim 0, unevenly where a
+size is odd) and, beside it in the same process, the single-process run on the same global batch:
+one model, every rank's micro-batches, the gradient DDP defines (each rank's accumulated gradient over its
+micro-batches, averaged over the ranks). Halving is exact in floating point and a sum of two values does not
+depend on their order, so the runs must agree bit for bit. Writes {case: [worst |Δθ| against the single
+process, worst |Δθ| against rank 0]} to DIR/rank{r}.pt, and HinaAdamW's FSDP2 refusal (reference.sharding).
+Usage: torchrun --nproc_per_node 2 -m equivalence_tests.distributed_child DIR"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+import optimized
+import reference
+
+from .cases.contract import WARMED
+from .differential import CLASSES, COMPATS
+
+STEPS = 10  # ≥ 2·W with the warm-up window W = 4 of cases.contract.WARMED
+STOP = 3  # the FSDP2 checkpoint is taken in warm-up
+BATCH = 4  # per rank and micro-batch
+# DDP: (gradient_as_bucket_view, micro-batches per step: the first ones under no_sync)
+DDP_SETTINGS = ((False, 1), (True, 1), (True, 2))
+FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient sync
+FSDP_REFUSED = ("HinaAdamWOptimizer",)  # reference.sharding.refuse_dtensor_params
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def batch(step: int, rank: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+    return torch.randn(BATCH, 6, generator=gen), torch.randn(BATCH, 3, generator=gen)
+
+
+def loss_of(model, data) -> torch.Tensor:
+    x, y = data
+    return (model(x) - y).pow(2).mean()
+
+
+def make_optimizer(package, name, params, compat):
+    return getattr(package, name)(params, lr=1e-2, compat=compat, **WARMED[name])
+
+
+def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -> list[torch.Tensor]:
+    model = DistributedDataParallel(make_model(), gradient_as_bucket_view=bucket_view)
+    opt = make_optimizer(package, name, model.parameters(), compat)
+    for step in range(STEPS):
+        opt.zero_grad()
+        for m in range(micro - 1):
+            with model.no_sync():
+                loss_of(model, batch(step, rank, m)).backward()
+        loss_of(model, batch(step, rank, micro - 1)).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def fsdp_pair(package, name, compat, mesh):
+    model = make_model()
+    fully_shard(model, mesh=mesh)
+    return model, make_optimizer(package, name, model.parameters(), compat)
+
+
+def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> None:
+    for step in steps:
+        opt.zero_grad()
+        for m in range(micro):
+            model.set_requires_gradient_sync(m == micro - 1)
+            loss_of(model, batch(step, rank, m)).backward()
+        opt.step()
+
+
+def whole(model) -> list[torch.Tensor]:
+    return [p.detach().full_tensor() for p in model.parameters()]
+
+
+def train_fsdp(package, name, compat, micro: int, rank: int, mesh) -> list[torch.Tensor]:
+    model, opt = fsdp_pair(package, name, compat, mesh)
+    fsdp_steps(model, opt, range(STEPS), micro, rank)
+    return whole(model)
+
+
+def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path) -> list[torch.Tensor]:
+    """STOP steps; the full model and optimizer state dicts through torch.distributed.checkpoint's state_dict
+    API, saved by rank 0 (weights_only); a fresh FSDP2 model and optimizer load them and take the other steps.
+    The optimizer loads with the default options: its full-state-dict load needs the fresh optimizer to hold
+    state tensors already (torch's own optimizers get them from a zero step), and ours hold none before a step."""
+    model, opt = fsdp_pair(package, name, compat, mesh)
+    fsdp_steps(model, opt, range(STOP), 1, rank)
+    full = StateDictOptions(full_state_dict=True)
+    saved = {
+        "model": get_model_state_dict(model, options=full),
+        "optim": get_optimizer_state_dict(model, opt, options=full),
+    }
+    if rank == 0:
+        torch.save(saved, path)
+    dist.barrier()
+    saved = torch.load(path, weights_only=True)
+    model, opt = fsdp_pair(package, name, compat, mesh)
+    set_model_state_dict(model, saved["model"], options=full)
+    set_optimizer_state_dict(model, opt, saved["optim"])  # the state is whole on every rank (reference.sharding)
+    fsdp_steps(model, opt, range(STOP, STEPS), 1, rank)
+    return whole(model)
+
+
+def fsdp_refuses(package, name, rank: int, mesh) -> bool:
+    """A step with DTensor parameters raises TypeError and leaves them as they were."""
+    model = make_model()
+    fully_shard(model, mesh=mesh)
+    before = [p.detach().full_tensor() for p in model.parameters()]
+    opt = make_optimizer(package, name, model.parameters(), "fixed")
+    loss_of(model, batch(0, rank, 0)).backward()
+    try:
+        opt.step()
+    except TypeError:
+        return all(torch.equal(a, p.detach().full_tensor()) for a, p in zip(before, model.parameters(), strict=True))
+    return False
+
+
+def single_steps(model, opt, steps: range, micro: int, world: int) -> None:
+    params = list(model.parameters())
+    for step in steps:
+        total = [torch.zeros_like(p) for p in params]
+        for rank in range(world):
+            model.zero_grad()
+            for m in range(micro):
+                loss_of(model, batch(step, rank, m)).backward()
+            for t, p in zip(total, params, strict=True):
+                t.add_(p.grad / world)
+        for t, p in zip(total, params, strict=True):
+            p.grad = t
+        opt.step()
+
+
+def train_single(package, name, compat, micro: int, world: int) -> list[torch.Tensor]:
+    model = make_model()
+    opt = make_optimizer(package, name, model.parameters(), compat)
+    single_steps(model, opt, range(STEPS), micro, world)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def single_resumed(package, name, compat, path: Path, world: int) -> list[torch.Tensor]:
+    """The 2 → 1 resume: one process, without torch.distributed, loads the full checkpoint that 2 FSDP2 ranks
+    saved (fsdp_resumed) and takes the other steps on the same global batches."""
+    saved = torch.load(path, weights_only=True)
+    model = make_model()
+    opt = make_optimizer(package, name, model.parameters(), compat)
+    model.load_state_dict(saved["model"])
+    set_optimizer_state_dict(model, opt, saved["optim"])
+    single_steps(model, opt, range(STOP, STEPS), 1, world)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def worst(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+def compare(results: dict, case: str, run: list[torch.Tensor], single: list[torch.Tensor]) -> None:
+    first = [t.clone() for t in run]
+    for t in first:
+        dist.broadcast(t, 0)
+    results[case] = [worst(run, single), worst(run, first)]
+
+
+def main(directory: str) -> None:
+    torch.set_num_threads(1)  # the same kernels, hence the same rounding, in every run
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
+    ddp, fsdp, resumed, refused, checkpoints = {}, {}, {}, {}, []
+    for package in (reference, optimized):
+        for name in CLASSES:
+            for compat in COMPATS:
+                for bucket_view, micro in DDP_SETTINGS:
+                    compare(ddp, f"{package.__name__}.{name} {compat} bucket_view={bucket_view} micro={micro}",
+                            train_ddp(package, name, compat, bucket_view, micro, rank),
+                            train_single(package, name, compat, micro, world))  # fmt: skip
+                for micro in FSDP_MICRO if name not in FSDP_REFUSED else ():
+                    compare(fsdp, f"{package.__name__}.{name} {compat} micro={micro}",
+                            train_fsdp(package, name, compat, micro, rank, mesh),
+                            train_single(package, name, compat, micro, world))  # fmt: skip
+                if name not in FSDP_REFUSED:
+                    case = f"{package.__name__}.{name} {compat}"
+                    path = Path(directory) / f"{case}.pt"
+                    compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path),
+                            train_single(package, name, compat, 1, world))  # fmt: skip
+                    checkpoints.append((package, name, compat, case, path))
+            if name in FSDP_REFUSED:
+                refused[f"{package.__name__}.{name}"] = fsdp_refuses(package, name, rank, mesh)
+    dist.destroy_process_group()
+    one = {}  # each rank resumes every checkpoint alone, without torch.distributed: world size 2 → 1
+    for package, name, compat, case, path in checkpoints:
+        single = train_single(package, name, compat, 1, world)
+        one[case] = [worst(single_resumed(package, name, compat, path, world), single), 0.0]
+    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one, "refused": refused}
+    torch.save(results, Path(directory) / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

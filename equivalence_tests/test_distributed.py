@@ -1,0 +1,59 @@
+"""torch.distributed (issue 26), 2 gloo ranks on the CPU started by torchrun (distributed_child.py).
+
+* DDP: every class of both packages, both modes, with bucket views off and on and with gradient accumulation
+  under `no_sync`, is bit for bit the single-process run on the same global batch; the ranks stay identical.
+* FSDP2 (`fully_shard`, DTensor parameters, one of them sharded unevenly): the Automagic_CameAMP classes of both
+  packages step whole tensors (reference.sharding) and are bit for bit the single-process run, gradient
+  accumulation without sync included, and so is a resume through torch.distributed.checkpoint's full state
+  dicts (saved at step 3 of 10, weights_only) on 2 ranks and in one process without torch.distributed;
+  HinaAdamW refuses DTensor parameters with a TypeError and moves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .differential import CLASSES, COMPATS
+from .distributed_child import DDP_SETTINGS, FSDP_MICRO, FSDP_REFUSED, STEPS
+
+WORLD = 2
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("distributed")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+                    "-m", "equivalence_tests.distributed_child", str(out)], check=True, timeout=900)  # fmt: skip
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+
+
+def assert_bit_identical(results: dict, count: int, rank: int) -> None:
+    assert len(results) == count
+    apart = {case: errs for case, errs in results.items() if errs != [0.0, 0.0]}
+    assert not apart, f"rank {rank}, after {STEPS} steps, [|Δθ| vs one process, vs rank 0]: {apart}"
+
+
+def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results["ddp"], 2 * len(CLASSES) * len(COMPATS) * len(DDP_SETTINGS), rank)
+
+
+def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
+    sharded = [name for name in CLASSES if name not in FSDP_REFUSED]
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results["fsdp"], 2 * len(sharded) * len(COMPATS) * len(FSDP_MICRO), rank)
+
+
+@pytest.mark.parametrize("kind", ["resumed", "to_one_process"])
+def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind):
+    sharded = [name for name in CLASSES if name not in FSDP_REFUSED]
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results[kind], 2 * len(sharded) * len(COMPATS), rank)
+
+
+def test_hina_refuses_fsdp2_parameters_and_moves_nothing(ranks):
+    for results in ranks:
+        assert results["refused"] == {f"{p}.{n}": True for p in ("reference", "optimized") for n in FSDP_REFUSED}

@@ -1,0 +1,99 @@
+"""FSDP2 parameters (DTensors sharded by `torch.distributed.fsdp.fully_shard`): each step sees whole tensors.
+
+The family's statistics are not per element: AGR divides by the group's Σ|g|, adaptive weight decay uses the
+group's mean and spread, TAM, OrthoGrad, the RMS clip and Cautious use per-tensor sums, and the Improved
+heuristics use whole-tensor stencils, SVD and FFT. A step on one rank's shard alone would compute something
+else than one process computes. So for the step every DTensor parameter is gathered with its (already
+reduced) gradient and its state, the ordinary step runs on the whole tensors, and each rank keeps its own
+shard of the result. The state is then held whole, and identical, on every rank: what one process computes,
+at the memory of one process (issue 26: sharded state is the fast path's next step).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def whole_tensor_step(step):
+    """Decorates an optimizer's `step(closure=None, ...)`: with DTensor parameters, the closure runs first (on
+    the sharded model, as FSDP2 needs), then the step runs on whole tensors (`whole_tensors`)."""
+
+    @functools.wraps(step)
+    def wrapper(self, closure=None, *args, **kwargs):
+        if not any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"]):
+            return step(self, closure, *args, **kwargs)
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            closure = lambda: loss  # noqa: E731  the step returns it as it returns a closure's loss
+        with whole_tensors(self):
+            return step(self, closure, *args, **kwargs)
+
+    return wrapper
+
+
+def whole_tensor_view(method):
+    """Decorates `state_dict` and `load_state_dict`: they see the whole twins that the step sees, so state
+    keyed by tensor (the fast classes' buffers) is found; nothing is written back. Nested uses are no-ops."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with whole_tensors(self, write_back=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def refuse_dtensor_params(optimizer) -> None:
+    """HinaAdamW pairs LoRA factors and SPD anchors by parameter identity, which a step on gathered copies would
+    lose; until its sharded step exists it refuses FSDP2 parameters rather than train differently."""
+    if any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"]):
+        raise TypeError(f"{type(optimizer).__name__} does not support FSDP2 (DTensor) parameters yet: use DDP, or "
+                        "an Automagic_CameAMP class (issue 26)")  # fmt: skip
+
+
+def _whole_param(optimizer, p: DTensor) -> torch.nn.Parameter:
+    """p's whole twin, the same object at every step (the fast classes keep their buffers over it), holding
+    p's gathered values and gradient."""
+    twins = optimizer.__dict__.setdefault("_whole_params", {})
+    whole = twins.get(p)
+    if whole is None:
+        whole = twins[p] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=p.requires_grad)
+        if hasattr(p, "_is_lora_layer"):  # the one parameter attribute the family reads (T9d)
+            whole._is_lora_layer = p._is_lora_layer
+    else:
+        whole.detach().copy_(p.detach().full_tensor())
+    whole.grad = None if p.grad is None else p.grad.full_tensor()
+    return whole
+
+
+@contextmanager
+def whole_tensors(optimizer, write_back: bool = True):
+    """Within: each DTensor parameter of `optimizer` is replaced in its group by its whole twin, and its state
+    moves there (gathered where it was sharded). After a step that did not raise (`write_back`), each rank keeps
+    its shard of the result; the state, now whole, returns to the DTensor's key either way."""
+    swapped = []
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if isinstance(p, DTensor):
+                whole = group["params"][i] = _whole_param(optimizer, p)
+                if p in optimizer.state:  # the same dict: the fast classes' buckets know their entries
+                    entry = optimizer.state[whole] = optimizer.state.pop(p)
+                    entry.update({k: v.full_tensor() for k, v in entry.items() if isinstance(v, DTensor)})
+                swapped.append((group, i, p, whole))
+    stepped = False
+    try:
+        yield
+        stepped = True
+    finally:
+        for group, i, p, whole in swapped:
+            group["params"][i] = p
+            if whole in optimizer.state:
+                optimizer.state[p] = optimizer.state.pop(whole)
+            if stepped and write_back:
+                p.detach().copy_(distribute_tensor(whole.detach(), p.device_mesh, p.placements))
+            whole.grad = None
