@@ -25,8 +25,10 @@ WORLD = 2
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("distributed")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-                    "-m", "equivalence_tests.distributed_child", str(out)], check=True, timeout=900)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+                          "-m", "equivalence_tests.distributed_child", str(out)],
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, f"torchrun exited {run.returncode}:\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
