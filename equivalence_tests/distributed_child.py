@@ -6,7 +6,7 @@ size is odd) and, beside it in the same process, the single-process run on the s
 one model, every rank's micro-batches, the gradient DDP defines (each rank's accumulated gradient over its
 micro-batches, averaged over the ranks). Halving is exact in floating point and a sum of two values does not
 depend on their order, so the runs must agree bit for bit. Writes {case: [worst |Δθ| against the single
-process, worst |Δθ| against rank 0]} to DIR/rank{r}.pt, and HinaAdamW's FSDP2 refusal (reference.sharding).
+process, worst |Δθ| against rank 0]} to DIR/rank{r}.pt.
 Usage: torchrun --nproc_per_node 2 -m equivalence_tests.distributed_child DIR"""
 
 from __future__ import annotations
@@ -40,12 +40,26 @@ BATCH = 4  # per rank and micro-batch
 # DDP: (gradient_as_bucket_view, micro-batches per step: the first ones under no_sync)
 DDP_SETTINGS = ((False, 1), (True, 1), (True, 2))
 FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient sync
-FSDP_REFUSED = ("HinaAdamWOptimizer",)  # reference.sharding.refuse_dtensor_params
+BY_NAME = ("HinaAdamWOptimizer",)  # given named parameters: its LoRA pairs and factors come from the names
+
+
+class LoraNet(torch.nn.Module):
+    """A layer with a LoRA pair beside it (kohya's names) and an odd-sized head (an uneven FSDP2 shard)."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = torch.nn.Linear(6, 8)
+        self.lora_down = torch.nn.Linear(6, 2, bias=False)
+        self.lora_up = torch.nn.Linear(2, 8, bias=False)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x))))
 
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return LoraNet()
 
 
 def batch(step: int, rank: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,13 +72,14 @@ def loss_of(model, data) -> torch.Tensor:
     return (model(x) - y).pow(2).mean()
 
 
-def make_optimizer(package, name, params, compat):
+def make_optimizer(package, name, model, compat):
+    params = model.named_parameters() if name in BY_NAME else model.parameters()
     return getattr(package, name)(params, lr=1e-2, compat=compat, **WARMED[name])
 
 
 def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -> list[torch.Tensor]:
     model = DistributedDataParallel(make_model(), gradient_as_bucket_view=bucket_view)
-    opt = make_optimizer(package, name, model.parameters(), compat)
+    opt = make_optimizer(package, name, model, compat)
     for step in range(STEPS):
         opt.zero_grad()
         for m in range(micro - 1):
@@ -78,7 +93,7 @@ def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -
 def fsdp_pair(package, name, compat, mesh):
     model = make_model()
     fully_shard(model, mesh=mesh)
-    return model, make_optimizer(package, name, model.parameters(), compat)
+    return model, make_optimizer(package, name, model, compat)
 
 
 def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> None:
@@ -123,20 +138,6 @@ def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path) -> list[tor
     return whole(model)
 
 
-def fsdp_refuses(package, name, rank: int, mesh) -> bool:
-    """A step with DTensor parameters raises TypeError and leaves them as they were."""
-    model = make_model()
-    fully_shard(model, mesh=mesh)
-    before = [p.detach().full_tensor() for p in model.parameters()]
-    opt = make_optimizer(package, name, model.parameters(), "fixed")
-    loss_of(model, batch(0, rank, 0)).backward()
-    try:
-        opt.step()
-    except TypeError:
-        return all(torch.equal(a, p.detach().full_tensor()) for a, p in zip(before, model.parameters(), strict=True))
-    return False
-
-
 def single_steps(model, opt, steps: range, micro: int, world: int) -> None:
     params = list(model.parameters())
     for step in steps:
@@ -154,7 +155,7 @@ def single_steps(model, opt, steps: range, micro: int, world: int) -> None:
 
 def train_single(package, name, compat, micro: int, world: int) -> list[torch.Tensor]:
     model = make_model()
-    opt = make_optimizer(package, name, model.parameters(), compat)
+    opt = make_optimizer(package, name, model, compat)
     single_steps(model, opt, range(STEPS), micro, world)
     return [p.detach().clone() for p in model.parameters()]
 
@@ -164,7 +165,7 @@ def single_resumed(package, name, compat, path: Path, world: int) -> list[torch.
     saved (fsdp_resumed) and takes the other steps on the same global batches."""
     saved = torch.load(path, weights_only=True)
     model = make_model()
-    opt = make_optimizer(package, name, model.parameters(), compat)
+    opt = make_optimizer(package, name, model, compat)
     model.load_state_dict(saved["model"])
     set_optimizer_state_dict(model, opt, saved["optim"])
     single_steps(model, opt, range(STOP, STEPS), 1, world)
@@ -188,7 +189,7 @@ def main(directory: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
-    ddp, fsdp, resumed, refused, checkpoints = {}, {}, {}, {}, []
+    ddp, fsdp, resumed, checkpoints = {}, {}, {}, []
     for package in (reference, optimized):
         for name in CLASSES:
             for compat in COMPATS:
@@ -196,24 +197,21 @@ def main(directory: str) -> None:
                     compare(ddp, f"{package.__name__}.{name} {compat} bucket_view={bucket_view} micro={micro}",
                             train_ddp(package, name, compat, bucket_view, micro, rank),
                             train_single(package, name, compat, micro, world))  # fmt: skip
-                for micro in FSDP_MICRO if name not in FSDP_REFUSED else ():
+                for micro in FSDP_MICRO:
                     compare(fsdp, f"{package.__name__}.{name} {compat} micro={micro}",
                             train_fsdp(package, name, compat, micro, rank, mesh),
                             train_single(package, name, compat, micro, world))  # fmt: skip
-                if name not in FSDP_REFUSED:
-                    case = f"{package.__name__}.{name} {compat}"
-                    path = Path(directory) / f"{case}.pt"
-                    compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path),
-                            train_single(package, name, compat, 1, world))  # fmt: skip
-                    checkpoints.append((package, name, compat, case, path))
-            if name in FSDP_REFUSED:
-                refused[f"{package.__name__}.{name}"] = fsdp_refuses(package, name, rank, mesh)
+                case = f"{package.__name__}.{name} {compat}"
+                path = Path(directory) / f"{case}.pt"
+                compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path),
+                        train_single(package, name, compat, 1, world))  # fmt: skip
+                checkpoints.append((package, name, compat, case, path))
     dist.destroy_process_group()
     one = {}  # each rank resumes every checkpoint alone, without torch.distributed: world size 2 → 1
     for package, name, compat, case, path in checkpoints:
         single = train_single(package, name, compat, 1, world)
         one[case] = [worst(single_resumed(package, name, compat, path, world), single), 0.0]
-    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one, "refused": refused}
+    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one}
     torch.save(results, Path(directory) / f"rank{rank}.pt")
 
 

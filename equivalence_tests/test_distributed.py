@@ -2,11 +2,11 @@
 
 * DDP: every class of both packages, both modes, with bucket views off and on and with gradient accumulation
   under `no_sync`, is bit for bit the single-process run on the same global batch; the ranks stay identical.
-* FSDP2 (`fully_shard`, DTensor parameters, one of them sharded unevenly): the Automagic_CameAMP classes of both
-  packages step whole tensors (reference.sharding) and are bit for bit the single-process run, gradient
-  accumulation without sync included, and so is a resume through torch.distributed.checkpoint's full state
-  dicts (saved at step 3 of 10, weights_only) on 2 ranks and in one process without torch.distributed;
-  HinaAdamW refuses DTensor parameters with a TypeError and moves nothing."""
+* FSDP2 (`fully_shard`, DTensor parameters, one of them sharded unevenly): every class of both packages steps
+  whole tensors (reference.sharding) and is bit for bit the single-process run, gradient accumulation without
+  sync included (HinaAdamW with named parameters, so its LoRA pair and SPD anchors are exercised), and so is a
+  resume through torch.distributed.checkpoint's full state dicts (saved at step 3 of 10, weights_only) on 2
+  ranks and in one process without torch.distributed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from .differential import CLASSES, COMPATS
-from .distributed_child import DDP_SETTINGS, FSDP_MICRO, FSDP_REFUSED, STEPS
+from .distributed_child import DDP_SETTINGS, FSDP_MICRO, STEPS
 
 WORLD = 2
 
@@ -44,18 +44,11 @@ def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
 
 
 def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
-    sharded = [name for name in CLASSES if name not in FSDP_REFUSED]
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results["fsdp"], 2 * len(sharded) * len(COMPATS) * len(FSDP_MICRO), rank)
+        assert_bit_identical(results["fsdp"], 2 * len(CLASSES) * len(COMPATS) * len(FSDP_MICRO), rank)
 
 
 @pytest.mark.parametrize("kind", ["resumed", "to_one_process"])
 def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind):
-    sharded = [name for name in CLASSES if name not in FSDP_REFUSED]
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results[kind], 2 * len(sharded) * len(COMPATS), rank)
-
-
-def test_hina_refuses_fsdp2_parameters_and_moves_nothing(ranks):
-    for results in ranks:
-        assert results["refused"] == {f"{p}.{n}": True for p in ("reference", "optimized") for n in FSDP_REFUSED}
+        assert_bit_identical(results[kind], 2 * len(CLASSES) * len(COMPATS), rank)

@@ -20,7 +20,7 @@ from reference.checkpoint import check_entry
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
-from reference.sharding import refuse_dtensor_params
+from reference.sharding import whole_tensor_step, whole_tensor_view
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
@@ -47,6 +47,15 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         super().add_param_group(param_group)
         if hasattr(self, "_wave"):  # torch's constructor adds the first groups before the waves exist
             self._wave = self._waves()
+
+    def _twins_created(self, twins: dict) -> None:
+        """The reference's layout, then the tables keyed by parameter here: the waves, and the SPD anchors not
+        yet in a bucket (their state entry, gathered, moved to the twin)."""
+        super()._twins_created(twins)
+        self._wave = self._waves()
+        for p, twin in twins.items():
+            if self._anchors.pop(p, None) is not None:
+                self._anchors[twin] = self.state[twin]["spd_anchor"]
 
     # ------------------------------------------------------------------ buckets
     def _waves(self) -> dict:
@@ -106,8 +115,8 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
+    @whole_tensor_step
     def step(self, closure=None):
-        refuse_dtensor_params(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -270,6 +279,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             )
         return entry
 
+    @whole_tensor_view
     def load_state_dict(self, state_dict):
         """torch's own load, then the buffers take the loaded values (see adopting_load)."""
         load_adopting(self, state_dict, lambda sd: torch.optim.Optimizer.load_state_dict(self, sd), self._adopt)

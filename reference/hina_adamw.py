@@ -51,7 +51,7 @@ from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
 from .roundoff_floor import floor_roundoff, group_floor
-from .sharding import refuse_dtensor_params
+from .sharding import whole_tensor_step, whole_tensor_view
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
@@ -177,8 +177,8 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
+    @whole_tensor_step
     def step(self, closure=None):
-        refuse_dtensor_params(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():  # upstream runs it under no_grad, which breaks backward() [I-02]
@@ -272,10 +272,17 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
             return self.alora_ratio if (self.fixed or not paired) else 1.0
         return 1.0
 
+    def _twins_created(self, twins: dict) -> None:
+        """Under FSDP2 the step sees whole twins of the DTensor parameters (reference.sharding): the LoRA
+        layout, keyed by parameter, is rebuilt over them."""
+        self.layout = lora_names.build_layout(self._named_groups(), fixed=self.fixed)
+
     # ------------------------------------------------------------------ persistence, monitoring
+    @whole_tensor_view
     def state_dict(self):
         return {**super().state_dict(), "optimizer": type(self).__name__}
 
+    @whole_tensor_view
     def load_state_dict(self, state_dict):
         check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)

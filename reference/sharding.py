@@ -48,21 +48,13 @@ def whole_tensor_view(method):
     return wrapper
 
 
-def refuse_dtensor_params(optimizer) -> None:
-    """HinaAdamW pairs LoRA factors and SPD anchors by parameter identity, which a step on gathered copies would
-    lose; until its sharded step exists it refuses FSDP2 parameters rather than train differently."""
-    if any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"]):
-        raise TypeError(f"{type(optimizer).__name__} does not support FSDP2 (DTensor) parameters yet: use DDP, or "
-                        "an Automagic_CameAMP class (issue 26)")  # fmt: skip
-
-
-def _whole_param(optimizer, p: DTensor) -> torch.nn.Parameter:
+def _whole_param(optimizer, p: DTensor, created: dict) -> torch.nn.Parameter:
     """p's whole twin, the same object at every step (the fast classes keep their buffers over it), holding
-    p's gathered values and gradient."""
+    p's gathered values and gradient; a twin made now is added to `created` (p → twin)."""
     twins = optimizer.__dict__.setdefault("_whole_params", {})
     whole = twins.get(p)
     if whole is None:
-        whole = twins[p] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=p.requires_grad)
+        whole = twins[p] = created[p] = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=p.requires_grad)
         if hasattr(p, "_is_lora_layer"):  # the one parameter attribute the family reads (T9d)
             whole._is_lora_layer = p._is_lora_layer
     else:
@@ -74,17 +66,21 @@ def _whole_param(optimizer, p: DTensor) -> torch.nn.Parameter:
 @contextmanager
 def whole_tensors(optimizer, write_back: bool = True):
     """Within: each DTensor parameter of `optimizer` is replaced in its group by its whole twin, and its state
-    moves there (gathered where it was sharded). After a step that did not raise (`write_back`), each rank keeps
-    its shard of the result; the state, now whole, returns to the DTensor's key either way."""
-    swapped = []
+    moves there (gathered where it was sharded). Tables an optimizer keys by parameter (HinaAdamW's LoRA layout)
+    are rebuilt over new twins by its `_twins_created(p → twin)`, once they are in the groups. After a step that
+    did not raise (`write_back`), each rank keeps its shard of the result; the state, now whole, returns to the
+    DTensor's key either way."""
+    swapped, created = [], {}
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
             if isinstance(p, DTensor):
-                whole = group["params"][i] = _whole_param(optimizer, p)
+                whole = group["params"][i] = _whole_param(optimizer, p, created)
                 if p in optimizer.state:  # the same dict: the fast classes' buckets know their entries
                     entry = optimizer.state[whole] = optimizer.state.pop(p)
                     entry.update({k: v.full_tensor() for k, v in entry.items() if isinstance(v, DTensor)})
                 swapped.append((group, i, p, whole))
+    if created and hasattr(optimizer, "_twins_created"):
+        optimizer._twins_created(created)
     stepped = False
     try:
         yield
