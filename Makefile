@@ -34,9 +34,11 @@ lock:
 verify: $(STAMP)
 	$(PY) -m equivalence_tests.verify
 
+# One pytest worker per core (pytest-xdist), each with one torch thread; a test file stays on one worker, so
+# its module fixtures (the torchrun launch of test_distributed.py) run once.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest equivalence_tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadfile equivalence_tests
 	$(PY) -m notebooks.run_all
 
 $(DOCS_STAMP): $(STAMP)
