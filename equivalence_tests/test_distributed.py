@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -24,10 +25,13 @@ WORLD = 2
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
+    """One launch for the module. It runs before the per-test `compile_mode` fixture, so the ranks are told
+    here to run the fast path eagerly (compiled only under CAMEAMP_TEST_COMPILE=1), as the tests do."""
     out = tmp_path_factory.mktemp("distributed")
+    env = {**os.environ, "CAMEAMP_COMPILE": "1" if os.environ.get("CAMEAMP_TEST_COMPILE") == "1" else "0"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
                           "-m", "equivalence_tests.distributed_child", str(out)],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, f"torchrun exited {run.returncode}:\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
