@@ -127,11 +127,13 @@ def spec_link(source: str) -> str:
 
 
 def table(rows: list[list[str]], papers: list[dict], page_prefix: str) -> str:
-    out = ["| check | paper / source | max abs err | max rel err | tolerance | result |", "|" + " --- |" * 6]
+    """The report's rows, the verdict and the figures it rests on first (the page is narrower than the table)."""
+    out = ["| check | result | max rel err | tolerance | max abs err | paper / source |", "|" + " --- |" * 6]
     for row in rows:
         key = row_paper(row, papers)
         check = f"[{row[0]}]({page_prefix}{key}.md)" if key else row[0]
-        out.append("| " + " | ".join([check, spec_link(row[1]), *row[2:]]) + " |")
+        abs_err, rel_err, tolerance, result = row[2:]
+        out.append("| " + " | ".join([check, result, rel_err, tolerance, abs_err, spec_link(row[1])]) + " |")
     return "\n".join(out) + "\n"
 
 
