@@ -91,5 +91,6 @@ def whole_tensors(optimizer, write_back: bool = True):
             if whole in optimizer.state:
                 optimizer.state[p] = optimizer.state.pop(whole)
             if stepped and write_back:
-                p.detach().copy_(distribute_tensor(whole.detach(), p.device_mesh, p.placements))
+                # every rank holds the same whole result: each takes its shard locally, with no collective
+                p.detach().copy_(distribute_tensor(whole.detach(), p.device_mesh, p.placements, src_data_rank=None))
             whole.grad = None
