@@ -20,7 +20,7 @@ from reference.checkpoint import check_entry
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
-from reference.sharding import whole_tensor_step, whole_tensor_view
+from reference.sharding import whole_tensor_load, whole_tensor_step
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
@@ -279,7 +279,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             )
         return entry
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         """torch's own load, then the buffers take the loaded values (see adopting_load)."""
         load_adopting(self, state_dict, lambda sd: torch.optim.Optimizer.load_state_dict(self, sd), self._adopt)

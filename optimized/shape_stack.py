@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from reference.sharding import whole_tensor_view
+from reference.sharding import whole_tensor_save
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from .improved_step import fused_abs_sum
@@ -222,7 +222,7 @@ class StackedSteps:
         return dtype == torch.bfloat16 or (early and stack.theta[0].numel() == 1)
 
     # ------------------------------------------------------------------ persistence
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         self._flush()
         return super().state_dict()

@@ -12,7 +12,7 @@ from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
 from .roundoff_floor import floor_roundoff, group_floor
-from .sharding import whole_tensor_step, whole_tensor_view
+from .sharding import whole_tensor_load, whole_tensor_save, whole_tensor_step
 from .validation import check_distinct_params, check_grads, gradients_are_finite, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
@@ -177,14 +177,14 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         entries = [s for s in self.state.values() if isinstance(s, dict)]  # torch keeps non-parameter entries too
         return sum(v.numel() * v.element_size() for s in entries for v in s.values() if torch.is_tensor(v))
 
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         sd = self._state_dict()
         sd["magic_version"] = self.magic_version
         sd["optimizer"] = type(self).__name__
         return sd
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         self._check_state_dict(state_dict)
         if state_dict.get("magic_version") != self.magic_version:

@@ -43,7 +43,7 @@ from . import came_style, edge_suppression, frequency_penalty, low_rank_penalty,
 from .automagic_cameamp_improved import AGR_EPS, CAUTIOUS_MIN_MEAN, EARLY_RESIDUAL_BETA, Automagic_CameAMP_Improved
 from .checkpoint import check_state_dict
 from .config import Optimizer8BitConfig
-from .sharding import whole_tensor_view
+from .sharding import whole_tensor_load, whole_tensor_save
 from .spatial_awareness import background_factor, spatial_bump, update_spatial_variance
 from .tam import TAM_DECAY, tam_improved_fixed, tam_s2o
 
@@ -250,14 +250,14 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
     def _report(self):
         print("average lr:", [state["avg_lr"] for _, state in self._indexed_states()])
 
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         sd = super().state_dict()
         sd["magic8_version"] = MAGIC8_VERSION
         sd["block_size"] = self.config.block_size
         return sd
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         check_state_dict(self, state_dict)
         block_size = state_dict.get("block_size", self.config.block_size)

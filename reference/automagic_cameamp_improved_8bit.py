@@ -63,7 +63,7 @@ from .checkpoint import check_state_dict
 from .config import Improved8BitConfig
 from .orthograd import PARALLEL_TOL, orthograd
 from .persistence import restore_state_dtypes
-from .sharding import whole_tensor_view
+from .sharding import whole_tensor_load, whole_tensor_save
 from .spatial_awareness import spatial_lr_factor
 from .state_8bit import Blockwise8bitStates
 from .tam import tam_as_update, tam_as_update_fixed
@@ -267,7 +267,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         return bool(getattr(p, "_is_lora_layer", False)) if self.fixed else hasattr(p, "_is_lora_layer")
 
     # ------------------------------------------------------------------ persistence, monitoring
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         sd = super().state_dict()
         sd["magic_improved_8bit_version"] = MAGIC_IMPROVED_8BIT_VERSION
@@ -275,7 +275,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         sd["rng_state"] = self.generator.get_state()
         return sd
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         check_state_dict(self, state_dict)  # before the generator changes
         extra = ("magic_improved_8bit_version", "bitsandbytes_version", "rng_state")

@@ -51,7 +51,7 @@ from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
 from .roundoff_floor import floor_roundoff, group_floor
-from .sharding import whole_tensor_step, whole_tensor_view
+from .sharding import whole_tensor_load, whole_tensor_save, whole_tensor_step
 from .tam import tam_damping
 from .validation import (
     COMPAT_MODES,
@@ -278,11 +278,11 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         self.layout = lora_names.build_layout(self._named_groups(), fixed=self.fixed)
 
     # ------------------------------------------------------------------ persistence, monitoring
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         return {**super().state_dict(), "optimizer": type(self).__name__}
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)

@@ -15,7 +15,7 @@ import torch
 
 from . import blockwise_8bit
 from .checkpoint import check_state_dict
-from .sharding import whole_tensor_view
+from .sharding import whole_tensor_load, whole_tensor_save
 
 MAGIC8_VERSION = 2
 
@@ -45,7 +45,7 @@ class Blockwise8bitStates:
         for name in (f"{key}_q", f"{key}_q_scale", key):
             state.pop(name, None)
 
-    @whole_tensor_view
+    @whole_tensor_save
     def state_dict(self):
         sd = self._state_dict()
         sd["magic8_version"] = MAGIC8_VERSION
@@ -54,7 +54,7 @@ class Blockwise8bitStates:
         sd["optimizer"] = type(self).__name__
         return sd
 
-    @whole_tensor_view
+    @whole_tensor_load
     def load_state_dict(self, state_dict):
         check_state_dict(self, state_dict)
         if state_dict.get("magic8_version", 0) < MAGIC8_VERSION:
