@@ -14,6 +14,9 @@ import warnings
 import pytest
 import torch
 
+import optimized
+import reference
+
 from .cases.contract import PACKAGES, build, params_of, run
 from .differential import CLASSES
 
@@ -213,3 +216,86 @@ def test_state_reset_by_hand_restarts(package, name):
         results.append([p.detach().clone() for p in params_of(opt)])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def _clone(entry: dict) -> dict:
+    return {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}
+
+
+# what is assigned into `optimizer.state[p]` (p = the third parameter), from another run's entry: each edit
+EDITS = {
+    "one state": lambda source: [{key: value} for key, value in source.items() if torch.is_tensor(value)],
+    "step": lambda source: [{"step": source["step"]}],
+    "every value": lambda source: [source],
+}
+
+
+def _after_edit(package, name, compat, new: dict):
+    """Parameters 3 steps after assigning `new` into the entry, after replacing the entry by the edited dict, and
+    after no edit."""
+    in_place = build(package, name, compat)
+    run(in_place, 2, seed=1)
+    replaced, unedited = copy.deepcopy(in_place), copy.deepcopy(in_place)
+    for key, value in _clone(new).items():
+        in_place.state[params_of(in_place)[2]][key] = value
+    replaced.state[params_of(replaced)[2]] = {**_clone(replaced.state_dict()["state"][2]), **_clone(new)}
+    for opt in (in_place, replaced, unedited):
+        run(opt, 3, seed=2)
+    return [params_of(opt) for opt in (in_place, replaced, unedited)]
+
+
+def _equal(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("edit", EDITS)
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_a_value_assigned_into_the_state_is_taken_up(package, name, compat, edit):
+    """torch's optimizers read their state at every step, so `optimizer.state[p]["exp_avg"] = t` is taken up by
+    the next one. The fast classes ignored it (their buffers held the state; only a replaced entry was seen), and
+    the Improved family's stacks kept their own copy. Editing in place must equal replacing the entry with the
+    edited dict, and some edit must change the run (a state the step overwrites before reading it does not)."""
+    source = build(package, name, compat)
+    run(source, 3, seed=4)
+    changed = False
+    for new in EDITS[edit](_clone(source.state_dict()["state"][2])):
+        in_place, replaced, unedited = _after_edit(package, name, compat, new)
+        assert _equal(in_place, replaced), sorted(new)
+        changed |= not _equal(in_place, unedited)
+    assert changed
+
+
+PACKED = "packed to one bit per element (torch has no 1-bit dtype to view it as); state_dict() adds it"
+# (class, compat or None for both, key): a state the reference's optimizer.state holds and the fast class's not
+NOT_HELD = {
+    ("Automagic_CameAMP8bit", None, "last_polarity"): PACKED,
+    ("Automagic_CameAMP_COptim8bit", None, "last_polarity"): PACKED,
+    ("Automagic_CameAMP8bit", "upstream", "exp_avg_sq"): "[I-11b] upstream's fp32 v, never read and not saved",
+}
+
+
+@pytest.mark.parametrize("steps", [2, 5], ids=["warm-up", "after"])
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+@pytest.mark.parametrize("name", CLASSES)
+def test_state_holds_what_the_reference_holds(name, compat, steps):
+    """The fast classes' `optimizer.state[p]` has the reference's keys, tensor dtypes and shapes and scalar types,
+    in warm-up (W = 4) and after it, but for NOT_HELD; their state_dict has all of them. The fp32 buckets' warm-up
+    polarity was missing from it (it was added by state_dict() only)."""
+    ref, fast = build(reference, name, compat), build(optimized, name, compat)
+    for opt in (ref, fast):
+        run(opt, steps, seed=1)
+    not_held = {key for (cls, mode, key) in NOT_HELD if cls == name and mode in (None, compat)}
+    for pr, pf in zip(params_of(ref), params_of(fast), strict=True):
+        expected, held = ref.state[pr], fast.state[pf]
+        assert set(held) == set(expected) - not_held
+        for key in held:
+            a, b = expected[key], held[key]
+            if torch.is_tensor(a):
+                assert torch.is_tensor(b) and (a.dtype, a.shape) == (b.dtype, b.shape), key
+            else:
+                assert type(a) is type(b), key
+    assert {k: set(v) for k, v in ref.state_dict()["state"].items()} == {
+        k: set(v) for k, v in fast.state_dict()["state"].items()
+    }

@@ -25,7 +25,7 @@ from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
 from . import automagic_step as S
 from .adopting_load import load_adopting
-from .bucket import Bucket, release_if_changed, trainable_params
+from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .kernels import allora_table, in_fp32_range, masked_tensor_mean, row_norms
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
@@ -79,7 +79,7 @@ class Automagic_CameAMP(AutomagicBase):
             return {}
         self._refresh_avg_lr(b)
         entry = self._entry(b, i, group)
-        bits = b.polarity(i) if b.published_warm[i] else None
+        bits = b.packed_polarity(i) if b.published_warm[i] else None
         return entry if bits is None else {**entry, "last_polarity": bits}
 
     def _carry(self, gi: int, carried: dict) -> None:
@@ -240,7 +240,7 @@ class Automagic_CameAMP(AutomagicBase):
         if flags.has_rho and b.row_factor_stale:
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
-                         st["lr_mask"], st["last_polarity"], b.row_factor,
+                         st["lr_mask"], b.polarity_codes(), b.row_factor,
                          b.blocks.blocks if b.quantized else None, step_context)  # fmt: skip
         dev = b.device
         per_tensor = torch.from_numpy(per_tensor).to(dev)
@@ -316,30 +316,46 @@ class Automagic_CameAMP(AutomagicBase):
             p, warm = b.params[i], bool(W == 0 or b.step[i] < W)
             entry = self.state.get(p)
             if rebuild or not entry or b.published_warm[i] != warm:
-                self.state[p] = b.entries[i] = self._entry(b, i, group)
+                self.state[p] = entry = self._entry(b, i, group)
+                b.entries.watch(i, entry)
                 b.published_warm[i] = warm
             else:
                 entry.update(self._scalars(b, i))
+        b.entries.seal()
         b.published = b.signature()
 
     def _adopt_edits(self, b: Bucket, group) -> None:
-        """An entry of `optimizer.state` replaced since it was built is taken up before the step, as torch's
+        """An entry of `optimizer.state` edited since it was built is taken up before the step, as torch's
         optimizers read their state: emptied or removed (e.g. `optimizer.state = defaultdict(dict)` to reset),
-        the tensor restarts; replaced by another dict, its values are loaded into the buffers."""
-        edited = b.edited(self.state)
+        the tensor restarts; replaced by another dict, or a value in it assigned, its values are loaded into the
+        buffers."""
+        edited = b.entries.edited(self.state)
         if not edited:
             return
         gone = np.zeros(len(b.params), dtype=bool)
+        self._refresh_avg_lr(b)  # before any import changes the masks
         for i in edited:
             entry = self.state.get(b.params[i])
+            if entry and entry is b.entries[i]:  # edited in place: what it holds lazily stays as the optimizer has it
+                entry = self._with_lazy_values(b, i, entry)
             if entry:
                 check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
-                self._import(b, i, group, entry)
+                self._import(b, i, group, detached(entry))
             else:
                 gone[i] = True
         if gone.any():
             self._restart(b, gone)
         self._publish(b, group)
+
+    def _with_lazy_values(self, b: Bucket, i: int, entry: dict) -> dict:
+        """Tensor i's entry, edited in place, with the values the optimizer writes into it lazily, where the edit
+        left them: avg_lr (up to date) and an 8-bit bucket's packed polarity (which it cannot hold as a view)."""
+        out = dict(entry)
+        if b.entries.untouched(i, "avg_lr"):
+            out["avg_lr"] = float(b.avg_lr[i])
+        if b.quantized and b.published_warm[i] and "last_polarity" not in entry:
+            out["last_polarity"] = b.packed_polarity(i)
+        return out
 
     def _scalars(self, b: Bucket, i: int) -> dict:
         """Tensor i's host-side state (C-Optim adds its counters)."""
@@ -361,13 +377,16 @@ class Automagic_CameAMP(AutomagicBase):
 
     def _state_dict(self):
         """torch's own state_dict of `optimizer.state` (its hooks run on it), after avg_lr is brought up to date;
-        the warm-up polarity, the one state `optimizer.state` does not hold, is added first (`_add_polarity`)."""
-        for gi in range(len(self.param_groups)):
+        an 8-bit bucket's packed warm-up polarity, the one state `optimizer.state` cannot hold as a view, is added
+        first (`_add_polarity`)."""
+        for gi, group in enumerate(self.param_groups):
             for b in self._buckets.get(gi, []):
+                self._adopt_edits(b, group)  # what was assigned into optimizer.state is what gets saved
                 self._refresh_avg_lr(b)
                 for i in np.flatnonzero(b.started):
-                    if self.state.get(b.params[i]):
-                        self.state[b.params[i]]["avg_lr"] = float(b.avg_lr[i])
+                    if entry := self.state.get(b.params[i]):
+                        entry["avg_lr"] = float(b.avg_lr[i])
+                b.entries.seal()
         handle = self.register_state_dict_post_hook(self._add_polarity, prepend=True)
         try:
             return super()._state_dict()
@@ -377,11 +396,10 @@ class Automagic_CameAMP(AutomagicBase):
     def _add_polarity(self, _optimizer, sd):
         ids = {p: pid for pid, p in saved_param_map(self, sd).items()}
         for gi in range(len(self.param_groups)):
-            for b in self._buckets.get(gi, []):
+            for b in (b for b in self._buckets.get(gi, []) if b.quantized):
                 for i in np.flatnonzero(b.started & b.published_warm):
-                    bits = b.polarity(i)
-                    pid = ids[b.params[i]]
-                    if bits is not None and pid in sd["state"]:
+                    bits, pid = b.packed_polarity(i), ids[b.params[i]]
+                    if bits is not None and "last_polarity" not in sd["state"].get(pid, {"last_polarity": None}):
                         sd["state"][pid] = {**sd["state"][pid], "last_polarity": bits}
         return sd
 

@@ -14,8 +14,14 @@ import torch
 
 from . import bitpack
 from . import codec as C
+from .entry_watch import EntryWatch
 from .kernels import expand_rows, index_tensors, valid_mask
 from .layout import build_layout
+
+
+def detached(entry: dict) -> dict:
+    """`entry` with its tensors copied: an edited entry may hold views of the buffers its import overwrites."""
+    return {key: value.clone() if torch.is_tensor(value) else value for key, value in entry.items()}
 
 
 class Bucket:
@@ -62,7 +68,7 @@ class Bucket:
         self.host: dict[str, np.ndarray] = {}  # per-tensor host counters of a subclass (C-Optim)
         self.published: tuple | None = None  # `signature()` when optimizer.state's views were built
         self.published_warm = np.zeros(T, dtype=bool)  # whether each view entry holds the warm-up keys
-        self.entries: list = [None] * T  # the optimizer.state entry built for each tensor (see _publish)
+        self.entries = EntryWatch(self.params)  # the optimizer.state entry built for each tensor (see _publish)
 
     def restart(self, tensors=None) -> None:
         """The tensors in `tensors` (numpy bool [T]; None: all) back to 'not started' (step 0), as before their
@@ -75,7 +81,7 @@ class Bucket:
         self.avg_lr_stale[chosen] = False
         self.published = None
         for i in range(len(self.params)) if tensors is None else np.flatnonzero(tensors):
-            self.entries[i] = None  # not started: no entry of its own to watch (see `edited`)
+            self.entries.watch(i, None)  # not started: no entry of its own to watch
 
     # ------------------------------------------------------------------ storage
     def allocate(self, came: bool, fixed: bool, start_lr: float):
@@ -128,8 +134,8 @@ class Bucket:
             else:
                 self.states["s"] = self._qstate() if self.quantized else L.empty(self.state_dtype, dev, 0)
         if self.states["last_polarity"] is None:
-            # exported as bool; 8-bit buckets pack it to 1 bit per element
-            self.states["last_polarity"] = bitpack.empty(L, dev) if self.quantized else L.empty(torch.uint8, dev, 0)
+            # bool, so optimizer.state holds views of it; 8-bit buckets pack it to 1 bit per element
+            self.states["last_polarity"] = bitpack.empty(L, dev) if self.quantized else L.empty(torch.bool, dev, False)
 
     def drop_warm_buffers(self):
         """T27.1: once every tensor is past warm-up, `s` and `last_polarity` are freed."""
@@ -175,32 +181,30 @@ class Bucket:
 
     def state_views(self, name: str, i: int) -> dict:
         """Tensor i's entries of state `name` in the reference's keys, as views of the bucket's buffers (what
-        `optimizer.state[p]` holds). The warm-up polarity is not among them: {} (see `polarity`)."""
+        `optimizer.state[p]` holds). An 8-bit bucket's packed warm-up polarity is not among them: {} (see
+        `packed_polarity`)."""
         buf = self.states[name]
         if isinstance(buf, C.QState):
             codes, absmax = C.tensor_views(buf, self.layout, self.blocks, i)
             return {f"{name}_q": codes, f"{name}_q_scale": absmax}
         if buf.dim() == 1:  # per-tensor (fixed-mode s)
             return {name: buf[i]}
-        if name == "last_polarity":
+        if name == "last_polarity" and self.quantized:
             return {}
         return {name: self.layout.view(buf, i)}
 
-    def polarity(self, i: int) -> torch.Tensor | None:
-        """Tensor i's warm-up polarity as the reference's bool tensor (a copy), or None after warm-up. The buffer
-        is uint8 0/1 (bit-packed in 8-bit buckets), so a bool view of it could not be pickled beside it."""
+    def packed_polarity(self, i: int) -> torch.Tensor | None:
+        """Tensor i's warm-up polarity as the reference's bool tensor (a copy) where the bucket packs it to one bit
+        per element (8-bit buckets; torch has no 1-bit dtype to view it as), else None."""
         buf = self.states.get("last_polarity")
-        if buf is None:
+        if buf is None or not self.quantized:
             return None
-        if bitpack.is_packed(buf, self.layout.chunk):
-            return bitpack.read_tensor(buf, self.layout, i)
-        return self.layout.view(buf, i).bool()
+        return bitpack.read_tensor(buf, self.layout, i)
 
-    def edited(self, state) -> list:
-        """The tensors whose `optimizer.state` entry (`state`) is no longer the one built for them: removed,
-        emptied or replaced by hand since."""
-        return [i for i, (p, built) in enumerate(zip(self.params, self.entries, strict=True))
-                if built is not None and state.get(p) is not built]  # fmt: skip
+    def polarity_codes(self) -> torch.Tensor:
+        """The polarity buffer as the fused step reads it: uint8, packed or 0/1 (see kernels.warmup_mask)."""
+        buf = self.states["last_polarity"]
+        return buf if buf is None or self.quantized else buf.view(torch.uint8)
 
     def signature(self) -> tuple:
         """Changes when a state buffer is created, replaced or dropped (the views must then be rebuilt)."""

@@ -25,7 +25,7 @@ from reference.validation import check_grads, gradients_are_finite, nonfinite_st
 
 from . import hina_step as H
 from .adopting_load import load_adopting
-from .bucket import Bucket, release_if_changed, trainable_params
+from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .lora_factors import BucketFactors, dependencies
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -262,9 +262,10 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             entry = self.state.get(p)
             if rebuild or not entry or "step" not in entry:
                 self.state[p] = entry = self._entry(b, i)
+                b.entries.watch(i, entry)
             else:
                 entry["step"] = int(b.step[i])
-            b.entries[i] = entry
+        b.entries.seal()
         b.published = b.signature()
 
     def _entry(self, b: Bucket, i: int) -> dict:
@@ -323,14 +324,14 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         """An entry of `optimizer.state` replaced since it was built is taken up before the step (as in
         optimized.Automagic_CameAMP): emptied or removed, the tensor restarts without an SPD anchor, as the
         reference's does; replaced by another dict, its values are loaded into the buffers."""
-        edited = b.edited(self.state)
+        edited = b.entries.edited(self.state)
         for i in edited:
             entry = self.state.get(b.params[i])
             b.restart(np.arange(len(b.params)) == i)
             b.host["spd_on"][i] = False
             if entry:
                 check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
-                self._import(b, i, entry)
+                self._import(b, i, detached(entry))
         if edited:
             self._publish(b)
 

@@ -66,6 +66,7 @@ class ShapeStack:
         self.ptrs = [p.data_ptr() for p in params]
         self.optimizer = optimizer
         self.states: dict[str, torch.Tensor] = {}
+        self.views: dict[str, list] = {}  # each state's per-parameter views, as set into the entries
         for key in self.tensor_keys(optimizer.state[params[0]]):
             self.set(key, torch.stack([optimizer.state[p][key] for p in params]))
         self.entries = [optimizer.state[p] for p in params]  # replaced or removed (a reset): the stack is stale
@@ -76,15 +77,23 @@ class ShapeStack:
         return [k for k, v in state.items() if torch.is_tensor(v)]
 
     def valid(self) -> bool:
+        """Whether the stack still holds its parameters' state: no entry replaced or removed, no state in one
+        assigned or deleted (torch's optimizers read their state at every step), no parameter storage replaced."""
         entries = self.optimizer.state
         same = all(entries.get(p) is entry for p, entry in zip(self.params, self.entries, strict=True))
-        return same and [p.data_ptr() for p in self.params] == self.ptrs
+        views = all(
+            entry.get(key) is view
+            for key, kept in self.views.items()
+            for entry, view in zip(self.entries, kept, strict=True)
+        )
+        return same and views and [p.data_ptr() for p in self.params] == self.ptrs
 
     def set(self, key: str, stacked: torch.Tensor) -> None:
         """Own `stacked` as state `key`; each parameter's state entry becomes a view of it."""
         self.states[key] = stacked
-        for i, p in enumerate(self.params):
-            self.optimizer.state[p][key] = stacked[i]
+        self.views[key] = list(stacked.unbind(0))
+        for p, view in zip(self.params, self.views[key], strict=True):
+            self.optimizer.state[p][key] = view
 
     def take_rebound(self, passed: dict) -> None:
         """Own the states a step rebound in `passed` (a copy of `states` it was given): a state that took
@@ -95,6 +104,7 @@ class ShapeStack:
 
     def drop(self, key: str) -> None:
         self.states.pop(key, None)
+        self.views.pop(key, None)
         for p in self.params:
             self.optimizer.state[p].pop(key, None)
 
