@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel
 
 import optimized
@@ -58,9 +59,25 @@ class LoraNet(torch.nn.Module):
         return self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x))))
 
 
-def make_model() -> torch.nn.Module:
+class WideNet(torch.nn.Module):
+    """More tensors than LoraNet (18 against 7), for counting the collectives of a step."""
+
+    def __init__(self):
+        super().__init__()
+        layers = (torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh()) for _ in range(8))
+        self.body = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+MODELS = (LoraNet, WideNet)
+
+
+def make_model(kind=LoraNet) -> torch.nn.Module:
     torch.manual_seed(0)
-    return LoraNet()
+    return kind()
 
 
 def batch(step: int, rank: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,19 +108,30 @@ def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -
     return [p.detach().clone() for p in model.parameters()]
 
 
-def fsdp_pair(package, name, compat, mesh):
-    model = make_model()
+def fsdp_pair(package, name, compat, mesh, kind=LoraNet):
+    model = make_model(kind)
     fully_shard(model, mesh=mesh)
     return model, make_optimizer(package, name, model, compat)
 
 
-def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> None:
+def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> list[int]:
+    """The steps; returns the collectives each optimizer step made (forward and backward not counted)."""
+    counts = []
     for step in steps:
         opt.zero_grad()
         for m in range(micro):
             model.set_requires_gradient_sync(m == micro - 1)
             loss_of(model, batch(step, rank, m)).backward()
-        opt.step()
+        with CommDebugMode() as comms:
+            opt.step()
+        counts.append(comms.get_total_counts())
+    return counts
+
+
+def collectives_per_step(package, name, rank: int, mesh) -> list[int]:
+    """The most collectives one optimizer step made, over the phases (t < W/2, W/2 ≤ t < W, t ≥ W), on LoraNet (7
+    tensors) and on WideNet (18)."""
+    return [max(fsdp_steps(*fsdp_pair(package, name, "fixed", mesh, kind), range(6), 1, rank)) for kind in MODELS]
 
 
 def whole(model) -> list[torch.Tensor]:
@@ -193,9 +221,10 @@ def main(directory: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
-    ddp, fsdp, resumed, checkpoints = {}, {}, {}, []
+    ddp, fsdp, resumed, checkpoints, collectives = {}, {}, {}, [], {}
     for package in (reference, optimized):
         for name in CLASSES:
+            collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
             for compat in COMPATS:
                 for bucket_view, micro in DDP_SETTINGS:
                     compare(ddp, f"{package.__name__}.{name} {compat} bucket_view={bucket_view} micro={micro}",
@@ -215,7 +244,7 @@ def main(directory: str) -> None:
     for package, name, compat, case, path in checkpoints:
         single = train_single(package, name, compat, 1, world)
         one[case] = [worst(single_resumed(package, name, compat, path, world), single), 0.0]
-    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one}
+    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one, "collectives": collectives}
     torch.save(results, Path(directory) / f"rank{rank}.pt")
 
 

@@ -6,7 +6,8 @@
   whole tensors (reference.sharding) and is bit for bit the single-process run, gradient accumulation without
   sync included (HinaAdamW with named parameters, so its LoRA pair and SPD anchors are exercised), and so is a
   resume through torch.distributed.checkpoint's full state dicts (saved at step 3 of 10, weights_only) on 2
-  ranks and in one process without torch.distributed."""
+  ranks and in one process without torch.distributed.
+* An FSDP2 step's collectives do not grow with the number of tensors."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
 def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind):
     for rank, results in enumerate(ranks):
         assert_bit_identical(results[kind], 2 * len(CLASSES) * len(COMPATS), rank)
+
+
+def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
+    """An optimizer step under FSDP2 gathers every parameter and gradient it needs whole in one all_gather per
+    mesh and dtype (reference.sharding.gather_whole; it made two per tensor), so the model with 18 tensors costs
+    what the one with 7 does: one collective (one mesh, float32), in every phase, every class of both packages."""
+    for results in ranks:
+        counts = results["collectives"]
+        assert len(counts) == 2 * len(CLASSES)
+        assert {case: c for case, c in counts.items() if c != [1, 1]} == {}
