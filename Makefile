@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
+BENCH_STAMP := $(VENV)/.installed-bench
 export PYTHONPATH := $(CURDIR)
 # Two cores in CI: keep torch from oversubscribing when pytest and inductor both run.
 export OMP_NUM_THREADS ?= 2
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 lock:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q torch -e ".[test,docs]"
+	.lock-venv/bin/pip install -q torch -e ".[test,docs,bench]"
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 
@@ -56,8 +57,14 @@ docs-check: docs
 notebooks: $(STAMP)
 	$(PY) -m notebooks.run_all
 
-bench: $(STAMP)
-	$(PY) -m tools.bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,bench]"
+	@touch $(BENCH_STAMP)
+
+# Ratios to fused AdamW, bitsandbytes, torchao and CAME in one run (reports/bench.md); --reference adds the slow
+# reference rows: make bench BENCH_ARGS=--reference
+bench: $(BENCH_STAMP)
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m tools.demo

@@ -1,12 +1,16 @@
 """`make bench`: step time and optimizer-state bytes/param, as ratios to torch's fused AdamW measured in the
-same run (rounds alternate the baseline and the candidate; the ratio is the median over rounds).
-Writes reports/bench.md.
+same run (rounds alternate the baseline and the candidate; the ratio is the median over rounds), beside
+bitsandbytes AdamW8bit, torchao's AdamW8bit (compiled, CPU) and pytorch-optimizer's CAME. Writes
+reports/bench.md; prints a line per row as it goes. `--reference` adds the (slow) reference classes.
 
-Workloads: 4M and 16M parameters in one flat tensor, and a LoRA-like set of 1,400 small tensors
-(16×768 and 768×16 factors, 17.2M parameters). Times are medians of per-round best-of-two steps.
-The optimized class is timed per phase (t < W/2; W/2 ≤ t < W; t ≥ W, which is most of a run), and its
-first step is timed in a fresh process with an empty inductor cache (compile included). "Step peak extra"
-is the most memory allocated and not yet freed during one more step (the profiler's allocation events).
+Workloads: 16M parameters in one flat tensor and a LoRA-like set of 1,400 small tensors (16×768 and 768×16
+factors, 17.2M parameters); `--workloads "flat 4M"` adds a smaller flat one. Times are medians of per-round
+best-of-two steps. Every warm-up class is timed in each phase (t < W/2: TAM, OrthoGrad, adaptive decay;
+W/2 ≤ t < W: the mask warm-up; t ≥ W, most of a long run), with W chosen so that every timed step stays in its
+phase, and the phases are weighted into a whole-run figure: a 1,000-step run at the default W = 500 spends 250
+steps in each warm-up phase and 500 after. The optimized Automagic_CameAMP's first step is timed in a fresh
+process with an empty inductor cache (compile included). "Step peak extra" is the most memory allocated and not
+yet freed during one more step (the profiler's allocation events).
 
 "GB/s" is the least traffic a step must move (parameters read and written, the gradient read, every
 state byte read and written) over its time, beside a bandwidth line measured in the same run (the best
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -89,7 +94,7 @@ def step_peak_bytes(opt) -> int:
     counts it too), from the profiler's allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         opt.step()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
@@ -111,8 +116,53 @@ def least_traffic(params, state_total: int) -> int:
     return sum(p.numel() * p.element_size() * 3 for p in params) + 2 * state_total
 
 
-def bench_workload(workload, repeats, include_slow, only=()):
+# the family's flat-buffer and stack classes, timed in each phase: (row label, class name, kwargs, slow)
+FAMILY = (
+    ("Automagic_CameAMP", "Automagic_CameAMP", {}, False),
+    ("Automagic_CameAMP8bit", "Automagic_CameAMP8bit", {}, False),
+    ("COptim", "Automagic_CameAMP_COptim", {}, False),
+    ("COptim8bit", "Automagic_CameAMP_COptim8bit", {}, False),
+    ("Improved", "Automagic_CameAMP_Improved", {}, True),
+    ("8Bit (seed 004)", "Automagic_CameAMP_8Bit", {}, True),
+    ("Improved_8Bit", "Automagic_CameAMP_Improved_8Bit", {"force_8bit": True}, True),
+)
+EIGHT_BIT = ("Automagic_CameAMP8bit", "COptim8bit", "8Bit (seed 004)", "Improved_8Bit", "HinaAdamW, optim_bits=8")
+PHASES = ("t < W/2", "W/2 ≤ t < W", "t ≥ W")
+# a 1,000-step run at the default W = 500 spends 250 steps in t < W/2, 250 in W/2 ≤ t < W and 500 after
+RUN_WEIGHTS = dict(zip(PHASES, (0.25, 0.25, 0.5), strict=True))
+
+
+def phase_setup(phase: str, rounds: int) -> tuple[dict, int]:
+    """(warmup_steps, steps taken before timing) that keep every timed step (2 per round, and the peak-memory
+    step) inside `phase`."""
+    timed_steps = 2 * rounds + 1
+    if phase == "t < W/2":
+        return {"warmup_steps": 10**6}, 3
+    if phase == "W/2 ≤ t < W":  # steps timed_steps + 1 … 2·timed_steps, all in [W/2, W)
+        return {"warmup_steps": 2 * (timed_steps + 1)}, timed_steps
+    return {"warmup_steps": 4}, 6
+
+
+@contextmanager
+def quiet_stderr():
+    """File descriptor 2 to /dev/null: the profiler's C++ logger writes a line at every start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def bench_workload(workload, repeats, include_reference, only=()):
+    """Rows (name, step s, × fused AdamW, state bytes/param, step peak extra bytes/param, GB/s) and
+    {class label: {phase: × fused AdamW}}."""
     import bitsandbytes as bnb
+    from pytorch_optimizer import CAME
+    from torchao.optim import AdamW8bit as AdamW8bitAO
 
     import optimized
     import reference
@@ -125,6 +175,8 @@ def bench_workload(workload, repeats, include_slow, only=()):
     base_time = statistics.median(timed(base.step) for _ in range(repeats))
     rows = [("torch AdamW(fused=True)", base_time, 1.0, state_bytes(base) / n, step_peak_bytes(base) / n,
              least_traffic(base_params, state_bytes(base)) / base_time / 1e9)]  # fmt: skip
+    phases: dict = {}
+    started = time.perf_counter()
 
     def add(name, opt_factory, warmup=2, rounds=repeats):
         if only and not any(part in name for part in only):
@@ -134,66 +186,88 @@ def bench_workload(workload, repeats, include_slow, only=()):
         _, t, ratio = interleaved(base, opt, rounds, warmup, steps_per_round=2)
         total = state_bytes(opt)
         rows.append((name, t, ratio, total / n, step_peak_bytes(opt) / n, least_traffic(params, total) / t / 1e9))
-        return opt
+        print(f"  [{workload}, {time.perf_counter() - started:.0f} s] {name}: {t * 1e3:.1f} ms, {ratio:.2f}×",
+              flush=True)  # fmt: skip
+        return ratio
 
     add("bitsandbytes AdamW8bit (CPU)", lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), rounds=max(2, repeats // 3))
-    try:
-        from pytorch_optimizer import CAME
-    except ImportError:
-        CAME = None
-    if CAME is not None:
-        add("pytorch-optimizer CAME", lambda p: CAME(p, lr=1e-3), rounds=max(2, repeats // 3))
-    phases = [
-        ("optimized, t < W/2 (TAM, OrthoGrad, decay)", dict(warmup_steps=10**6), 3),
-        ("optimized, W/2 ≤ t < W (mask warm-up)", dict(warmup_steps=60), 32),
-        ("optimized, t ≥ W (most of training)", dict(warmup_steps=4), 6),
-    ]
-    for name, kw, warmup in phases:
-        opt = add(name, lambda p, kw=kw: optimized.Automagic_CameAMP(p, lr=1e-4, **kw), warmup=warmup)
-    workspace = opt.workspace_bytes() / n if opt is not None else float("nan")
-    for name, kw, warmup in phases:  # 8-bit states, the corrected mode
-        add(name.replace("optimized", "optimized 8bit (fixed)"),
-            lambda p, kw=kw: optimized.Automagic_CameAMP8bit(p, lr=1e-4, compat="fixed", **kw),
-            warmup=warmup)  # fmt: skip
-    for name, cls in (
-        ("optimized COptim", optimized.Automagic_CameAMP_COptim),
-        ("optimized COptim8bit (fixed)", optimized.Automagic_CameAMP_COptim8bit),
-    ):
-        add(f"{name}, t ≥ W", lambda p, cls=cls: cls(p, lr=1e-4, warmup_steps=4, compat="fixed"), warmup=6)
-    # HinaAdamW (O9) at its defaults: AGR, ADOPT-style stale denominator, TAM, Grams, Cautious, SPD
-    add("optimized HinaAdamW", lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3), warmup=3)
-    add("optimized HinaAdamW, optim_bits=8",
-        lambda p: optimized.HinaAdamWOptimizer(p, lr=1e-3, optim_bits=8, min_8bit_size=4096), warmup=3)  # fmt: skip
-    # Improved (O6): stacks of same-shape tensors, one compiled graph per stack class and phase
-    add("optimized Improved, t < W/2", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=10**6),
-        warmup=1, rounds=max(2, repeats // 3))  # fmt: skip
-    add("optimized Improved, t ≥ W", lambda p: optimized.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
-        warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
-    # seed 004's 8-bit class (O8): the Improved stacks with block min/max states and error feedback
-    add("optimized 8Bit (seed 004), t ≥ W", lambda p: optimized.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4),
-        warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
-    # Improved_8Bit (O7): the stacks with bitsandbytes' blockwise dynamic states; the random walk's noise is
-    # drawn on the host, tensor by tensor, from the optimizer's generator as the reference draws it
-    add("optimized Improved_8Bit, t ≥ W",
-        lambda p: optimized.Automagic_CameAMP_Improved_8Bit(p, lr=1e-4, warmup_steps=4, force_8bit=True), warmup=5,
-        rounds=max(2, repeats // 3))  # fmt: skip
-    if include_slow:
-        add("reference Improved_8Bit, t ≥ W",
-            lambda p: reference.Automagic_CameAMP_Improved_8Bit(p, lr=1e-4, warmup_steps=4, force_8bit=True),
-            warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
-        add("reference 8Bit (seed 004), t ≥ W",
-            lambda p: reference.Automagic_CameAMP_8Bit(p, lr=1e-4, warmup_steps=4), warmup=5,
-            rounds=max(2, repeats // 3))  # fmt: skip
-        add("reference Improved, t ≥ W", lambda p: reference.Automagic_CameAMP_Improved(p, lr=1e-4, warmup_steps=4),
-            warmup=5, rounds=max(2, repeats // 3))  # fmt: skip
-        add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2,
-            rounds=max(2, repeats // 3))  # fmt: skip
-        add("reference, t ≥ W", lambda p: reference.Automagic_CameAMP(p, lr=1e-4, warmup_steps=4), warmup=6,
-            rounds=max(2, repeats // 3))  # fmt: skip
-        add("reference 8bit (fixed), t ≥ W",
-            lambda p: reference.Automagic_CameAMP8bit(p, lr=1e-4, warmup_steps=4, compat="fixed"), warmup=6,
-            rounds=max(2, repeats // 3))  # fmt: skip
-    return n, rows, workspace
+    add("torchao AdamW8bit (CPU, compiled)", lambda p: AdamW8bitAO(p, lr=1e-3), warmup=3, rounds=max(2, repeats // 3))
+    add("pytorch-optimizer CAME", lambda p: CAME(p, lr=1e-3), rounds=max(2, repeats // 3))
+    for label, cls, kwargs, slow in FAMILY:
+        rounds = max(2, repeats // 3) if slow else repeats
+        for phase in PHASES:
+            kw, warmup = phase_setup(phase, rounds)
+            ratio = add(f"optimized {label}, {phase}",
+                        lambda p, cls=cls, kw={**kwargs, **kw}: getattr(optimized, cls)(p, lr=1e-4, **kw),
+                        warmup=warmup, rounds=rounds)  # fmt: skip
+            if ratio is not None:
+                phases.setdefault(label, {})[phase] = ratio
+    workspace = _workspace(optimized, workload)
+    # HinaAdamW (O9) has no warm-up phases; at its defaults: AGR, ADOPT-style stale denominator, TAM, Grams,
+    # Cautious, SPD
+    for label, kw in (("HinaAdamW", {}), ("HinaAdamW, optim_bits=8", {"optim_bits": 8, "min_8bit_size": 4096})):
+        ratio = add(f"optimized {label}", lambda p, kw=kw: optimized.HinaAdamWOptimizer(p, lr=1e-3, **kw), warmup=3)
+        if ratio is not None:
+            phases[label] = dict.fromkeys(PHASES, ratio)
+    if include_reference:
+        slow = max(2, repeats // 3)
+        for label, cls, kwargs, _ in FAMILY:
+            add(f"reference {label}, t ≥ W",
+                lambda p, cls=cls, kwargs=kwargs: getattr(reference, cls)(p, lr=1e-4, warmup_steps=4, **kwargs),
+                warmup=6, rounds=slow)  # fmt: skip
+        add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2, rounds=slow)
+    return n, rows, workspace, phases
+
+
+def _workspace(optimized, workload) -> float:
+    """Bytes/param of the optimized Automagic_CameAMP's persistent work buffers after warm-up."""
+    params = make_params(workload)
+    opt = optimized.Automagic_CameAMP(params, lr=1e-4, warmup_steps=4)
+    for _ in range(5):
+        opt.step()
+    return opt.workspace_bytes() / sum(p.numel() for p in params)
+
+
+# Issue 27's goals, × fused AdamW (or bitsandbytes AdamW8bit ÷ the row, for the 8-bit classes)
+GOALS = (
+    ("Automagic_CameAMP", "t < W/2", 4.0),
+    ("Automagic_CameAMP", "t ≥ W", 2.0),
+    ("Automagic_CameAMP", "whole run", 2.5),
+    ("HinaAdamW", "whole run", 2.5),
+    ("Improved", "t < W/2", 8.0),
+    ("Improved", "t ≥ W", 4.0),
+)
+BNB_GOAL = 3.0  # every 8-bit class at least this much faster than bitsandbytes AdamW8bit, in every phase
+
+
+def whole_run(phases: dict) -> dict:
+    """× fused AdamW over a 1,000-step run at the default W = 500 (phases weighted by their lengths)."""
+    return {label: sum(RUN_WEIGHTS[ph] * r for ph, r in by_phase.items()) for label, by_phase in phases.items()
+            if set(by_phase) == set(PHASES)}  # fmt: skip
+
+
+def phase_table(rows, phases: dict) -> list[str]:
+    """Per class: each phase and the whole run as × fused AdamW, and bitsandbytes AdamW8bit's time over the
+    row's for the 8-bit classes; then the goals met or missed."""
+    bnb = next((ratio for name, _, ratio, *_ in rows if name.startswith("bitsandbytes")), None)
+    whole = whole_run(phases)
+    out = ["| class | " + " | ".join(PHASES) + " | whole 1,000-step run (W = 500) | bitsandbytes ÷ this, worst phase |",
+           "| --- " * (len(PHASES) + 3) + "|"]  # fmt: skip
+    for label, by_phase in phases.items():
+        cells = [f"{by_phase[ph]:.2f}" if ph in by_phase else "" for ph in PHASES]
+        worst = f"{bnb / max(by_phase.values()):.2f}" if bnb and label in EIGHT_BIT else ""
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {whole.get(label, float('nan')):.2f} | {worst} |")
+    out += ["", "Goals (issue 27):", ""]
+    for label, phase, goal in GOALS:
+        value = whole.get(label) if phase == "whole run" else phases.get(label, {}).get(phase)
+        if value is not None:
+            out.append(f"- {label}, {phase}: {value:.2f}× (goal ≤ {goal}): {'met' if value <= goal else 'missed'}")
+    for label in EIGHT_BIT:
+        if bnb and label in phases:
+            worst = bnb / max(phases[label].values())
+            out.append(f"- {label}: bitsandbytes AdamW8bit ÷ this, worst phase {worst:.2f} (goal ≥ {BNB_GOAL}): "
+                       f"{'met' if worst >= BNB_GOAL else 'missed'}")  # fmt: skip
+    return out
 
 
 TABLE_HEADER = (
@@ -224,22 +298,12 @@ def first_step(workload):
     return first, six
 
 
-def issue_ratios(rows) -> list:
-    """Issue 6's step-time goals as ratios of this run's rows (t ≥ W, the corrected mode)."""
-    times = {name: t for name, t, *_ in rows}
-    fp32, q8, bnb = (times.get(name) for name in ("optimized, t ≥ W (most of training)",
-                     "optimized 8bit (fixed), t ≥ W (most of training)", "bitsandbytes AdamW8bit (CPU)"))  # fmt: skip
-    if None in (fp32, q8, bnb):  # --only left some out
-        return []
-    return [f"8-bit ÷ fp32 optimized step (t ≥ W): {q8 / fp32:.2f} (goal ≤ 1.5); bitsandbytes AdamW8bit ÷ "
-            f"optimized 8-bit: {bnb / q8:.2f} (goal ≥ 10)"]  # fmt: skip
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=9, help="rounds per row")
-    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
-    parser.add_argument("--no-reference", action="store_true", help="skip the slow reference rows")
+    parser.add_argument("--workloads", nargs="*", default=["flat 16M", "LoRA-like 1,400 tensors"],
+                        help=f"of {list(WORKLOADS)}")  # fmt: skip
+    parser.add_argument("--reference", action="store_true", help="also time the reference classes (slow)")
     parser.add_argument(
         "--only",
         nargs="*",
@@ -252,7 +316,9 @@ def main():
              f"Bandwidth line (triad c = a + s·b, 768 MB): {line:.1f} GB/s", ""]  # fmt: skip
     results = {}
     for workload in args.workloads:
-        n, rows, workspace = bench_workload(workload, args.repeats, not args.no_reference, tuple(args.only))
+        print(f"{workload}:", flush=True)
+        block = len(lines)
+        n, rows, workspace, phases = bench_workload(workload, args.repeats, args.reference, tuple(args.only))
         results[workload] = rows
         first, six = first_step(workload)
         lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- " * 7 + "|"]
@@ -260,12 +326,12 @@ def main():
         for name, t, ratio, bpp, peak, gbs in rows:
             floor = t * gbs / base_bytes
             lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} | {gbs:.1f} | {floor:.2f} |")
-        lines += ["", *issue_ratios(rows), ""]
+        lines += ["", *phase_table(rows, phases), ""]
         lines += [f"optimized workspace (gradient buffer that p.grad points into, early-phase scratch freed at "
                       f"W/2): {workspace:.1f} bytes/param after warm-up",
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "
                   f"early-phase graphs): {six:.1f} s", ""]  # fmt: skip
-        print("\n".join(lines[-(len(rows) + 6) :]), flush=True)
+        print("\n".join(lines[block:]), flush=True)
     if not args.only or "memory" in args.only:
         lines += bench_frozen.section()
     out = ROOT / "reports" / "bench.md"
