@@ -117,6 +117,9 @@ class Automagic_CameAMP(AutomagicBase):
         bucket.started |= new
 
     # ------------------------------------------------------------------ step
+    def _check_states(self) -> None:
+        """Done by `_adopt_edits` for the entries edited since the last step; the others are the buffers' views."""
+
     def _gradients_finite_or_allowed(self) -> bool:
         """Checked in `_step_groups` instead, on the packed gradients' sums: one sync per step and no
         per-tensor kernels."""
@@ -332,14 +335,16 @@ class Automagic_CameAMP(AutomagicBase):
         edited = b.entries.edited(self.state)
         if not edited:
             return
-        gone = np.zeros(len(b.params), dtype=bool)
         self._refresh_avg_lr(b)  # before any import changes the masks
-        for i in edited:
-            entry = self.state.get(b.params[i])
+        entries = {i: self.state.get(b.params[i]) for i in edited}
+        for i, entry in entries.items():  # all checked before any is loaded
             if entry and entry is b.entries[i]:  # edited in place: what it holds lazily stays as the optimizer has it
-                entry = self._with_lazy_values(b, i, entry)
+                entry = entries[i] = self._with_lazy_values(b, i, entry)
             if entry:
                 check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
+        gone = np.zeros(len(b.params), dtype=bool)
+        for i, entry in entries.items():
+            if entry:
                 self._import(b, i, group, detached(entry))
             else:
                 gone[i] = True

@@ -325,12 +325,14 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         optimized.Automagic_CameAMP): emptied or removed, the tensor restarts without an SPD anchor, as the
         reference's does; replaced by another dict, its values are loaded into the buffers."""
         edited = b.entries.edited(self.state)
-        for i in edited:
-            entry = self.state.get(b.params[i])
+        entries = {i: self.state.get(b.params[i]) for i in edited}
+        for i, entry in entries.items():  # all checked before any is loaded
+            if entry:
+                check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
+        for i, entry in entries.items():
             b.restart(np.arange(len(b.params)) == i)
             b.host["spd_on"][i] = False
             if entry:
-                check_entry(self, "an entry assigned into optimizer.state", entry, b.params[i], group)
                 self._import(b, i, detached(entry))
         if edited:
             self._publish(b)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from reference.checkpoint import check_states
 from reference.sharding import whole_tensor_save
 from reference.validation import gradients_are_finite, nonfinite_step_allowed
 
@@ -165,6 +166,11 @@ class StackedSteps:
                 stack.set(key, torch.stack([state[key] for state in states]))
 
     # ------------------------------------------------------------------ step
+    def _check_states(self) -> None:
+        """The parameters of a stack that still holds their state are its views (`ShapeStack.valid`); the others'
+        entries are checked."""
+        check_states(self, {id(p) for stack in self._stacks.values() if stack.valid() for p in stack.params})
+
     def _gradients_finite_or_allowed(self) -> bool:
         return True  # checked in _step_groups, on the stacked gradients
 

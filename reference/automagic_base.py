@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .checkpoint import check_state_dict
+from .checkpoint import check_state_dict, check_states
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
@@ -91,10 +91,15 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         return loss
 
     def _gradients_ok(self) -> bool:
-        """Every gradient checked (`check_grads`), then the NaN/Inf policy (`nonfinite`), before any state is
-        touched."""
+        """Every gradient checked (`check_grads`) and every stepping parameter's state (`_check_states`), then the
+        NaN/Inf policy (`nonfinite`), before any state is touched."""
         check_grads(self.param_groups, type(self).__name__)
+        self._check_states()
         return self._gradients_finite_or_allowed()
+
+    def _check_states(self) -> None:
+        """A state assigned by hand with another shape or dtype is refused here (`check_states`)."""
+        check_states(self)
 
     def _gradients_finite_or_allowed(self) -> bool:
         """The NaN/Inf policy; the fast classes check finiteness on their packed sums instead."""

@@ -195,6 +195,17 @@ def check_entry(optimizer, where: str, entry, p: torch.Tensor, group: Mapping) -
         _check_entry(where, entry, p, group, schema)
 
 
+def check_states(optimizer, skip=frozenset()) -> None:
+    """Raise a ValueError unless the state entry of every parameter with a gradient (but those whose id is in
+    `skip`) is one this class writes: a value assigned into `optimizer.state` by hand with another shape or
+    dtype is refused before any parameter moves, not by a shape error halfway through the step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            entry = optimizer.state.get(p)
+            if p.grad is not None and entry and id(p) not in skip:
+                check_entry(optimizer, "optimizer.state", entry, p, group)
+
+
 def check_class(optimizer, state_dict) -> None:
     """Raise a ValueError unless `state_dict` is a dict that is `optimizer`'s class's, when it names one."""
     if not isinstance(state_dict, Mapping):

@@ -46,7 +46,7 @@ import torch
 from . import adopt_stability, blockwise_8bit, lora_names, spd
 from .agr import agr_hina, group_abs_sum
 from .cautious import cautious_mask_hina
-from .checkpoint import check_state_dict
+from .checkpoint import check_state_dict, check_states
 from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
@@ -184,6 +184,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
             with torch.enable_grad():  # upstream runs it under no_grad, which breaks backward() [I-02]
                 loss = closure()
         check_grads(self.param_groups, type(self).__name__)
+        check_states(self)  # a state assigned by hand with another shape or dtype, before any parameter moves
         if not nonfinite_step_allowed(gradients_are_finite(self.param_groups), self.nonfinite, type(self).__name__):
             return loss
         for group in self.param_groups:
