@@ -5,6 +5,9 @@ import torch
 from torch._dynamo.utils import counters
 
 import optimized
+from optimized import kernels as K
+
+from .tolerances import ROW_NORM_FP64_PER_TERM
 
 pytestmark = pytest.mark.compiled
 
@@ -123,3 +126,16 @@ def test_8bit_loads_take_the_one_instruction_path_in_our_passes_only():
     if cpu_vec_isa.pick_vec_isa().bit_width() == 256:
         assert "loadu_one_fourth" in our_code and "Vectorized<uint8_t>::loadu(" not in our_code
         assert "Vectorized<uint8_t>::loadu(" in user_code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 16), (2, 4, 32), (2, 3, 33), (2, 16, 768), (700, 768, 16)])
+def test_compiled_row_norms_are_the_float64_norms(shape, dtype):
+    """kernels.wide_class_norms (ALLoRA's per-step ρ in the corrected mode, compiled: short rows column by column)
+    is torch's eager float64 vector_norm up to the order of its sum (ROW_NORM_FP64_PER_TERM per term)."""
+    block = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    eager = torch.linalg.vector_norm(block, dim=2, dtype=torch.float64)
+    fused = K.wide_class_norms(block)
+    assert fused.dtype == torch.float64 and fused.shape == eager.shape
+    bound = shape[-1] * ROW_NORM_FP64_PER_TERM.bound
+    assert ((fused - eager).abs() <= bound * eager).all()
