@@ -60,7 +60,7 @@ class LoraNet(torch.nn.Module):
 
 
 class WideNet(torch.nn.Module):
-    """More tensors than LoraNet (18 against 7), for counting the collectives of a step."""
+    """More tensors than LoraNet (18 against 6), for counting the collectives of a step."""
 
     def __init__(self):
         super().__init__()
@@ -129,7 +129,7 @@ def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> list[int]:
 
 
 def collectives_per_step(package, name, rank: int, mesh) -> list[int]:
-    """The most collectives one optimizer step made, over the phases (t < W/2, W/2 ≤ t < W, t ≥ W), on LoraNet (7
+    """The most collectives one optimizer step made, over the phases (t < W/2, W/2 ≤ t < W, t ≥ W), on LoraNet (6
     tensors) and on WideNet (18)."""
     return [max(fsdp_steps(*fsdp_pair(package, name, "fixed", mesh, kind), range(6), 1, rank)) for kind in MODELS]
 

@@ -62,7 +62,7 @@ def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind):
 def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
     """An optimizer step under FSDP2 gathers every parameter and gradient it needs whole in one all_gather per
     mesh and dtype (reference.sharding.gather_whole; it made two per tensor), so the model with 18 tensors costs
-    what the one with 7 does: one collective (one mesh, float32), in every phase, every class of both packages."""
+    what the one with 6 does: one collective (one mesh, float32), in every phase, every class of both packages."""
     for results in ranks:
         counts = results["collectives"]
         assert len(counts) == 2 * len(CLASSES)
