@@ -404,7 +404,7 @@ class Automagic_CameAMP(AutomagicBase):
             for b in (b for b in self._buckets.get(gi, []) if b.quantized):
                 for i in np.flatnonzero(b.started & b.published_warm):
                     bits, pid = b.packed_polarity(i), ids[b.params[i]]
-                    if bits is not None and "last_polarity" not in sd["state"].get(pid, {"last_polarity": None}):
+                    if bits is not None and pid in sd["state"] and "last_polarity" not in sd["state"][pid]:
                         sd["state"][pid] = {**sd["state"][pid], "last_polarity": bits}
         return sd
 

@@ -13,7 +13,7 @@ keys and values flattened into two lists. The check compares them again with C-l
 from __future__ import annotations
 
 import operator
-from itertools import chain
+from itertools import accumulate, chain
 
 
 def same_value(a, b) -> bool:
@@ -34,6 +34,7 @@ class EntryWatch:
         self._keys: list = []
         self._values: list = []
         self._lengths: list[int] = []
+        self._spans: dict[int, tuple[int, int]] | None = None  # tensor index → (start, length) in the sealed lists
 
     def __getitem__(self, i: int):
         return self._entries[i]
@@ -53,6 +54,7 @@ class EntryWatch:
         self._keys = list(chain.from_iterable(entries))
         self._values = list(chain.from_iterable(map(dict.values, entries)))
         self._lengths = list(map(len, entries))
+        self._spans = None  # listed when an edit is looked for entry by entry
 
     def edited(self, state) -> list[int]:
         """The watched tensors whose entry in `state` is not as sealed."""
@@ -83,7 +85,8 @@ class EntryWatch:
 
     def _sealed(self, i: int) -> tuple[list, list]:
         """Tensor i's keys and values as sealed."""
-        pos = self._watched.index(i)
-        start = sum(self._lengths[:pos])
-        end = start + self._lengths[pos]
-        return self._keys[start:end], self._values[start:end]
+        if self._spans is None:
+            starts = list(accumulate(self._lengths, initial=0))[:-1]
+            self._spans = dict(zip(self._watched, zip(starts, self._lengths, strict=True), strict=True))
+        start, length = self._spans[i]
+        return self._keys[start : start + length], self._values[start : start + length]

@@ -321,9 +321,10 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         b.host["alignment"][i] = float(alignment)
 
     def _adopt_edits(self, b: Bucket, group) -> None:
-        """An entry of `optimizer.state` replaced since it was built is taken up before the step (as in
+        """An entry of `optimizer.state` edited since it was built is taken up before the step (as in
         optimized.Automagic_CameAMP): emptied or removed, the tensor restarts without an SPD anchor, as the
-        reference's does; replaced by another dict, its values are loaded into the buffers."""
+        reference's does; replaced by another dict, or a value in it assigned, its values are loaded into the
+        buffers (all checked before any is loaded)."""
         edited = b.entries.edited(self.state)
         entries = {i: self.state.get(b.params[i]) for i in edited}
         for i, entry in entries.items():  # all checked before any is loaded

@@ -93,7 +93,7 @@ def gather_whole(tensors: list[DTensor]) -> list[torch.Tensor]:
         lengths = [sum(rows[r] * width for _, rows, width in items) for r in range(world)]
         longest = max(lengths)
         device = tensors[items[0][0]].to_local().device
-        local = torch.zeros(longest, dtype=dtype, device=device)
+        local = torch.empty(longest, dtype=dtype, device=device)  # the padding past a rank's length is never read
         if lengths[rank]:
             torch.cat([tensors[k].to_local().reshape(-1) for k, _, _ in items], out=local[: lengths[rank]])
         gathered = torch.empty(world * longest, dtype=dtype, device=device)

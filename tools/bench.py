@@ -147,7 +147,8 @@ def phase_setup(phase: str, rounds: int) -> tuple[dict, int]:
 
 @contextmanager
 def quiet_stderr():
-    """File descriptor 2 to /dev/null: the profiler's C++ logger writes a line at every start and stop."""
+    """File descriptor 2 to /dev/null: the profiler's C++ logger writes a line at every start and stop, and
+    bitsandbytes and torchao one for each optional kernel they cannot load."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as null:
@@ -164,7 +165,7 @@ def bench_workload(workload, repeats, include_reference, only=()):
     {class label: {phase: × fused AdamW}}."""
     from pytorch_optimizer import CAME
 
-    with quiet_stderr():  # bitsandbytes and torchao log each optional kernel they cannot load on this machine
+    with quiet_stderr():
         import bitsandbytes as bnb
         from torchao.optim import AdamW8bit as AdamW8bitAO
 
@@ -192,27 +193,28 @@ def bench_workload(workload, repeats, include_reference, only=()):
         rows.append((name, t, ratio, total / n, step_peak_bytes(opt) / n, least_traffic(params, total) / t / 1e9))
         print(f"  [{workload}, {time.perf_counter() - started:.0f} s] {name}: {t * 1e3:.1f} ms, {ratio:.2f}×",
               flush=True)  # fmt: skip
-        return ratio
+        return opt
 
     add("bitsandbytes AdamW8bit (CPU)", lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), rounds=max(2, repeats // 3))
     add("torchao AdamW8bit (CPU, compiled)", lambda p: AdamW8bitAO(p, lr=1e-3), warmup=3, rounds=max(2, repeats // 3))
     add("pytorch-optimizer CAME", lambda p: CAME(p, lr=1e-3), rounds=max(2, repeats // 3))
+    workspace = float("nan")
     for label, cls, kwargs, slow in FAMILY:
         rounds = max(2, repeats // 3) if slow else repeats
         for phase in PHASES:
             kw, warmup = phase_setup(phase, rounds)
-            ratio = add(f"optimized {label}, {phase}",
-                        lambda p, cls=cls, kw={**kwargs, **kw}: getattr(optimized, cls)(p, lr=1e-4, **kw),
-                        warmup=warmup, rounds=rounds)  # fmt: skip
-            if ratio is not None:
-                phases.setdefault(label, {})[phase] = ratio
-    workspace = _workspace(optimized, workload)
+            opt = add(f"optimized {label}, {phase}",
+                      lambda p, cls=cls, kw={**kwargs, **kw}: getattr(optimized, cls)(p, lr=1e-4, **kw),
+                      warmup=warmup, rounds=rounds)  # fmt: skip
+            if opt is not None:
+                phases.setdefault(label, {})[phase] = rows[-1][2]
+                if cls == "Automagic_CameAMP" and phase == "t ≥ W":
+                    workspace = opt.workspace_bytes() / n
     # HinaAdamW (O9) has no warm-up phases; at its defaults: AGR, ADOPT-style stale denominator, TAM, Grams,
     # Cautious, SPD
     for label, kw in (("HinaAdamW", {}), ("HinaAdamW, optim_bits=8", {"optim_bits": 8, "min_8bit_size": 4096})):
-        ratio = add(f"optimized {label}", lambda p, kw=kw: optimized.HinaAdamWOptimizer(p, lr=1e-3, **kw), warmup=3)
-        if ratio is not None:
-            phases[label] = dict.fromkeys(PHASES, ratio)
+        if add(f"optimized {label}", lambda p, kw=kw: optimized.HinaAdamWOptimizer(p, lr=1e-3, **kw), warmup=3):
+            phases[label] = dict.fromkeys(PHASES, rows[-1][2])
     if include_reference:
         slow = max(2, repeats // 3)
         for label, cls, kwargs, _ in FAMILY:
@@ -221,15 +223,6 @@ def bench_workload(workload, repeats, include_reference, only=()):
                 warmup=6, rounds=slow)  # fmt: skip
         add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2, rounds=slow)
     return n, rows, workspace, phases
-
-
-def _workspace(optimized, workload) -> float:
-    """Bytes/param of the optimized Automagic_CameAMP's persistent work buffers after warm-up."""
-    params = make_params(workload)
-    opt = optimized.Automagic_CameAMP(params, lr=1e-4, warmup_steps=4)
-    for _ in range(5):
-        opt.step()
-    return opt.workspace_bytes() / sum(p.numel() for p in params)
 
 
 # Issue 27's goals, × fused AdamW (or bitsandbytes AdamW8bit ÷ the row, for the 8-bit classes)
