@@ -27,6 +27,7 @@ from . import automagic_step as S
 from .adopting_load import load_adopting
 from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .kernels import allora_table, in_fp32_range, masked_tensor_mean, row_norms
+from .tables import columns, constants
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
 
@@ -212,47 +213,48 @@ class Automagic_CameAMP(AutomagicBase):
         tf = t.astype(np.float64)  # 0 for a tensor that has not stepped yet (inactive; its row is unused)
         beta1_t = np.maximum(beta1 * decay**tf, 0.4)
         alpha = 1.0 * decay**tf
-        per_tensor = np.stack([
-            active, seed, early, warm, beta1_t, 1 - beta1_t, alpha, 1 - alpha,
-            1 / (1 - beta3 ** np.maximum(tf, 1)) if self.fixed else np.ones_like(tf), shift, scale, tf**0.25, wd_on,
-        ], axis=1).astype(np.float64)  # fmt: skip
+        inv_bias_corr = 1 / (1 - beta3 ** np.maximum(tf, 1)) if self.fixed else np.ones_like(tf)
+        per_tensor = [beta1_t, 1 - beta1_t, alpha, 1 - alpha, inv_bias_corr, shift, scale, tf**0.25]
         step_context = self._bucket_context(b, group, t, active, *context)
-        consts = [beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2, group["clip_threshold"],
-                  group["weight_decay"], self._mask_setting(group, "lr_bump"), self._mask_setting(group, "min_lr"),
-                  self._mask_setting(group, "max_lr"), 1.0 / group["eta"] ** 2, ROUNDOFF_FLOOR / count]  # fmt: skip
-        flags = S.Flags(
-            came=bool(came),
-            fixed=self.fixed,
-            has_seed=bool(seed.any()),
-            has_update=bool(upd.any()),
-            has_early=bool((upd & early).any()),
-            has_late=bool((upd & ~early).any()),
-            has_warm=bool((upd & warm).any()),
-            has_post=bool((upd & ~warm).any()),
-            has_wd=bool((upd & wd_on).any()),
-            has_rho=not group["full_finetune"] and any(b.layout.is_matrix),
-            masked=not active.all(),
-            padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized,
-            contextual=step_context is not None,
-            **self._variant,
-        )
+        dev = b.device
+        mask = [self._mask_setting(group, key) for key in ("lr_bump", "min_lr", "max_lr")]
+        consts = S.Consts(*constants([beta1, 1 - beta1, beta2, 1 - beta2, beta3, 1 - beta3, eps1, eps2,
+                                      group["clip_threshold"], group["weight_decay"], *mask, ROUNDOFF_FLOOR / count],
+                                     dev))  # fmt: skip
         st = b.states
-        if flags.has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step, of the
+        has_rho = not group["full_finetune"] and any(b.layout.is_matrix)
+        if has_rho and self.fixed:  # T9a, corrected [I-28]: ρ from the rows before this step, of the
             # tensors that step (a tensor without a gradient keeps its ρ, as in the reference)
             b.set_row_scaling(allora_table(row_norms(b.theta, b.layout, wide=True), 1.0 / group["eta"] ** 2), active)
-        if flags.has_rho and b.row_factor_stale:
+        if has_rho and b.row_factor_stale:
             b.refresh_row_factor()
         bufs = S.Buffers(b.theta, grad, st["exp_avg"], st["exp_avg_sq"], st["exp_avg_res"], st["s"],
                          st["lr_mask"], b.polarity_codes(), b.row_factor,
                          b.blocks.blocks if b.quantized else None, step_context)  # fmt: skip
-        dev = b.device
-        per_tensor = torch.from_numpy(per_tensor).to(dev)
-        consts = torch.tensor(consts, dtype=torch.float64, device=dev)
         stats = (group_sum.to(dev), mu.to(dev), sigma.to(dev), abs_sum)
-        mask_sums = S.fused_step(bufs, b.layout, b.idx, per_tensor, consts, *stats, flags, b.scratch)
-        if mask_sums is not None:  # 8-bit mask: avg_lr is the mean of the mask before quantisation
-            moved = torch.from_numpy(upd & warm).to(dev)
-            b.avg_lr_dev = torch.where(moved, mask_sums / b.idx.numel_t, b.avg_lr_dev)
+        # the phases, each stepped as one partition: seeding v (V1, t = 1), t < W/2, W/2 ≤ t < W, t ≥ W
+        phases = [(seed, True, False, False), (upd & early, False, True, True),
+                  (upd & ~early & warm, False, False, True), (upd & ~warm, False, False, False)]  # fmt: skip
+        for member, seeding, in_early, in_warm in phases:
+            if not member.any():
+                continue
+            flags = S.Flags(
+                came=bool(came),
+                fixed=self.fixed,
+                seeding=seeding,
+                early=in_early,
+                warm=in_warm,
+                has_wd=not seeding and bool((member & wd_on).any()),
+                has_rho=has_rho,
+                masked=not member.all(),
+                padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized,
+                contextual=step_context is not None,
+                **self._variant,
+            )
+            table = S.PerTensor(*columns([member, *per_tensor], dev))
+            mask_sums = S.fused_step(bufs, b.layout, b.idx, table, consts, *stats, flags, b.scratch)
+            if mask_sums is not None:  # 8-bit mask: avg_lr is the mean of the mask before quantisation
+                b.avg_lr_dev = torch.where(table.member > 0, mask_sums / b.idx.numel_t, b.avg_lr_dev)
         b.step = t
         b.avg_lr_stale |= upd & warm
         if (b.step >= W / 2).all():

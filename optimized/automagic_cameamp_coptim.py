@@ -26,6 +26,7 @@ from reference.state_8bit import Blockwise8bitStates
 from . import automagic_step as S
 from .automagic_cameamp import Automagic_CameAMP
 from .bucket import Bucket
+from .tables import columns
 
 
 class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
@@ -68,11 +69,12 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
             edge_factor = 1.0
             edge_count[active] = np.maximum(edge_count[active] - 1, 0)
         factor[active] = multiplier * edge_factor
-        columns = [use_u, np.full(len(t), multiplier * edge_factor), np.where(use_u, 1.0, total)]
-        for j in range(len(scales)):
-            columns += [update[:, j], inv_k[:, j]]
-        coef = torch.from_numpy(np.stack(columns, axis=1).astype(np.float32)).to(b.device)
-        return S.Context(tuple(b.states[name] for name in self._extra_states()), coef)
+        K = len(scales)
+        table = [use_u, np.full(len(t), multiplier * edge_factor), np.where(use_u, 1.0, total)]
+        table += [update[:, j] for j in range(K)] + [inv_k[:, j] for j in range(K)]
+        cols = columns(table, b.device, torch.float32)
+        states = tuple(b.states[name] for name in self._extra_states())
+        return S.Context(states, *cols[:3], cols[3 : 3 + K], cols[3 + K :])
 
     # ------------------------------------------------------------------ persistence
     def _scalars(self, b: Bucket, i: int) -> dict:
