@@ -162,66 +162,75 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             for name in (*MOMENTS, "momentum_alignment"):
                 b.fill(name, 0.0, new)
             b.started |= new
+        t = b.step + active
+        # the partitions, each stepped with its own flags: the denominator of this step's v, and (ADOPT, t > 1)
+        # the stale one
+        stale = active & (t > 1) & self.use_adopt_stability
+        for member, is_stale in ((active & ~stale, False), (stale, True)):
+            if member.any():
+                self._step_partition(b, group, member, t, is_stale, sums, lora_factor, floor)
+        b.step = t
+        b.copy_out()
+        self._publish(b, active)
+
+    def _step_partition(self, b: Bucket, group, member, t, stale: bool, sums, lora_factor, floor):
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        t = b.step + active
         tf = np.maximum(t, 1).astype(np.float64)
-        step_size = np.where(active, lr * np.sqrt(1 - beta2**tf) / (1 - beta1**tf), 0.0)
-        decay = np.where(active, lr * (group["weight_decay"] * self._decay_multipliers(b, t)), 0.0)
+        step_size = np.where(member, lr * np.sqrt(1 - beta2**tf) / (1 - beta1**tf), 0.0)
+        decay = np.where(member, lr * (group["weight_decay"] * self._decay_multipliers(b, t)), 0.0)
         dev, dt = b.device, b.dtype
         flags = H.Flags(
-            adopt=self.use_adopt_stability,
+            stale=stale,
             floor=self.fixed,
             roundoff=floor is not None,
             orthogonal=self.use_orthogonal_grad,
             tam=self.use_tam,
             grams=self.use_grams,
             cautious=self.use_cautious,
-            masked=not active.all(),
+            masked=not member.all(),
             padding_safe=group["eps"] > 0 and not b.quantized,
         )
-        consts = H.group_constants(group, dev)
-        host = torch.from_numpy(np.stack([active, (t > 1) & self.use_adopt_stability, step_size, decay], axis=1))
-        table = torch.zeros(len(t), H.NCOLS, dtype=torch.float64, device=dev)
-        table[:, : H.PROJ] = host.to(dev)
+        consts = H.group_constants(group, floor, dev)
+        # the per-tensor numbers in float64, written between the passes; each pass reads them in float32
+        table = torch.zeros(len(t), len(H.PerTensor._fields), dtype=torch.float64, device=dev)
+        cols = H.PerTensor(*table.unbind(1))
+        table[:, :3] = torch.from_numpy(np.stack([member, step_size, decay], axis=1)).to(dev)
         if lora_factor is not None:
-            table[:, H.STEP] *= lora_factor
+            cols.step.mul_(lora_factor)
         if floor is not None:
-            table[:, H.FLOOR] = floor
             sums = H.floored_sums(b.theta, b.grad, floor.float(), b.idx, self.use_orthogonal_grad)
-        active_t = torch.from_numpy(active).to(dev)
+        member_t = torch.from_numpy(member).to(dev)
+
+        def passed() -> H.PerTensor:
+            return H.PerTensor(*table.float().unbind(1))
 
         # T7c: π = ⟨θ,g⟩/⟨θ,θ⟩ in the parameter dtype, for tensors with ≥ 2 dims and θ ≠ 0
         g_sum, g_sq = sums["sum"], sums["sq"]
         if self.use_orthogonal_grad:
             ww = sums["ww"].to(dt)
             keep = torch.from_numpy(b.host["projectable"]).to(dev) & (ww > 0)
-            table[:, H.PROJ] = torch.where(keep, sums["wg"].to(dt) / ww, 0).double()
-            g_sum, g_sq = H.projected_sums(b.theta, b.grad, table.float(), b.idx, flags)
+            cols.proj.copy_(torch.where(keep, sums["wg"].to(dt) / ww, 0))
+            g_sum, g_sq = H.projected_sums(b.theta, b.grad, passed(), consts, b.idx, flags)
         # T1b: 1 + |Σg|/‖g‖ in the parameter dtype; 1 for 0-d tensors and g = 0
-        agr = torch.ones_like(table[:, 0])
+        cols.agr.fill_(1.0)
         if self.use_agr:
             norm = g_sq.sqrt().to(dt)
             use = torch.from_numpy(b.host["has_dim"]).to(dev) & (norm > 0)
-            agr = torch.where(use, 1.0 + g_sum.to(dt).abs() / norm, 1.0).double()
-        table[:, H.AGR] = agr
+            cols.agr.copy_(torch.where(use, 1.0 + g_sum.to(dt).abs() / norm, 1.0))
         if self.use_tam:
-            table[:, H.TAM] = self._tam_factor(b, table, consts, flags, t, active_t)
+            cols.tam.copy_(self._tam_factor(b, passed(), consts, flags, t, member_t))
 
-        spd = self.use_spd and bool(b.host["spd_on"][active].any())
+        spd = self.use_spd and bool(b.host["spd_on"][member].any())
         buffers = H.Buffers(b.theta, b.grad, *(b.states[name] for name in MOMENTS), b.states.get("spd_anchor"),
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
-        spd_sums = H.main_pass(buffers, table.float(), b.idx, consts, flags, spd)
+        spd_sums = H.main_pass(buffers, passed(), b.idx, consts, flags, spd)
         if spd:  # T11d: η·λ·r with r = ‖θ − θ0‖/‖θ‖ in the parameter dtype (0 where ‖θ‖ = 0)
             diff_norm, theta_norm = spd_sums[0].sqrt().to(dt), spd_sums[1].sqrt().to(dt)
             ratio = torch.where(theta_norm > 0, diff_norm / theta_norm, 0)
-            on = active_t & torch.from_numpy(b.host["spd_on"]).to(dev)
-            coef = torch.where(on, (self.spd_lambda * ratio).double() * lr, 0.0)
-            table[:, H.SPD] = coef
-            H.spd_pass(b.theta, b.states["spd_anchor"], table.float(), b.idx)
-        b.step = t
-        b.copy_out()
-        self._publish(b, active)
+            on = member_t & torch.from_numpy(b.host["spd_on"]).to(dev)
+            cols.spd.copy_(torch.where(on, (self.spd_lambda * ratio).double() * lr, 0.0))
+            H.spd_pass(b.theta, b.states["spd_anchor"], passed(), b.idx)
 
     def _decay_multipliers(self, b: Bucket, t) -> np.ndarray:
         """T14 per tensor (1 unless dynamic_weight_decay and a LoRA/LoKr factor past the transition)."""
@@ -236,17 +245,17 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
                 )
         return out
 
-    def _tam_factor(self, b: Bucket, table, consts, flags, t, active_t):
+    def _tam_factor(self, b: Bucket, tab: H.PerTensor, consts, flags, t, member_t):
         """T4e: a = cos(m_t, g̃), A ← τβ·A + (1−τβ)·a, factor (1 + A/bc)/2, in the state dtype."""
         buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None,
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
-        dot, mm, gg = H.tam_sums(buffers, table.float(), b.idx, consts, flags)
+        dot, mm, gg = H.tam_sums(buffers, tab, b.idx, consts, flags)
         sdt = b.state_dtype
         m_norm, g_norm = mm.sqrt().to(sdt), gg.sqrt().to(sdt)
         a = torch.where((m_norm > 0) & (g_norm > 0), dot.to(sdt) / (m_norm * g_norm), 0)
         old = b.states["momentum_alignment"]
         alignment = self.tam_beta * old + (1 - self.tam_beta) * a
-        old.copy_(torch.where(active_t, alignment, old))
+        old.copy_(torch.where(member_t, alignment, old))
         if self.fixed:  # Â = A/(1 − τβ^t), the scalar taken in float32 as torch takes a Python scalar
             tf = torch.from_numpy(np.maximum(t, 1).astype(np.float64)).to(b.device)
             alignment = (alignment.float() / (1 - self.tam_beta**tf).float()).to(sdt)

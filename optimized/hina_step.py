@@ -11,6 +11,8 @@ in, so their roundings are the reference's. The passes, all compiled:
    ‖θ‖² of the new θ.
 4. `spd_pass` (SPD): θ ← θ − η·λ·r·(θ − θ0).
 
+The tensors that step run the passes as one partition, or with ADOPT as two (t = 1; t > 1, whose denominator
+is one step stale), each with its own `Flags`; a pass reads the per-tensor numbers as `PerTensor`'s fields.
 A state is a plain tensor or a `codec.QState` (optim_bits=8), read and written through codec.load/store.
 """
 
@@ -25,14 +27,34 @@ from reference.roundoff_floor import floor_roundoff
 from . import codec as C
 from . import kernels as K
 from .compile import compiled
+from .tables import constants
 
-# columns of the per-tensor table
-ACTIVE, STALE, STEP, DECAY, PROJ, AGR, TAM, SPD, FLOOR = range(9)  # FLOOR: the group's round-off floor
-NCOLS = 9
+
+class PerTensor(NamedTuple):
+    """What a pass reads per tensor: [T] float32, 0 for a tensor outside the partition being stepped."""
+
+    member: torch.Tensor  # 1: the tensor steps in this partition
+    step: torch.Tensor  # η·√(1 − β2^t)/(1 − β1^t), times the LoRA factor
+    decay: torch.Tensor  # η·wd, times the T14 multiplier
+    proj: torch.Tensor  # OrthoGrad's π (0: g as it is)
+    agr: torch.Tensor  # AGR's factor (1: g as it is)
+    tam: torch.Tensor  # TAM's factor
+    spd: torch.Tensor  # η·λ·r of SPD (0: θ as it is)
+
+
+class Consts(NamedTuple):
+    """The group's numbers: 0-d float32 (1 − β taken in float64 first, as the reference's scalars)."""
+
+    beta1: torch.Tensor
+    one_minus_beta1: torch.Tensor
+    beta2: torch.Tensor
+    one_minus_beta2: torch.Tensor
+    eps: torch.Tensor
+    floor: torch.Tensor  # the group's round-off floor (fixed mode; read only with Flags.roundoff)
 
 
 class Flags(NamedTuple):
-    adopt: bool  # use_adopt_stability: the denominator is one step stale (v̄ = v as loaded)
+    stale: bool  # use_adopt_stability and t > 1: the denominator is one step stale (v̄ = v as loaded)
     floor: bool  # fixed mode: the stale denominator is √max(v̄, v) + ε
     roundoff: bool  # fixed mode: gradient elements at or below the round-off floor read as 0
     orthogonal: bool
@@ -52,18 +74,11 @@ class Buffers(NamedTuple):
     blocks: C.Blocks | None = None  # the block index of the QState buffers (optim_bits=8)
 
 
-# entries of the group constant vector (float32; 1 − β taken in float64 first, as the reference's scalars)
-BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS = range(5)
-
-
-def group_constants(group, device) -> torch.Tensor:
+def group_constants(group, floor: torch.Tensor | None, device) -> Consts:
     beta1, beta2 = group["betas"]
     values = [beta1, 1 - beta1, beta2, 1 - beta2, group["eps"]]
-    return torch.tensor(values, dtype=torch.float64, device=device).float()
-
-
-def _col(table, idx: K.Idx, k: int):
-    return table[idx.chunk_tensor, k].view(-1, 1)
+    floor = torch.zeros((), device=device) if floor is None else floor.float()
+    return Consts(*constants(values, device, torch.float32), floor)
 
 
 def _rounded(x, dtype):
@@ -71,23 +86,23 @@ def _rounded(x, dtype):
     return x if dtype == torch.float32 else x.to(dtype).float()
 
 
-def _projected(theta, grad, table, idx: K.Idx, f: Flags):
+def _projected(theta, grad, tab: PerTensor, c: Consts, idx: K.Idx, f: Flags):
     """g, or with OrthoGrad g⊥ = g − π·θ (π = 0 where the reference leaves g as it is), of the gradient with its
     round-off elements as 0 (fixed mode, reference.roundoff_floor). Where g is nearly parallel to θ, g⊥'s sign
     rests on these roundings, and Cautious masks by that sign."""
     g = grad.float()
     if f.roundoff:
-        g = floor_roundoff(g, _col(table, idx, FLOOR))
+        g = floor_roundoff(g, c.floor)
     if not f.orthogonal:
         return g
-    return _rounded(g - _rounded(_col(table, idx, PROJ) * theta.float(), grad.dtype), grad.dtype)
+    return _rounded(g - _rounded(K.per_row(tab.proj, idx) * theta.float(), grad.dtype), grad.dtype)
 
 
-def _agr(theta, grad, table, idx: K.Idx, f: Flags):
+def _agr(theta, grad, tab: PerTensor, c: Consts, idx: K.Idx, f: Flags):
     """g̃ = g·(1 + |Σg|/‖g‖) (the factor is 1 where the reference leaves g as it is), rounded to the gradient
     dtype as the reference's g̃ is: 8-bit m and v take it from there in fp32, so a bf16 rounding left out
     would move codes (these passes compile with emulated precision casts, see compile.compiled)."""
-    return _rounded(_projected(theta, grad, table, idx, f) * _col(table, idx, AGR), grad.dtype)
+    return _rounded(_projected(theta, grad, tab, c, idx, f) * K.per_row(tab.agr, idx), grad.dtype)
 
 
 def _gradient_sums(theta, grad, idx: K.Idx, orthogonal: bool):
@@ -105,45 +120,41 @@ def _floored_sums(theta, grad, floor, idx: K.Idx, orthogonal: bool):
     return _gradient_sums(theta, floor_roundoff(grad.float(), floor), idx, orthogonal)
 
 
-def _projected_sums(theta, grad, table, idx: K.Idx, f: Flags):
-    g = _projected(theta, grad, table, idx, f)
+def _projected_sums(theta, grad, tab: PerTensor, c: Consts, idx: K.Idx, f: Flags):
+    g = _projected(theta, grad, tab, c, idx, f)
     return K.tensor_sum(g, idx), K.tensor_sum(g * g, idx)
 
 
-def _momentum(b: Buffers, gt, c):
+def _momentum(b: Buffers, gt, c: Consts):
     """m_t = β1·m + (1−β1)·g̃."""
-    return C.load(b.exp_avg, b.blocks) * c[BETA1] + gt * c[ONE_MINUS_BETA1]
+    return C.load(b.exp_avg, b.blocks) * c.beta1 + gt * c.one_minus_beta1
 
 
-def _tam_sums(b: Buffers, table, idx: K.Idx, c, f: Flags):
-    gt = _agr(b.theta, b.grad, table, idx, f)
+def _tam_sums(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags):
+    gt = _agr(b.theta, b.grad, tab, c, idx, f)
     m = _momentum(b, gt, c)
     if not f.padding_safe:  # 8-bit padding codes need not decode to 0 (a loaded state leaves them as they are)
         m = torch.where(K.valid_mask(idx), m, 0.0)
     return K.tensor_sum(m * gt, idx), K.tensor_sum(m * m, idx), K.tensor_sum(gt * gt, idx)
 
 
-def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
-    def col(k):
-        return _col(table, idx, k)
-
-    rows = (col(ACTIVE) > 0) if f.masked else None
-    tensors = (table[:, ACTIVE] > 0) if f.masked else None
+def _main_pass(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags, spd: bool):
+    tensors = (tab.member > 0) if f.masked else None
+    rows = None if tensors is None else tensors[idx.chunk_tensor].view(-1, 1)
     valid = None if f.padding_safe else K.valid_mask(idx)
-    gt = _agr(b.theta, b.grad, table, idx, f)
+    gt = _agr(b.theta, b.grad, tab, c, idx, f)
 
     # T13: v ← β2·v + (1−β2)·g̃²; m ← β1·m + (1−β1)·g̃; denom = √v̄ + ε (t > 1, v̄ = v as loaded), else √v + ε
     v_old = C.load(b.exp_avg_sq, b.blocks)
-    v = v_old * c[BETA2] + gt * gt * c[ONE_MINUS_BETA2]
+    v = v_old * c.beta2 + gt * gt * c.one_minus_beta2
     m = _momentum(b, gt, c)
     second = v
-    if f.adopt:
-        stale = torch.maximum(v_old, v) if f.floor else v_old
-        second = torch.where(col(STALE) > 0, stale, v)
-    update = m / (second.sqrt() + c[EPS])
+    if f.stale:
+        second = torch.maximum(v_old, v) if f.floor else v_old
+    update = m / (second.sqrt() + c.eps)
     # T4e TAM damping, T6 Grams, T12 Cautious
     if f.tam:
-        update = update * col(TAM)
+        update = update * K.per_row(tab.tam, idx)
     if f.grams:
         update = update.abs() * torch.sign(gt)
     if f.cautious:
@@ -152,24 +163,24 @@ def _main_pass(b: Buffers, table, idx: K.Idx, c, f: Flags, spd: bool):
         update = torch.where(valid, update, 0.0)
 
     # θ ← θ − step·U (step with the LoRA factor); θ ← θ − η·wd·m_t·θ
-    theta = b.theta.float() - col(STEP) * update
-    theta = theta - col(DECAY) * theta
+    theta = b.theta.float() - K.per_row(tab.step, idx) * update
+    theta = theta - K.per_row(tab.decay, idx) * theta
     b.theta.copy_(theta if rows is None else torch.where(rows, theta, b.theta.float()))
 
     valid = K.valid_mask(idx) if isinstance(b.exp_avg, C.QState) else None
     C.store(b.exp_avg, m, b.blocks, rows, tensors, valid)
     C.store(b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
     if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ in fp64, as the reference's norms accumulate on the CPU (a θ past
-        # 1.8e19 — ADOPT after an all-zero first gradient — squares to inf in fp32; inactive tensors: SPD column 0)
+        # 1.8e19 — ADOPT after an all-zero first gradient — squares to inf in fp32; outside the partition: spd = 0)
         diff, wide = (theta - b.anchor.float()).double(), theta.double()
         return K.tensor_sum(diff * diff, idx), K.tensor_sum(wide * wide, idx)
     return None
 
 
-def _spd_pass(theta, anchor, table, idx: K.Idx):
-    """T11d: θ ← θ − (η·λ·r)·(θ − θ0); the SPD column holds η·λ·r (0: no change)."""
+def _spd_pass(theta, anchor, tab: PerTensor, idx: K.Idx):
+    """T11d: θ ← θ − (η·λ·r)·(θ − θ0)."""
     t = theta.float()
-    theta.copy_(t - _col(table, idx, SPD) * (t - anchor.float()))
+    theta.copy_(t - K.per_row(tab.spd, idx) * (t - anchor.float()))
 
 
 gradient_sums = compiled(_gradient_sums)
