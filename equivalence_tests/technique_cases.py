@@ -1,7 +1,10 @@
 """Technique cases: each reference function against the optimized kernel that computes the same thing.
 
 A case takes a generator and a list of shapes, runs the reference per tensor and the optimized kernel
-on all tensors packed into one chunked buffer, and returns (name, reference, optimized) triples.
+on all tensors packed into one chunked buffer (the stack classes' kernels: on the tensors of each shape
+stacked), and returns (name, reference, optimized) triples, or quadruples whose last entry is the magnitude
+of the terms the value sums (tolerances.scaled_error: where a sum cancels, its own size understates its
+rounding; TAM's s = γ·s + (1 − γ)·C does when C ≈ −γ·s/(1 − γ)).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from optimized import improved8_step, improved_step, seed004_step
 from optimized import kernels as K
 from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
 from reference.allora import allora_row_scaling
@@ -85,6 +89,16 @@ def run_residual(gen, shapes):
     return out
 
 
+def _cos(a, b):
+    return torch.nn.functional.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1)).reshape(())
+
+
+def _tam_terms(m0, s0, x0, corr, gamma, rm, rs, eps1, beta=0.9):
+    """The terms' magnitudes of TAM's s = γ·s0 + (1 − γ)·C and m = β·m0 + ((1 + s)/2 + ε1)·x0."""
+    s_terms = gamma * s0.abs() + (1 - gamma) * corr.abs()
+    return s_terms, beta * m0.abs() + (((1 + rs) / 2 + eps1) * x0).abs()
+
+
 def run_tam_upstream(gen, shapes):
     ms, xs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
     ss = [_randn(gen, s, 0.1) for s in shapes]
@@ -95,7 +109,9 @@ def run_tam_upstream(gen, shapes):
     out = []
     for m0, s0, x0, a, b in zip(ms, ss, xs, P.unpack(om), P.unpack(os_), strict=True):
         rm, rs = tam.tam_upstream(m0, s0, x0, 1e-30)
-        out += [("m", rm, a), ("s", rs, b)]
+        corr = tam.normalize_dim0(m0) * tam.normalize_dim0(x0)
+        s_terms, m_terms = _tam_terms(m0, s0, x0, corr, tam.TAM_DECAY, rm, rs, 1e-30)
+        out += [("m", rm, a, m_terms), ("s", rs, b, s_terms)]
     return out
 
 
@@ -112,7 +128,114 @@ def run_tam_cosine(gen, shapes):
     out = []
     for i, (m0, s0, x0) in enumerate(zip(ms, ss, xs, strict=True)):
         rm, rs = tam.tam_cosine(m0, s0, x0, 1e-30)
-        out += [("m", rm, om[i]), ("s", rs, s_new[i].float())]
+        s_terms = tam.TAM_DECAY * s0.abs() + (1 - tam.TAM_DECAY) * _cos(m0, x0).abs()
+        m_terms = 0.9 * m0.abs() + 0.1 * (((1 + rs) / 2 + 1e-30) * x0).abs()
+        out += [("m", rm, om[i], m_terms), ("s", rs, s_new[i].float(), s_terms)]
+    return out
+
+
+def _stacks(tensors_by_kind, shapes):
+    """The stack classes' layout: the tensors of each distinct shape stacked [c, *shape], as (indices, stacks)."""
+    order = {}
+    for i, s in enumerate(shapes):
+        order.setdefault(tuple(s), []).append(i)
+    for indices in order.values():
+        yield indices, [torch.stack([kind[i] for i in indices]) for kind in tensors_by_kind]
+
+
+def _ms_xs(gen, shapes):
+    return [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+
+
+def run_tam_improved(gen, shapes):
+    """T4b, upstream: an element-wise s, the emphasis stored; the correlation switches to the global cosine at
+    10,000 elements."""
+    (ms, xs), ss = _ms_xs(gen, shapes), [_randn(gen, s, 0.1) for s in shapes]
+    gamma, eps1, emphasis = 0.9, 1e-30, 1.25
+    out = []
+    for indices, (m, s, x) in _stacks([ms, ss, xs], shapes):
+        om, os_ = improved_step.tam(m, s, x, gamma, eps1, emphasis, m.dim() - 1, fixed=False)
+        for k, i in enumerate(indices):
+            rm, rs = tam.tam_improved(ms[i], ss[i], xs[i], gamma, eps1, emphasis)
+            corr = tam.fast_correlation(ms[i], xs[i]).reshape(rs.shape)
+            s_terms, m_terms = _tam_terms(ms[i], ss[i], xs[i], emphasis * corr, gamma, rm, rs, eps1)
+            out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], emphasis * s_terms)]
+    return out
+
+
+def run_tam_improved_fixed(gen, shapes):
+    """T4b corrected: a per-tensor cosine s, the emphasis on a clamped copy."""
+    ms, xs = _ms_xs(gen, shapes)
+    ss = [torch.rand((), generator=gen) * 2 - 1 for _ in shapes]
+    gamma, eps1, emphasis = 0.9, 1e-30, 1.25
+    out = []
+    for indices, (m, s, x) in _stacks([ms, ss, xs], shapes):
+        om, os_ = improved_step.tam(m, s, x, gamma, eps1, emphasis, m.dim() - 1, fixed=True)
+        for k, i in enumerate(indices):
+            rm, rs = tam.tam_improved_fixed(ms[i], ss[i], xs[i], gamma, eps1, emphasis)
+            s_terms = gamma * ss[i].abs() + (1 - gamma) * _cos(ms[i], xs[i]).abs()
+            d = ((1 + (rs * emphasis).clamp(-1, 1)) / 2 + eps1) * xs[i]
+            m_terms = tam.IMPROVED_TAM_BETA * ms[i].abs() + (1 - tam.IMPROVED_TAM_BETA) * d.abs()
+            out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], s_terms)]
+    return out
+
+
+def run_tam_s2o(gen, shapes):
+    """T4b, S2o: the dim-0 normalised product, the emphasis on a copy."""
+    (ms, xs), ss = _ms_xs(gen, shapes), [_randn(gen, s, 0.1) for s in shapes]
+    eps1, emphasis = 1e-30, 1.25
+    out = []
+    for indices, (m, s, x) in _stacks([ms, ss, xs], shapes):
+        om, os_ = seed004_step.tam_s2o(m, s, x, eps1, emphasis, m.dim() - 1)
+        for k, i in enumerate(indices):
+            rm, rs = tam.tam_s2o(ms[i], ss[i], xs[i], eps1, emphasis)
+            corr = tam.normalize_dim0(ms[i]) * tam.normalize_dim0(xs[i])
+            s_terms, m_terms = _tam_terms(ms[i], ss[i], xs[i], corr, tam.TAM_DECAY, rm, emphasis * rs, eps1)
+            out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], s_terms)]
+    return out
+
+
+def _t4c(ndim: int, fixed: bool, polarity: bool):
+    flags = dict.fromkeys(improved8_step.Flags._fields, False) | dict(ndim=ndim, dtype=torch.float32)
+    flags = improved8_step.Flags(**flags | dict(fixed=fixed, warm=True, polarity=polarity))
+    consts = improved8_step.Consts(**dict.fromkeys(improved8_step.Consts._fields, 0.0) | dict(adaptation_rate=0.8))
+    return flags, consts
+
+
+def run_tam_as_update(gen, shapes):
+    """T4c, upstream: the state is the direction itself; κ from the stored polarity (absent at t = 1)."""
+    ms, us = _ms_xs(gen, shapes)
+    ss = [_randn(gen, s, 0.1) for s in shapes]
+    pols = [torch.rand(s, generator=gen) > 0.5 for s in shapes]
+    out = []
+    for indices, (m, u, s, pol) in _stacks([ms, us, ss, pols], shapes):
+        for polarity in (False, True):
+            flags, consts = _t4c(m.dim() - 1, fixed=False, polarity=polarity)
+            st = {"s": s.clone(), "last_polarity": pol.clone()}
+            direction = improved8_step.tam_direction(st, m, u, None, flags, consts)
+            for k, i in enumerate(indices):
+                a = consts.adaptation_rate
+                rs, rp = tam.tam_as_update(ms[i], ss[i], us[i], a, pols[i] if polarity else None)
+                corr = tam.normalize_dim0(ms[i]) * tam.normalize_dim0(us[i])
+                terms = a * ss[i].abs() + (1 - a) * corr.abs()
+                out += [("U", rs, direction[k], terms), ("polarity", rp, st["last_polarity"][k])]
+    return out
+
+
+def run_tam_as_update_fixed(gen, shapes):
+    """T4c corrected: a per-tensor cosine s damps the momentum step."""
+    ms, us = _ms_xs(gen, shapes)
+    ss = [torch.rand((), generator=gen) * 2 - 1 for _ in shapes]
+    out = []
+    for indices, (m, u, s) in _stacks([ms, us, ss], shapes):
+        flags, consts = _t4c(m.dim() - 1, fixed=True, polarity=False)
+        st = {"s": s.clone()}
+        direction = improved8_step.tam_direction(st, m, u, None, flags, consts)
+        for k, i in enumerate(indices):
+            a = consts.adaptation_rate
+            rU, rs = tam.tam_as_update_fixed(ms[i], ss[i], us[i], a)
+            s_terms = a * ss[i].abs() + (1 - a) * _cos(ms[i], us[i]).abs()
+            out += [("U", rU, direction[k]), ("s", rs, st["s"][k], s_terms)]
     return out
 
 
@@ -126,7 +249,8 @@ def run_consistency(gen, shapes):
     out = []
     for m0, x0, bt, a, b in zip(ms, xs, b1t, P.unpack(om), P.unpack(omb), strict=True):
         rm, rmb = consistency_momentum(m0, x0, beta1, bt)
-        out += [("m", rm, a), ("m̄", rmb, b)]
+        m_terms = bt * m0.abs() + (1 - bt) * x0.abs()
+        out += [("m", rm, a, m_terms), ("m̄", rmb, b, beta1 * rm.abs() + (1 - beta1) * x0.abs())]
     return out
 
 
@@ -135,7 +259,8 @@ def run_grams(gen, shapes):
     alphas = [grams_alpha(0.9995, int(torch.randint(1, 3000, (), generator=gen))) for _ in shapes]
     P = Packed(us)
     out = P.unpack(K.grams_blend(P.pack(us), P.pack(gs), P.rows(alphas), P.rows([1 - a for a in alphas])))
-    return [("U", grams_blend(u, g, a), o) for u, g, a, o in zip(us, gs, alphas, out, strict=True)]
+    # U = α·|U|·sign(g) + (1 − α)·U: terms of |U| in all
+    return [("U", grams_blend(u, g, a), o, u) for u, g, a, o in zip(us, gs, alphas, out, strict=True)]
 
 
 def run_orthograd(gen, shapes):
@@ -217,6 +342,15 @@ TECHNIQUE_CASES = [
           "optimized.kernels.tam_upstream", run_tam_upstream),
     _case("TAM (fixed, scalar cosine)", "T4a", "tam", "reference.tam.tam_cosine",
           "optimized.kernels.tam_cosine", run_tam_cosine),
+    _case("TAM (Improved, upstream)", "T4b", "tam", "reference.tam.tam_improved", "optimized.improved_step.tam",
+          run_tam_improved),
+    _case("TAM (Improved, fixed)", "T4b", "tam", "reference.tam.tam_improved_fixed",
+          "optimized.improved_step.tam", run_tam_improved_fixed),
+    _case("TAM (S2o)", "T4b", "tam", "reference.tam.tam_s2o", "optimized.seed004_step.tam_s2o", run_tam_s2o),
+    _case("TAM as the update direction (upstream)", "T4c", "tam", "reference.tam.tam_as_update",
+          "optimized.improved8_step.tam_direction", run_tam_as_update),
+    _case("TAM as the update direction (fixed)", "T4c", "tam", "reference.tam.tam_as_update_fixed",
+          "optimized.improved8_step.tam_direction", run_tam_as_update_fixed),
     _case("Consistency momentum", "T5", "consistency", "reference.consistency_momentum.consistency_momentum",
           "optimized.kernels.consistency", run_consistency),
     _case("Grams blend", "T6", "grams", "reference.grams.grams_blend", "optimized.kernels.grams_blend",

@@ -256,8 +256,10 @@ def free_running_tolerance(dtype: torch.dtype) -> Tolerance:
     return FREE_RUNNING_BF16 if dtype == torch.bfloat16 else FREE_RUNNING_FP32
 
 
-def scaled_error(reference, optimized) -> float:
-    """max |a − b| / max |a| for one tensor (exact match of booleans and integers; NaN must match NaN)."""
+def scaled_error(reference, optimized, terms=None) -> float:
+    """max |a − b| / max |a| for one tensor (exact match of booleans and integers; NaN must match NaN). `terms`:
+    the magnitudes of the terms a sums (a tensor); where they cancel, |a| understates a's rounding, so the
+    error is scaled by the larger of max |a| and max `terms`."""
     a, b = reference.detach(), optimized.detach()
     if not a.is_floating_point():
         return 0.0 if torch.equal(a, b.to(a.dtype)) else float("inf")
@@ -270,4 +272,5 @@ def scaled_error(reference, optimized) -> float:
     diff = float((a64 - b64).abs().max())
     if diff == 0.0:
         return 0.0
-    return diff / max(float(a64.abs().max()), 1e-30)
+    scale = float(a64.abs().max()) if terms is None else max(float(a64.abs().max()), float(terms.abs().max()))
+    return diff / max(scale, 1e-30)
