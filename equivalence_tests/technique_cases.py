@@ -42,6 +42,15 @@ def _positive(gen, shape):
     return torch.rand(shape, generator=gen) + 0.05
 
 
+def _stacks(tensors_by_kind, shapes):
+    """The stack classes' layout: the tensors of each distinct shape stacked [c, *shape], as (indices, stacks)."""
+    order = {}
+    for i, s in enumerate(shapes):
+        order.setdefault(tuple(s), []).append(i)
+    for indices in order.values():
+        yield indices, [torch.stack([kind[i] for i in indices]) for kind in tensors_by_kind]
+
+
 def run_agr(gen, shapes):
     grads = [_randn(gen, s) for s in shapes]
     S = agr.group_abs_sum(grads)
@@ -64,6 +73,26 @@ def run_came_scale(gen, shapes):
     out = []
     for (ru, rv), ou, ov in zip(ref, u, v_new, strict=True):
         out += [("u", ru, ou), ("v", rv, ov)]
+    return out
+
+
+def run_came_scale_v3(gen, shapes):
+    """T2 V3 (the Improved classes): both clip forms, in place (Improved) and out of place (seed 004's S2o)."""
+    grads = [_randn(gen, s) for s in shapes]
+    vs = [_positive(gen, s) * 1e-2 for s in shapes]
+    eps1, clip = 1e-30, 0.7
+    out = []
+    for indices, (g, v) in _stacks([grads, vs], shapes):
+        for improved_clip in (True, False):
+            v_in_place = v.clone()
+            u = improved_step.scale_v3(g, v_in_place, eps1, clip, improved_clip)
+            for k, i in enumerate(indices):
+                ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip)
+                out += [("u", ru, u[k]), ("v", rv, v_in_place[k])]
+        u, v_new = seed004_step.scale_v3(g, v, eps1, clip)
+        for k, i in enumerate(indices):
+            ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip=False)
+            out += [("u (S2o)", ru, u[k]), ("v (S2o)", rv, v_new[k])]
     return out
 
 
@@ -132,15 +161,6 @@ def run_tam_cosine(gen, shapes):
         m_terms = 0.9 * m0.abs() + 0.1 * (((1 + rs) / 2 + 1e-30) * x0).abs()
         out += [("m", rm, om[i], m_terms), ("s", rs, s_new[i].float(), s_terms)]
     return out
-
-
-def _stacks(tensors_by_kind, shapes):
-    """The stack classes' layout: the tensors of each distinct shape stacked [c, *shape], as (indices, stacks)."""
-    order = {}
-    for i, s in enumerate(shapes):
-        order.setdefault(tuple(s), []).append(i)
-    for indices in order.values():
-        yield indices, [torch.stack([kind[i] for i in indices]) for kind in tensors_by_kind]
 
 
 def _ms_xs(gen, shapes):
@@ -334,6 +354,8 @@ TECHNIQUE_CASES = [
     _case("AGR (group sum)", "T1a", "agr", "reference.agr.agr", "optimized.kernels.agr", run_agr),
     _case("CAME-style scaling + RMS clip (V1)", "T2", "adafactor", "reference.came_style.scale_v1",
           "optimized.kernels.came_unclipped", run_came_scale),
+    _case("CAME-style scaling + RMS clip (V3)", "T2", "adafactor", "reference.came_style.scale_v3",
+          "optimized.improved_step.scale_v3", run_came_scale_v3),
     _case("ADOPT clip (came=False)", "T2", "adopt", "reference.came_style.adopt_clip",
           "optimized.kernels.adopt_clip", run_adopt_clip),
     _case("AdaBelief residual", "T3", "adabelief", "reference.adabelief_residual.update_residual",
