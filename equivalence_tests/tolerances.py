@@ -33,8 +33,10 @@ class Tolerance:
 TECHNIQUE_FP32 = Tolerance(
     bound=2e-6,
     reason="multiplication by a reciprocal instead of division (AGR α, the RMS clip, bias correction), "
-    "and per-tensor sums taken in another order (fp32 rows of 256, then fp64)",
-    observed="3.5e-7 (adaptive weight decay ϑ), fixed-seed registry shapes (2026-11-22)",
+    "and per-tensor sums taken in another order (fp32 rows of 256, then fp64); a value that sums terms which "
+    "can cancel (TAM's s and m, momentum EMAs, Grams) is scaled by its terms' magnitude, not its own",
+    observed="3.6e-7 (OrthoGrad), make verify's shape sets (2026-12-05); unscaled, a 0-d TAM s where the terms "
+    "cancelled to 7e-4 was 1.1e-5 of itself (one rounding of 0.1)",
 )
 
 # ALLoRA's per-step row norms (corrected mode): the compiled float64 sum of a row's squares against torch's
