@@ -184,10 +184,9 @@ class Automagic_CameAMP(AutomagicBase):
         new = active & ~b.started
         if new.any():
             self._start(b, group, new)
-        W, came, lr = group["warmup_steps"], group["came"], group["lr"]
+        W, came = group["warmup_steps"], group["came"]
         beta1, beta2, beta3 = group["betas"]
         eps1, eps2, _ = group["eps"]
-        decay = group["beta1_decay"]
         t = b.step + active
         if W >= 1 and (active & (t == W)).any():
             self._forget_warm_state(b, active & (t == W))
@@ -199,22 +198,7 @@ class Automagic_CameAMP(AutomagicBase):
         early, warm = t < W / 2, t < W
         wd_on = (group["weight_decay"] > 0) & (early | (self.fixed and self.wd_until == "always"))
 
-        # lr_max bookkeeping of T8a, on the host
-        shift = np.zeros(len(t))
-        scale = np.ones(len(t))
-        raise_max = upd & (lr > b.lr_max)
-        if self._variant["store_post_mask"]:  # T8b: no (η − lr_max) jump, lr_max kept while warming up
-            raise_max &= ~warm
-        shift[raise_max & warm] = lr - b.lr_max[raise_max & warm]
-        b.lr_max[raise_max] = lr
-        lower = upd & ~warm & (lr < b.lr_max)
-        scale[lower] = np.maximum(lr / b.lr_max[lower], POST_WARMUP_MIN_SCALE)
-
-        tf = t.astype(np.float64)  # 0 for a tensor that has not stepped yet (inactive; its row is unused)
-        beta1_t = np.maximum(beta1 * decay**tf, 0.4)
-        alpha = 1.0 * decay**tf
-        inv_bias_corr = 1 / (1 - beta3 ** np.maximum(tf, 1)) if self.fixed else np.ones_like(tf)
-        per_tensor = [beta1_t, 1 - beta1_t, alpha, 1 - alpha, inv_bias_corr, shift, scale, tf**0.25]
+        per_tensor = self._host_numbers(b, group, t, upd, warm)
         step_context = self._bucket_context(b, group, t, active, *context)
         dev = b.device
         mask = [self._mask_setting(group, key) for key in ("lr_bump", "min_lr", "max_lr")]
@@ -239,18 +223,11 @@ class Automagic_CameAMP(AutomagicBase):
             if not member.any():
                 continue
             flags = S.Flags(
-                came=bool(came),
-                fixed=self.fixed,
-                seeding=seeding,
-                early=in_early,
-                warm=in_warm,
-                has_wd=not seeding and bool((member & wd_on).any()),
-                has_rho=has_rho,
-                masked=not member.all(),
-                padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized,
-                contextual=step_context is not None,
+                came=bool(came), fixed=self.fixed, seeding=seeding, early=in_early, warm=in_warm,
+                has_wd=not seeding and bool((member & wd_on).any()), has_rho=has_rho, masked=not member.all(),
+                padding_safe=eps1 > 0 and eps2 > 0 and not b.quantized, contextual=step_context is not None,
                 **self._variant,
-            )
+            )  # fmt: skip
             table = S.PerTensor(*columns([member, *per_tensor], dev))
             mask_sums = S.fused_step(bufs, b.layout, b.idx, table, consts, *stats, flags, b.scratch)
             if mask_sums is not None:  # 8-bit mask: avg_lr is the mean of the mask before quantisation
@@ -263,6 +240,28 @@ class Automagic_CameAMP(AutomagicBase):
             b.drop_warm_buffers()
         b.copy_out()
         self._publish(b, group, active)
+
+    def _host_numbers(self, b: Bucket, group, t, upd, warm) -> list:
+        """PerTensor's columns after `member` (numpy [T]): β1_t, 1 − β1_t, δ^t, 1 − δ^t, the residual's bias
+        correction, and T8a's lr_max bookkeeping (the warm-up mask's (η − lr_max) jump, the post-warm-up scale),
+        t^¼ (the ADOPT clip bound). Updates b.lr_max."""
+        lr, decay = group["lr"], group["beta1_decay"]
+        beta1, _, beta3 = group["betas"]
+        shift = np.zeros(len(t))
+        scale = np.ones(len(t))
+        raise_max = upd & (lr > b.lr_max)
+        if self._variant["store_post_mask"]:  # T8b: no (η − lr_max) jump, lr_max kept while warming up
+            raise_max &= ~warm
+        shift[raise_max & warm] = lr - b.lr_max[raise_max & warm]
+        b.lr_max[raise_max] = lr
+        lower = upd & ~warm & (lr < b.lr_max)
+        scale[lower] = np.maximum(lr / b.lr_max[lower], POST_WARMUP_MIN_SCALE)
+
+        tf = t.astype(np.float64)  # 0 for a tensor that has not stepped yet (inactive; its row is unused)
+        beta1_t = np.maximum(beta1 * decay**tf, 0.4)
+        alpha = 1.0 * decay**tf
+        inv_bias_corr = 1 / (1 - beta3 ** np.maximum(tf, 1)) if self.fixed else np.ones_like(tf)
+        return [beta1_t, 1 - beta1_t, alpha, 1 - alpha, inv_bias_corr, shift, scale, tf**0.25]
 
     def _forget_warm_state(self, b: Bucket, ending):
         """T27.1: at t == W the warm-up-only state of those tensors is dropped (zeroed here)."""

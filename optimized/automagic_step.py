@@ -12,9 +12,9 @@ partition is the whole bucket. The phase is static (`Flags`), so no pass selects
    adaptive weight-decay factor, beside the host's per-tensor numbers in float32 (`Coef`). Doing this
    outside the element loop keeps per-tensor math out of it.
 4. `main_pass` (compiled): everything element-wise and the in-place writes of θ and every state. In
-   the early phase it stops before the LR mask and θ and hands U over; OrthoGrad's per-tensor
-   reductions, the mask and the θ update follow as three more small passes (`orthograd_partials`,
-   `perp_sumsq`, `orthograd_apply`).
+   the early phase it stops before the LR mask and θ, and hands over U with OrthoGrad's per-tensor
+   ⟨θ,U⟩, ‖θ‖², ‖U‖²; ‖U⊥‖², then the mask and the θ update, follow as two more passes (`perp_sumsq`,
+   `orthograd_apply`).
 
 A state buffer is a plain tensor or, for the 8-bit class, a `codec.QState`: it is read through
 `codec.load` (de-quantised in registers) and written through `codec.store` (re-quantised), so the same
@@ -271,8 +271,9 @@ def coefficients(per_tensor: PerTensor, consts: Consts, partials, idx: K.Idx, s,
 
 
 def _main_pass(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_sum, normaliser, f: Flags, update_out):
-    """Everything element-wise; returns the per-tensor sums of the new warm-up mask (8-bit states, see
-    `_lr_and_mask`) or None."""
+    """Everything element-wise. Returns, in the early phase, OrthoGrad's per-tensor (π, ν, keep) of U
+    (kernels.orthograd_projection, taken as U is written); else the per-tensor sums of the new warm-up mask
+    (8-bit states, see `_lr_and_mask`) or None."""
     c, h = _float(consts), coef.host
     member = _member(coef, f)
     valid = _valid(f, idx)
@@ -313,12 +314,12 @@ def _main_pass(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_sum, no
     update = _select(valid, K.grams_blend(update, gt, _col(h.alpha, idx), _col(h.one_minus_alpha, idx)), 0.0)
 
     # T8 LR mask and the θ update; in the early phase OrthoGrad needs per-tensor reductions of U
-    # first, so U is handed over and both follow in `orthograd_apply`
-    mask_sums = None
+    # first, so U is handed over with its projection sums and both follow in `orthograd_apply`
     if f.early:
         update_out.copy_(update)
+        result = K.orthograd_projection(b.theta, update_out, idx)
     else:
-        lr_eff, mask_sums = _lr_and_mask(b, gt, coef, c, member, idx, f)
+        lr_eff, result = _lr_and_mask(b, gt, coef, c, member, idx, f)
         _apply_update(b, update, lr_eff, coef, _rows(member, idx), c, idx, f)
 
     # state writes (the other partitions' tensors keep their values)
@@ -332,7 +333,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_sum, no
     if f.contextual:
         for buf, mu, update in zip(b.context.scales, mus, b.context.update, strict=True):  # where t mod k = 0
             _write_buffer(b, buf, mu, _and(member, update > 0), idx)
-    return mask_sums
+    return result
 
 
 def _lr_and_mask(b: Buffers, gt, coef: Coef, c: Consts, member, idx: K.Idx, f: Flags):
@@ -374,10 +375,6 @@ def _apply_update(b: Buffers, update, lr_eff, coef: Coef, rows, c: Consts, idx: 
     b.theta.copy_(_select(rows, theta - update * lr_eff, kept))
 
 
-def _orthograd_partials(theta, update, idx: K.Idx):
-    return K.orthograd_projection(theta, update, idx)
-
-
 def _perp_sumsq(theta, update, proj, idx: K.Idx):
     perp = K.orthograd_perp(theta, update, K.per_row(proj, idx))
     return K.tensor_sum(perp * perp, idx)
@@ -401,7 +398,6 @@ def _orthograd_apply(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_s
 gradient_partials = compiled(_gradient_partials)
 scaled_partials = compiled(_scaled_partials, stores_states=False)  # (u_out is scratch)
 main_pass = compiled(_main_pass)
-orthograd_partials = compiled(_orthograd_partials)
 perp_sumsq = compiled(_perp_sumsq)
 orthograd_apply = compiled(_orthograd_apply)
 
@@ -431,7 +427,7 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
     update = scratch("update") if f.early else None
     mask_sums = main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:
-        proj, nu, keep = orthograd_partials(b.theta, update, idx)
+        proj, nu, keep = mask_sums
         scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx), PARALLEL_TOL if f.fixed else 0.0)
         mask_sums = orthograd_apply(b, idx, coef, consts, group_sum, update, proj, scale, keep, f)
     if f.early and f.fixed:
