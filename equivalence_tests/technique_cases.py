@@ -10,6 +10,7 @@ rounding; TAM's s = γ·s + (1 − γ)·C does when C ≈ −γ·s/(1 − γ)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -122,10 +123,10 @@ def _cos(a, b):
     return torch.nn.functional.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1)).reshape(())
 
 
-def _tam_terms(m0, s0, x0, corr, gamma, rm, rs, eps1, beta=0.9):
-    """The terms' magnitudes of TAM's s = γ·s0 + (1 − γ)·C and m = β·m0 + ((1 + s)/2 + ε1)·x0."""
+def _tam_terms(m0, s0, x0, corr, gamma, s_used, eps1, beta=0.9):
+    """The terms' magnitudes of TAM's s = γ·s0 + (1 − γ)·C and m = β·m0 + ((1 + s_used)/2 + ε1)·x0."""
     s_terms = gamma * s0.abs() + (1 - gamma) * corr.abs()
-    return s_terms, beta * m0.abs() + (((1 + rs) / 2 + eps1) * x0).abs()
+    return s_terms, beta * m0.abs() + (((1 + s_used) / 2 + eps1) * x0).abs()
 
 
 def run_tam_upstream(gen, shapes):
@@ -139,7 +140,7 @@ def run_tam_upstream(gen, shapes):
     for m0, s0, x0, a, b in zip(ms, ss, xs, P.unpack(om), P.unpack(os_), strict=True):
         rm, rs = tam.tam_upstream(m0, s0, x0, 1e-30)
         corr = tam.normalize_dim0(m0) * tam.normalize_dim0(x0)
-        s_terms, m_terms = _tam_terms(m0, s0, x0, corr, tam.TAM_DECAY, rm, rs, 1e-30)
+        s_terms, m_terms = _tam_terms(m0, s0, x0, corr, tam.TAM_DECAY, rs, 1e-30)
         out += [("m", rm, a, m_terms), ("s", rs, b, s_terms)]
     return out
 
@@ -167,35 +168,27 @@ def _ms_xs(gen, shapes):
     return [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
 
 
-def run_tam_improved(gen, shapes):
-    """T4b, upstream: an element-wise s, the emphasis stored; the correlation switches to the global cosine at
-    10,000 elements."""
-    (ms, xs), ss = _ms_xs(gen, shapes), [_randn(gen, s, 0.1) for s in shapes]
-    gamma, eps1, emphasis = 0.9, 1e-30, 1.25
-    out = []
-    for indices, (m, s, x) in _stacks([ms, ss, xs], shapes):
-        om, os_ = improved_step.tam(m, s, x, gamma, eps1, emphasis, m.dim() - 1, fixed=False)
-        for k, i in enumerate(indices):
-            rm, rs = tam.tam_improved(ms[i], ss[i], xs[i], gamma, eps1, emphasis)
-            corr = tam.fast_correlation(ms[i], xs[i]).reshape(rs.shape)
-            s_terms, m_terms = _tam_terms(ms[i], ss[i], xs[i], emphasis * corr, gamma, rm, rs, eps1)
-            out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], emphasis * s_terms)]
-    return out
-
-
-def run_tam_improved_fixed(gen, shapes):
-    """T4b corrected: a per-tensor cosine s, the emphasis on a clamped copy."""
+def run_tam_improved(gen, shapes, fixed=False):
+    """T4b. Upstream: an element-wise s, the emphasis stored; the correlation switches to the global cosine at
+    10,000 elements. Fixed: a per-tensor cosine s, the emphasis on a clamped copy, m ← β·m + (1 − β)·d."""
     ms, xs = _ms_xs(gen, shapes)
-    ss = [torch.rand((), generator=gen) * 2 - 1 for _ in shapes]
-    gamma, eps1, emphasis = 0.9, 1e-30, 1.25
+    ss = [torch.rand((), generator=gen) * 2 - 1 if fixed else _randn(gen, s, 0.1) for s in shapes]
+    gamma, eps1, emphasis, beta = 0.9, 1e-30, 1.25, tam.IMPROVED_TAM_BETA
     out = []
     for indices, (m, s, x) in _stacks([ms, ss, xs], shapes):
-        om, os_ = improved_step.tam(m, s, x, gamma, eps1, emphasis, m.dim() - 1, fixed=True)
+        om, os_ = improved_step.tam(m, s, x, gamma, eps1, emphasis, m.dim() - 1, fixed=fixed)
         for k, i in enumerate(indices):
-            rm, rs = tam.tam_improved_fixed(ms[i], ss[i], xs[i], gamma, eps1, emphasis)
-            s_terms = gamma * ss[i].abs() + (1 - gamma) * _cos(ms[i], xs[i]).abs()
-            d = ((1 + (rs * emphasis).clamp(-1, 1)) / 2 + eps1) * xs[i]
-            m_terms = tam.IMPROVED_TAM_BETA * ms[i].abs() + (1 - tam.IMPROVED_TAM_BETA) * d.abs()
+            m0, s0, x0 = ms[i], ss[i], xs[i]
+            if fixed:
+                rm, rs = tam.tam_improved_fixed(m0, s0, x0, gamma, eps1, emphasis)
+                s_terms = gamma * s0.abs() + (1 - gamma) * _cos(m0, x0).abs()
+                s_used, d_weight = (rs * emphasis).clamp(-1, 1), 1 - beta
+            else:
+                rm, rs = tam.tam_improved(m0, s0, x0, gamma, eps1, emphasis)
+                corr = tam.fast_correlation(m0, x0).reshape(rs.shape)
+                s_terms = emphasis * (gamma * s0.abs() + (1 - gamma) * corr.abs())
+                s_used, d_weight = rs, 1.0
+            m_terms = beta * m0.abs() + d_weight * (((1 + s_used) / 2 + eps1) * x0).abs()
             out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], s_terms)]
     return out
 
@@ -210,7 +203,7 @@ def run_tam_s2o(gen, shapes):
         for k, i in enumerate(indices):
             rm, rs = tam.tam_s2o(ms[i], ss[i], xs[i], eps1, emphasis)
             corr = tam.normalize_dim0(ms[i]) * tam.normalize_dim0(xs[i])
-            s_terms, m_terms = _tam_terms(ms[i], ss[i], xs[i], corr, tam.TAM_DECAY, rm, emphasis * rs, eps1)
+            s_terms, m_terms = _tam_terms(ms[i], ss[i], xs[i], corr, tam.TAM_DECAY, emphasis * rs, eps1)
             out += [("m", rm, om[k], m_terms), ("s", rs, os_[k], s_terms)]
     return out
 
@@ -367,7 +360,7 @@ TECHNIQUE_CASES = [
     _case("TAM (Improved, upstream)", "T4b", "tam", "reference.tam.tam_improved", "optimized.improved_step.tam",
           run_tam_improved),
     _case("TAM (Improved, fixed)", "T4b", "tam", "reference.tam.tam_improved_fixed",
-          "optimized.improved_step.tam", run_tam_improved_fixed),
+          "optimized.improved_step.tam", partial(run_tam_improved, fixed=True)),
     _case("TAM (S2o)", "T4b", "tam", "reference.tam.tam_s2o", "optimized.seed004_step.tam_s2o", run_tam_s2o),
     _case("TAM as the update direction (upstream)", "T4c", "tam", "reference.tam.tam_as_update",
           "optimized.improved8_step.tam_direction", run_tam_as_update),
