@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from optimized import improved8_step, improved_step, seed004_step
+from optimized import hina_step, improved8_step, improved_step, seed004_step
 from optimized import kernels as K
 from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
 from reference.allora import allora_row_scaling
@@ -166,6 +166,37 @@ def run_tam_cosine(gen, shapes):
 
 def _ms_xs(gen, shapes):
     return [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+
+
+def run_tam_damping(gen, shapes):
+    """T4e (HinaAdamW): m_t = β1·m + (1 − β1)·g, the per-tensor sums of the fused pass, then the factor and A
+    with bias correction (fixed) and without (upstream)."""
+    ms, gs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
+    old = torch.rand(len(shapes), generator=gen) * 2 - 1
+    steps = torch.randint(1, 40, (len(shapes),), generator=gen)
+    tam_beta = 0.9
+    P = Packed(ms)
+    T = len(shapes)
+    ones, zeros = torch.ones(T), torch.zeros(T)
+    tab = hina_step.PerTensor(ones, ones, zeros, zeros, ones, ones, zeros)
+    consts = hina_step.group_constants({"betas": (0.9, 0.999), "eps": 1e-8}, None, "cpu")
+    flags = hina_step.Flags(stale=False, floor=False, roundoff=False, orthogonal=False, tam=True, grams=False,
+                            cautious=False, masked=False, padding_safe=True)  # fmt: skip
+    m, g = P.pack(ms), P.pack(gs)
+    buffers = hina_step.Buffers(torch.zeros_like(m), g, m, torch.ones_like(m), None)
+    dot, mm, gg = hina_step.tam_sums(buffers, tab, P.idx, consts, flags)
+    out = []
+    for correction in (None, (1 - tam_beta ** steps.double()).float()):
+        factor, alignment = hina_step.tam_factor(dot, mm, gg, old.clone(), tam_beta, correction)
+        for i, (m0, g0) in enumerate(zip(ms, gs, strict=True)):
+            m_t = m0 * 0.9 + g0 * (1 - 0.9)
+            bias = 1.0 if correction is None else 1 - tam_beta ** int(steps[i])
+            rf, ra = tam.tam_damping(m_t, g0, old[i], tam_beta, bias)
+            a_terms = tam_beta * old[i].abs() + (1 - tam_beta)
+            factor_terms = (1 + a_terms / bias) / 2
+            out += [("A", torch.as_tensor(ra).float(), alignment[i], a_terms),
+                    ("(1 + Â)/2", torch.as_tensor(rf).float(), factor[i].float(), factor_terms)]  # fmt: skip
+    return out
 
 
 def run_tam_improved(gen, shapes, fixed=False):
@@ -361,6 +392,8 @@ TECHNIQUE_CASES = [
           run_tam_improved),
     _case("TAM (Improved, fixed)", "T4b", "tam", "reference.tam.tam_improved_fixed",
           "optimized.improved_step.tam", partial(run_tam_improved, fixed=True)),
+    _case("TAM damping (HinaAdamW)", "T4e", "tam", "reference.tam.tam_damping", "optimized.hina_step.tam_factor",
+          run_tam_damping),
     _case("TAM (S2o)", "T4b", "tam", "reference.tam.tam_s2o", "optimized.seed004_step.tam_s2o", run_tam_s2o),
     _case("TAM as the update direction (upstream)", "T4c", "tam", "reference.tam.tam_as_update",
           "optimized.improved8_step.tam_direction", run_tam_as_update),

@@ -246,20 +246,18 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         return out
 
     def _tam_factor(self, b: Bucket, tab: H.PerTensor, consts, flags, t, member_t):
-        """T4e: a = cos(m_t, g̃), A ← τβ·A + (1−τβ)·a, factor (1 + A/bc)/2, in the state dtype."""
+        """T4e (hina_step.tam_factor) for the tensors in `member_t`; their alignment A is written."""
         buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None,
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
         dot, mm, gg = H.tam_sums(buffers, tab, b.idx, consts, flags)
-        sdt = b.state_dtype
-        m_norm, g_norm = mm.sqrt().to(sdt), gg.sqrt().to(sdt)
-        a = torch.where((m_norm > 0) & (g_norm > 0), dot.to(sdt) / (m_norm * g_norm), 0)
-        old = b.states["momentum_alignment"]
-        alignment = self.tam_beta * old + (1 - self.tam_beta) * a
-        old.copy_(torch.where(member_t, alignment, old))
-        if self.fixed:  # Â = A/(1 − τβ^t), the scalar taken in float32 as torch takes a Python scalar
+        correction = None
+        if self.fixed:  # 1 − τβ^t
             tf = torch.from_numpy(np.maximum(t, 1).astype(np.float64)).to(b.device)
-            alignment = (alignment.float() / (1 - self.tam_beta**tf).float()).to(sdt)
-        return ((1 + alignment) / 2).double()
+            correction = (1 - self.tam_beta**tf).float()
+        old = b.states["momentum_alignment"]
+        factor, alignment = H.tam_factor(dot, mm, gg, old, self.tam_beta, correction)
+        old.copy_(torch.where(member_t, alignment, old))
+        return factor
 
     # ------------------------------------------------------------------ persistence, monitoring
     def _publish(self, b: Bucket, tensors=None) -> None:

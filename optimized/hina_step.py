@@ -5,7 +5,8 @@ the SPD ratio) are computed between the passes on [T] tensors, in the dtype the 
 in, so their roundings are the reference's. The passes, all compiled:
 1. `gradient_sums`: per tensor Σ|g| (the NaN/Inf check), Σg, Σg², and with OrthoGrad ⟨θ,g⟩, ⟨θ,θ⟩;
    then, with OrthoGrad, `projected_sums`: Σg⊥, Σg⊥² of the projected gradient AGR is applied to.
-2. `tam_sums` (TAM): ⟨m_t, g̃⟩, ‖m_t‖², ‖g̃‖² of this step's momentum, which is not stored yet.
+2. `tam_sums` (TAM): ⟨m_t, g̃⟩, ‖m_t‖², ‖g̃‖² of this step's momentum, which is not stored yet; from them
+   `tam_factor` (not compiled, on [T] tensors) gives the damping factor and the new alignment.
 3. `main_pass`: moments, U, the TAM/Grams/Cautious transforms, θ ← θ − step·U, the weight decay, and
    the writes of m and v (in place: the stale v̄ is v as loaded); with SPD it also returns ‖θ − θ0‖²,
    ‖θ‖² of the new θ.
@@ -136,6 +137,19 @@ def _tam_sums(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags):
     if not f.padding_safe:  # 8-bit padding codes need not decode to 0 (a loaded state leaves them as they are)
         m = torch.where(K.valid_mask(idx), m, 0.0)
     return K.tensor_sum(m * gt, idx), K.tensor_sum(m * m, idx), K.tensor_sum(gt * gt, idx)
+
+
+def tam_factor(dot, mm, gg, alignment, tam_beta: float, bias_correction=None):
+    """T4e on [T] tensors (readable twin: reference.tam.tam_damping) → (factor float64, A_new), in the state
+    dtype of `alignment`: a = ⟨m_t, g̃⟩/(‖m_t‖‖g̃‖) (0 if a norm is 0), A ← τβ·A + (1−τβ)·a, factor (1 + Â)/2
+    with Â = A, or A/(1 − τβ^t) given `bias_correction` = 1 − τβ^t (float32, taken as torch takes a Python
+    scalar)."""
+    dtype = alignment.dtype
+    m_norm, g_norm = mm.sqrt().to(dtype), gg.sqrt().to(dtype)
+    a = torch.where((m_norm > 0) & (g_norm > 0), dot.to(dtype) / (m_norm * g_norm), 0)
+    new = tam_beta * alignment + (1 - tam_beta) * a
+    corrected = new if bias_correction is None else (new.float() / bias_correction).to(dtype)
+    return ((1 + corrected) / 2).double(), new
 
 
 def _main_pass(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags, spd: bool):
