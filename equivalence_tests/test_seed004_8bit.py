@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference
-from optimized import minmax_codec
+from optimized import minmax_codec, stack_blocks
 from reference import minmax_8bit
 
 from .harness import roundtrip
@@ -59,7 +59,7 @@ def test_stacked_codec_is_the_readable_one_bit_for_bit(x, block_size, count):
     """optimized.minmax_codec on a stack of `count` tensors: each row's codes, scales and zeros are the
     reference's, and so is its de-quantised value; storing with feedback keeps x + e = D(q) + e_new."""
     stack = torch.stack([x * (i + 1) for i in range(count)])
-    ix = minmax_codec.block_index(x.numel(), block_size, x.device)
+    ix = stack_blocks.block_index(x.numel(), block_size, x.device)
     q, scale, zero = minmax_codec.quantize(stack, ix)
     for i in range(count):
         q_i, scale_i, zero_i = minmax_8bit.quantize(stack[i], block_size)

@@ -16,7 +16,7 @@ from reference import automagic_cameamp_8bit_seed004 as readable
 from reference.automagic_cameamp_improved import EARLY_RESIDUAL_BETA
 from reference.low_rank_penalty import rank_aware_decay_s2o
 
-from . import improved_step, minmax_codec
+from . import improved_step, minmax_codec, stack_blocks
 from . import seed004_step as S
 from .automagic_cameamp_improved import Automagic_CameAMP_Improved
 from .shape_stack import ShapeStack, host_scalar_dtype
@@ -27,7 +27,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
-        self._block_indices: dict[tuple, minmax_codec.BlockIndex] = {}  # by (numel, device)
+        self._block_indices: dict[tuple, stack_blocks.BlockIndex] = {}  # by (numel, device)
 
     def _step_stack(self, stack: ShapeStack, stacked_grad, group, group_sum):
         """Host bookkeeping (step counts, states that start or end, per-tensor host scalars), the rank
@@ -93,11 +93,11 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             keys = readable.QUANTIZED + readable.QUANTIZED_WITHOUT_MIXED_PRECISION
             minmax_codec.fold_errors(st, keys, ix)
 
-    def _block_index(self, stack: ShapeStack) -> minmax_codec.BlockIndex:
+    def _block_index(self, stack: ShapeStack) -> stack_blocks.BlockIndex:
         n, device = stack.theta[0].numel(), stack.theta.device
         key = (n, device)
         if key not in self._block_indices:
-            self._block_indices[key] = minmax_codec.block_index(n, self.config.block_size, device)
+            self._block_indices[key] = stack_blocks.block_index(n, self.config.block_size, device)
         return self._block_indices[key]
 
     def _drop_stacked(self, stack: ShapeStack, key: str) -> None:

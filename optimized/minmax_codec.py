@@ -3,44 +3,23 @@ readable twin: reference.minmax_8bit), traceable into a compiled step.
 
 A state `k` of a stack of c tensors is stored, as the reference stores it per tensor, as `k_q` (uint8,
 [c, *shape]), `k_scale` and `k_zero` (fp32, [c, n_blocks]) and, with error feedback, `k_err` (fp32,
-[c, *shape]). Blocks are B consecutive elements of one tensor; a short last block is padded with the
-tensor's own last element, so padding never moves a block's min or max.
+[c, *shape]), in the blocks of optimized.stack_blocks.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 
 from reference.minmax_8bit import LEVELS
 
+from .stack_blocks import BlockIndex, rows
+
 PARTS = ("q", "scale", "zero", "err")
-
-
-class BlockIndex(NamedTuple):
-    """Where the blocks of one tensor size are, as index tensors (graph inputs, so the compiled step indexes
-    by loads rather than by symbolic arithmetic on the size, which inductor's CPU tiling cannot simplify)."""
-
-    gather: torch.Tensor  # [n_blocks, B] int64: element j of block b; past the end, the last element
-    block_of: torch.Tensor  # [n] int64: the block of each element
-
-
-def block_index(n: int, block_size: int, device) -> BlockIndex:
-    """The short last block is read as if padded with the tensor's last element, which moves neither its
-    min nor its max (the reference pads with that element)."""
-    n_blocks = -(-n // block_size)
-    gather = torch.arange(n_blocks * block_size, device=device).clamp(max=n - 1).reshape(n_blocks, block_size)
-    return BlockIndex(gather, torch.arange(n, device=device) // block_size)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
 
 
 def quantize(x: torch.Tensor, ix: BlockIndex):
     """Q_B(x[i]) for each i → (q uint8 [c, *shape], scale [c, n_blocks], zero [c, n_blocks])."""
-    flat = _rows(x.float())
+    flat = rows(x.float())
     blocks = flat[:, ix.gather]
     lo, hi = blocks.amin(dim=2), blocks.amax(dim=2)
     # s_b = (max_b − min_b)/255, z_b = min_b
@@ -54,7 +33,7 @@ def quantize(x: torch.Tensor, ix: BlockIndex):
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ix: BlockIndex) -> torch.Tensor:
     """x̂ = q·s_b + z_b (fp32, q's shape)."""
-    return (_rows(q).float() * scale[:, ix.block_of] + zero[:, ix.block_of]).reshape(q.shape)
+    return (rows(q).float() * scale[:, ix.block_of] + zero[:, ix.block_of]).reshape(q.shape)
 
 
 def is_quantized(st: dict, key: str) -> bool:

@@ -151,7 +151,7 @@ def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, rank_term, r
     """One step of a stack: θ (`theta_store`) and the states `st` are written in place. `scalars`:
     [β1_t, 1 − β1_t, λ] (consistency momentum, SPD's decay), `rank_term`: T24's term added to g̃ (or None),
     `res_weight` [c]: the fixed residual's bias correction, `mask_scale` [c]: the post-warm-up scale, `jumps`
-    [c]: the warm-up mask's lr jumps, `ix`: the blocks (minmax_codec.BlockIndex; None when no state is
+    [c]: the warm-up mask's lr jumps, `ix`: the blocks (stack_blocks.BlockIndex; None when no state is
     quantised). Returns the new LR mask while warm if it is stored
     quantised (for avg_lr), else None."""
     raw_grad = raw_grad.to(f.dtype)

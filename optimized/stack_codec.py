@@ -4,7 +4,7 @@ of same-shape tensors, traceable into a compiled step.
 A state `k` of a stack of c tensors is stored, as the reference's Blockwise8bitStates stores it per tensor,
 as `k_q` (uint8 codes, [c, *shape]) and `k_q_scale` (fp32 block absmax, [c, n_blocks]). Blocks are B
 consecutive elements of one tensor; the short last block is read padded with the tensor's last element
-(minmax_codec.BlockIndex), which never raises its absmax. The code index is optimized.codec's (bitsandbytes'
+(optimized.stack_blocks), which never raises its absmax. The code index is optimized.codec's (bitsandbytes'
 CPU rule), so on the same fp32 input the codes are the reference's.
 """
 
@@ -18,7 +18,7 @@ import torch
 from reference import blockwise_8bit as readable
 
 from .codec import encode, zero_code
-from .minmax_codec import BlockIndex, block_index
+from .stack_blocks import BlockIndex, block_index, rows
 
 PARTS = ("q", "q_scale")
 
@@ -44,10 +44,6 @@ def blocks_for(shape, device, exact_zero: bool = False) -> Blocks:
                   zero_code(exact_zero, device))  # fmt: skip
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
-
-
 def _per_element(absmax: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """Each element's block absmax, broadcast against the [c, n] rows or [c, n_blocks, B] blocks."""
     return absmax[:, blocks.index.block_of] if blocks.index is not None else absmax[:, :, None]
@@ -60,7 +56,7 @@ def _blocked(x: torch.Tensor, blocks: Blocks) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, blocks: Blocks):
     """x [c, *shape] → (codes uint8 [c, *shape], absmax fp32 [c, n_blocks])."""
-    flat = _blocked(_rows(x.float()), blocks)
+    flat = _blocked(rows(x.float()), blocks)
     # N_b = max |x| over the block (a gather of the padded blocks unless they are a reshape)
     magnitude = flat.abs()
     absmax = (magnitude[:, blocks.index.gather] if blocks.index is not None else magnitude).amax(dim=2)
@@ -69,7 +65,7 @@ def quantize(x: torch.Tensor, blocks: Blocks):
 
 def dequantize(q: torch.Tensor, absmax: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """x̂ = code[q] · N_b (fp32, q's shape); int32 indices, as optimized.codec reads them."""
-    codes = _blocked(_rows(q), blocks)
+    codes = _blocked(rows(q), blocks)
     return (blocks.code[codes.int()] * _per_element(absmax, blocks)).reshape(q.shape)
 
 
