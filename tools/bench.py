@@ -17,7 +17,8 @@ state byte read and written) over its time, beside a bandwidth line measured in 
 of a few `c = a + s·b` passes over 768 MB, which moves 12 bytes per element). Writes reports/bench.png.
 "Traffic floor" is that least traffic over fused AdamW's (28 bytes/param): the × fused AdamW a step would
 take if it moved only that traffic at AdamW's GB/s. A goal below it cannot be met by any step that keeps
-these states; extra passes for dependent reductions only raise it.
+these states; extra passes for dependent reductions only raise it: for Automagic_CameAMP the report also gives
+the floor over the passes its reductions force (docs/pass-floor.md).
 
 The memory section (tools/bench_frozen.py) compares state, workspace and saved-adapter bytes of the flat-buffer
 classes with the reference's on a frozen base beside a LoRA.
@@ -235,6 +236,10 @@ GOALS = (
     ("Improved", "t ≥ W", 4.0),
 )
 BNB_GOAL = 3.0  # every 8-bit class at least this much faster than bitsandbytes AdamW8bit, in every phase
+# Automagic_CameAMP's least bytes/param per phase over the passes its reductions force (docs/pass-floor.md),
+# over fused AdamW's 28
+PASS_FLOOR = {"t < W/2": 86, "W/2 ≤ t < W": 58, "t ≥ W": 52}
+ADAMW_BYTES = 28
 
 
 def whole_run(phases: dict) -> dict:
@@ -243,9 +248,10 @@ def whole_run(phases: dict) -> dict:
             if set(by_phase) == set(PHASES)}  # fmt: skip
 
 
-def phase_table(rows, phases: dict) -> list[str]:
+def phase_table(rows, phases: dict, flat: bool) -> list[str]:
     """Per class: each phase and the whole run as × fused AdamW, and bitsandbytes AdamW8bit's time over the
-    row's for the 8-bit classes; then the goals met or missed."""
+    row's for the 8-bit classes; then the goals met or missed and, on a flat workload, Automagic_CameAMP's pass
+    floor."""
     bnb = next((ratio for name, _, ratio, *_ in rows if name.startswith("bitsandbytes")), None)
     whole = whole_run(phases)
     out = ["| class | " + " | ".join(PHASES) + " | whole 1,000-step run (W = 500) | bitsandbytes ÷ this, worst phase |",
@@ -259,6 +265,13 @@ def phase_table(rows, phases: dict) -> list[str]:
         value = whole.get(label) if phase == "whole run" else phases.get(label, {}).get(phase)
         if value is not None:
             out.append(f"- {label}, {phase}: {value:.2f}× (goal ≤ {goal}): {'met' if value <= goal else 'missed'}")
+    if flat and set(phases.get("Automagic_CameAMP", ())) == set(PHASES):
+        out += ["", "Pass floor of Automagic_CameAMP (docs/pass-floor.md; × fused AdamW at its bandwidth):", ""]
+        for phase, floor in ((ph, PASS_FLOOR[ph] / ADAMW_BYTES) for ph in PHASES):
+            value = phases["Automagic_CameAMP"][phase]
+            out.append(f"- {phase}: floor {floor:.2f}×, measured {value:.2f}× ({value / floor:.2f} of the floor)")
+        floor = sum(RUN_WEIGHTS[ph] * PASS_FLOOR[ph] / ADAMW_BYTES for ph in PHASES)
+        out.append(f"- whole run: floor {floor:.2f}×, measured {whole['Automagic_CameAMP']:.2f}×")
     for label in EIGHT_BIT:
         if bnb and label in phases:
             worst = bnb / max(phases[label].values())
@@ -325,7 +338,7 @@ def main():
         for name, t, ratio, bpp, peak, gbs in rows:
             floor = t * gbs / base_bytes
             lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} | {gbs:.1f} | {floor:.2f} |")
-        lines += ["", *phase_table(rows, phases), ""]
+        lines += ["", *phase_table(rows, phases, workload.startswith("flat")), ""]
         lines += [f"optimized workspace (gradient buffer that p.grad points into, early-phase scratch freed at "
                       f"W/2): {workspace:.1f} bytes/param after warm-up",
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "
