@@ -174,12 +174,12 @@ def run_tam_damping(gen, shapes):
     ms, gs = [_randn(gen, s) for s in shapes], [_randn(gen, s) for s in shapes]
     old = torch.rand(len(shapes), generator=gen) * 2 - 1
     steps = torch.randint(1, 40, (len(shapes),), generator=gen)
-    tam_beta = 0.9
+    beta1, tam_beta = 0.9, 0.9
     P = Packed(ms)
     T = len(shapes)
     ones, zeros = torch.ones(T), torch.zeros(T)
     tab = hina_step.PerTensor(ones, ones, zeros, zeros, ones, ones, zeros)
-    consts = hina_step.group_constants({"betas": (0.9, 0.999), "eps": 1e-8}, None, "cpu")
+    consts = hina_step.group_constants({"betas": (beta1, 0.999), "eps": 1e-8}, None, "cpu")
     flags = hina_step.Flags(stale=False, floor=False, roundoff=False, orthogonal=False, tam=True, grams=False,
                             cautious=False, masked=False, padding_safe=True)  # fmt: skip
     m, g = P.pack(ms), P.pack(gs)
@@ -189,7 +189,7 @@ def run_tam_damping(gen, shapes):
     for correction in (None, (1 - tam_beta ** steps.double()).float()):
         factor, alignment = hina_step.tam_factor(dot, mm, gg, old.clone(), tam_beta, correction)
         for i, (m0, g0) in enumerate(zip(ms, gs, strict=True)):
-            m_t = m0 * 0.9 + g0 * (1 - 0.9)
+            m_t = m0 * beta1 + g0 * (1 - beta1)
             bias = 1.0 if correction is None else 1 - tam_beta ** int(steps[i])
             rf, ra = tam.tam_damping(m_t, g0, old[i], tam_beta, bias)
             a_terms = tam_beta * old[i].abs() + (1 - tam_beta)

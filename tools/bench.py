@@ -267,10 +267,11 @@ def phase_table(rows, phases: dict, flat: bool) -> list[str]:
             out.append(f"- {label}, {phase}: {value:.2f}× (goal ≤ {goal}): {'met' if value <= goal else 'missed'}")
     if flat and set(phases.get("Automagic_CameAMP", ())) == set(PHASES):
         out += ["", "Pass floor of Automagic_CameAMP (docs/pass-floor.md; × fused AdamW at its bandwidth):", ""]
-        for phase, floor in ((ph, PASS_FLOOR[ph] / ADAMW_BYTES) for ph in PHASES):
+        floors = {ph: PASS_FLOOR[ph] / ADAMW_BYTES for ph in PHASES}
+        for phase, floor in floors.items():
             value = phases["Automagic_CameAMP"][phase]
             out.append(f"- {phase}: floor {floor:.2f}×, measured {value:.2f}× ({value / floor:.2f} of the floor)")
-        floor = sum(RUN_WEIGHTS[ph] * PASS_FLOOR[ph] / ADAMW_BYTES for ph in PHASES)
+        floor = whole_run({"floor": floors})["floor"]
         out.append(f"- whole run: floor {floor:.2f}×, measured {whole['Automagic_CameAMP']:.2f}×")
     for label in EIGHT_BIT:
         if bnb and label in phases:
