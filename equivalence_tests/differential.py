@@ -12,7 +12,7 @@ groups, a gradient scale per tensor in 1e-8..1e3 with exactly-zero elements and 
              too, by design; the draw then passes if the fast path is nonfinite at exactly the same elements;
   lockstep   each step from identical state: the parameters within the lockstep bound, or within
              SELF_DIVERGENCE × the reference's own one-step sensitivity (harness.RoundingPerturbed, the largest
-             over harness.SELF_SEEDS where the first does not suffice). Each re-sync
+             over harness.SELF_PERTURBATIONS where the first does not suffice). Each re-sync
              loads the reference's state_dict into the optimized optimizer: the cross-implementation load;
   free       a free run: the parameters within the free-running bound, or within SELF_DIVERGENCE × the
              reference's own drift over the same run (harness.assert_free_running);

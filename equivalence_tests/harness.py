@@ -18,7 +18,7 @@ import optimized
 import reference
 import reference.automagic_cameamp_improved
 import reference.automagic_cameamp_improved_8bit
-from reference import blockwise_8bit
+from reference import blockwise_8bit, minmax_8bit
 
 from .tolerances import SELF_DIVERGENCE, scaled_error
 
@@ -200,18 +200,78 @@ PERTURBED_CALLS = (
     (reference.adabelief_residual, "update_residual", _residual_inputs_rounded),
 )
 
+# An 8-bit code (both codecs) is decided by rounding a scaled value, and where that value lies within NEAR_TIE_ULPS
+# of a rounding edge another order of the same operations decides it the other way. Such near-ties are rare, so a
+# perturbed run meets the ones a fast path meets only by chance, and one code on the other side can be amplified
+# into a large step (seed 004 upstream: a code of m one step off, then of r, whose rsqrt scales the update: 1e-2,
+# where a run on the reference's side of it drifts 6e-4). Which side a perturbed run takes depends on the CPU (on
+# one all three seeds took the reference's side, on another all took the other), so each perturbation runs twice
+# (own_drift): with the codes as they round, and with every near-tie code on its edge's other side; between them,
+# both sides of each near-tie.
+NEAR_TIE_CALLS = (
+    (minmax_8bit, "quantize", lambda f, _: _minmax_near_ties_flipped(f)),
+    (blockwise_8bit, "quantize", lambda f, _: _blockwise_near_ties_flipped(f)),
+)
+
+
+# How close to a rounding edge a code's input may lie for another order to decide it: ulps of the magnitudes the
+# rounded value is formed from (x, and the block's zero point where it is subtracted): the subtraction and the
+# scaling are two roundings. The fast paths' flips seen were 0.5 and 0.94 ulps from the edge (2026-12-06).
+NEAR_TIE_ULPS = 2
+
+
+def _minmax_near_ties_flipped(quantize):
+    def flipped(x, block_size):
+        return near_ties_flipped(lambda v: quantize(v, block_size), x, block_size, zero_point=True)
+
+    return flipped
+
+
+def _blockwise_near_ties_flipped(quantize):
+    def flipped(x, blocksize=blockwise_8bit.BLOCKSIZE, exact_zero=False):
+        return near_ties_flipped(lambda v: quantize(v, blocksize, exact_zero), x, blocksize, zero_point=False)
+
+    return flipped
+
+
+def near_ties_flipped(quantize, x: torch.Tensor, block_size: int, zero_point: bool):
+    """`quantize(x)` → (codes, *block statistics), each code whose input lies within NEAR_TIE_ULPS of a rounding
+    edge moved to the code on the edge's other side. Found by quantising x with every element moved by that
+    window up, then down, inside its block's [min, max] (the block's extremes stay, so its statistics do too)."""
+    codes, *stats = quantize(x)
+    flat = x.detach().reshape(-1).float()
+    if flat.numel() == 0:
+        return (codes, *stats)
+    blocks = minmax_8bit._blocks(flat, block_size)
+    lo, hi = (b.expand_as(blocks).reshape(-1)[: flat.numel()] for b in blocks.aminmax(dim=1, keepdim=True))
+    magnitude = flat.abs() + lo.abs() if zero_point else flat.abs()
+    window = NEAR_TIE_ULPS * torch.finfo(torch.float32).eps * magnitude
+    extreme = (flat == lo) | (flat == hi)
+    result, decided = codes.reshape(-1).clone(), torch.zeros_like(extreme)
+    for sign in (1, -1):
+        moved = torch.where(extreme, flat, torch.clamp(flat + sign * window, lo, hi))
+        moved_codes, *moved_stats = quantize(moved.reshape(x.shape))
+        assert all(map(torch.equal, stats, moved_stats)), "moving the near-ties changed a block's statistics"
+        other = (moved_codes.reshape(-1) != codes.reshape(-1)) & ~decided
+        result = torch.where(other, moved_codes.reshape(-1), result)
+        decided |= other
+    return (result.reshape(codes.shape), *stats)
+
 
 class RoundingPerturbed:
     """An optimizer whose parameters and gradients get a relative error of up to one unit round-off of the
     working precision before each step, and where one rounding inside the step decides its result (PERTURBED_CALLS:
     group sums, the residual's inputs) get one there: what one rounding of the step's inputs, or another order of
-    its operations, does. Run beside the unperturbed reference, it measures
-    how far the reference's own run carries a rounding error (tolerances.SELF_DIVERGENCE). θ is perturbed too,
-    since some terms depend on it alone (the rank penalty's SVD of θ)."""
+    its operations, does. Run beside the unperturbed reference, it measures how far the reference's own run
+    carries a rounding error (tolerances.SELF_DIVERGENCE). θ is perturbed too, since some terms depend on it alone
+    (the rank penalty's SVD of θ). Its seed, and whether its 8-bit codes at a near-tie take the other side
+    (NEAR_TIE_CALLS), are own_drift's current perturbation."""
 
-    def __init__(self, optimizer, seed: int | None = None):
+    def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.generator = torch.Generator().manual_seed(_perturbation_seed[0] if seed is None else seed)
+        seed, flip_near_ties = _perturbation[0]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.calls = PERTURBED_CALLS + (NEAR_TIE_CALLS if flip_near_ties else ())
 
     @torch.no_grad()
     def step(self, *args, **kwargs):
@@ -220,13 +280,13 @@ class RoundingPerturbed:
                 if p.grad is not None and p.grad.is_floating_point():
                     p.grad = perturbed(p.grad, self.generator)
                     p.copy_(perturbed(p, self.generator))
-        originals = [getattr(module, name) for module, name, _ in PERTURBED_CALLS]
-        for (module, name, rounded), original in zip(PERTURBED_CALLS, originals, strict=True):
+        originals = [getattr(module, name) for module, name, _ in self.calls]
+        for (module, name, rounded), original in zip(self.calls, originals, strict=True):
             setattr(module, name, rounded(original, self.generator))
         try:
             return self.optimizer.step(*args, **kwargs)
         finally:
-            for (module, name, _), original in zip(PERTURBED_CALLS, originals, strict=True):
+            for (module, name, _), original in zip(self.calls, originals, strict=True):
                 setattr(module, name, original)
 
     def __getattr__(self, name):
@@ -249,21 +309,23 @@ def make_partner(partner, name: str, params, **kwargs):
 
 
 SELF_SEEDS = (12345, 1, 2)  # the perturbations whose largest drift is the reference's own
-_perturbation_seed = [SELF_SEEDS[0]]  # what RoundingPerturbed draws from unless given a seed
+# each seed with the 8-bit codes as they round, then with every near-tie on the other side (NEAR_TIE_CALLS)
+SELF_PERTURBATIONS = tuple((seed, flip) for seed in SELF_SEEDS for flip in (False, True))
+_perturbation = [SELF_PERTURBATIONS[0]]  # what RoundingPerturbed uses unless told
 
 
 def own_drift(run, enough: float) -> float:
-    """The largest of `run()` (a run with a RoundingPerturbed partner) over SELF_SEEDS, stopping once one reaches
-    `enough`: one perturbation is a noisy sample of how far rounding carries the reference."""
+    """The largest of `run()` (a run with a RoundingPerturbed partner) over SELF_PERTURBATIONS, stopping once one
+    reaches `enough`: one perturbation is a noisy sample of how far rounding carries the reference."""
     drift = 0.0
     try:
-        for seed in SELF_SEEDS:
-            _perturbation_seed[0] = seed
+        for perturbation in SELF_PERTURBATIONS:
+            _perturbation[0] = perturbation
             drift = max(drift, run())
             if drift >= enough:
                 break
     finally:
-        _perturbation_seed[0] = SELF_SEEDS[0]
+        _perturbation[0] = SELF_PERTURBATIONS[0]
     return drift
 
 

@@ -132,12 +132,17 @@ def resumes_bit_identically(make, new_optimizer) -> bool:
     return all(torch.equal(a, b) for a, b in zip(straight, resumed, strict=True))
 
 
-def saved_after_steps(ref, opt, ref_params, opt_params, steps=3):
-    """Both optimizers `steps` steps on the same random gradients; the optimized one's state_dict, saved and
-    loaded back (weights_only)."""
-    for _ in range(steps):
+def saved_after_steps(ref, opt, ref_params, opt_params, steps=3, seed=0):
+    """Both optimizers `steps` steps on the same random gradients, in lockstep (the optimized one re-synced to
+    the reference before each step after the first, so its state holds one step's round-off: a free run would
+    carry an 8-bit code that flipped at a near-tie into the next step's reads); the optimized one's state_dict,
+    saved and loaded back (weights_only)."""
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        if t:
+            resync(ref, opt, ref_params, opt_params)
         for a, b in zip(ref_params, opt_params, strict=True):
-            a.grad = torch.randn_like(a)
+            a.grad = torch.randn(a.shape, generator=gen, dtype=a.dtype)
             b.grad = a.grad.clone()
         ref.step()
         opt.step()
