@@ -200,34 +200,20 @@ PERTURBED_CALLS = (
     (reference.adabelief_residual, "update_residual", _residual_inputs_rounded),
 )
 
-# An 8-bit code (both codecs) is decided by rounding a scaled value, and where that value lies within NEAR_TIE_ULPS
-# of a rounding edge another order of the same operations decides it the other way. Such near-ties are rare, so a
-# perturbed run meets the ones a fast path meets only by chance, and one code on the other side can be amplified
-# into a large step (seed 004 upstream: a code of m one step off, then of r, whose rsqrt scales the update: 1e-2,
-# where a run on the reference's side of it drifts 6e-4). Which side a perturbed run takes depends on the CPU (on
-# one all three seeds took the reference's side, on another all took the other), so each perturbation runs twice
-# (own_drift): with the codes as they round, and with every near-tie code on its edge's other side; between them,
-# both sides of each near-tie.
-NEAR_TIE_CALLS = (
-    (minmax_8bit, "quantize", lambda f, _: _minmax_near_ties_flipped(f)),
-    (blockwise_8bit, "quantize", lambda f, _: _blockwise_near_ties_flipped(f)),
-)
-
-
 # How close to a rounding edge a code's input may lie for another order to decide it: ulps of the magnitudes the
 # rounded value is formed from (x, and the block's zero point where it is subtracted): the subtraction and the
 # scaling are two roundings. The fast paths' flips seen were 0.5 and 0.94 ulps from the edge (2026-12-06).
 NEAR_TIE_ULPS = 2
 
 
-def _minmax_near_ties_flipped(quantize):
+def _minmax_near_ties_flipped(quantize, _generator):
     def flipped(x, block_size):
         return near_ties_flipped(lambda v: quantize(v, block_size), x, block_size, zero_point=True)
 
     return flipped
 
 
-def _blockwise_near_ties_flipped(quantize):
+def _blockwise_near_ties_flipped(quantize, _generator):
     def flipped(x, blocksize=blockwise_8bit.BLOCKSIZE, exact_zero=False):
         return near_ties_flipped(lambda v: quantize(v, blocksize, exact_zero), x, blocksize, zero_point=False)
 
@@ -256,6 +242,20 @@ def near_ties_flipped(quantize, x: torch.Tensor, block_size: int, zero_point: bo
         result = torch.where(other, moved_codes.reshape(-1), result)
         decided |= other
     return (result.reshape(codes.shape), *stats)
+
+
+# An 8-bit code (both codecs) is decided by rounding a scaled value, and where that value lies within NEAR_TIE_ULPS
+# of a rounding edge another order of the same operations decides it the other way. Such near-ties are rare, so a
+# perturbed run meets the ones a fast path meets only by chance, and one code on the other side can be amplified
+# into a large step (seed 004 upstream: a code of m one step off, then of r, whose rsqrt scales the update: 1e-2,
+# where a run on the reference's side of it drifts 6e-4). Which side a perturbed run takes depends on the CPU (on
+# one all three seeds took the reference's side, on another all took the other), so each perturbation runs twice
+# (own_drift): with the codes as they round, and with every near-tie code on its edge's other side; between them,
+# both sides of each near-tie.
+NEAR_TIE_CALLS = (
+    (minmax_8bit, "quantize", _minmax_near_ties_flipped),
+    (blockwise_8bit, "quantize", _blockwise_near_ties_flipped),
+)
 
 
 class RoundingPerturbed:
@@ -311,7 +311,7 @@ def make_partner(partner, name: str, params, **kwargs):
 SELF_SEEDS = (12345, 1, 2)  # the perturbations whose largest drift is the reference's own
 # each seed with the 8-bit codes as they round, then with every near-tie on the other side (NEAR_TIE_CALLS)
 SELF_PERTURBATIONS = tuple((seed, flip) for seed in SELF_SEEDS for flip in (False, True))
-_perturbation = [SELF_PERTURBATIONS[0]]  # what RoundingPerturbed uses unless told
+_perturbation = [SELF_PERTURBATIONS[0]]  # the (seed, flip near-ties) a new RoundingPerturbed takes; own_drift sets it
 
 
 def own_drift(run, enough: float) -> float:

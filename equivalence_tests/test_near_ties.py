@@ -33,7 +33,10 @@ def test_minmax_codes_move_one_step_and_only_at_an_edge(seed, n, magnitude):
     # a few ulps more than the window: the edge itself is computed in float64 from rounded s and z
     slack = 4 * EPS * (x.abs() + z.abs() + 255 * s)
     assert bool(((x.double() - edge).abs()[changed] <= (window + slack)[changed]).all())
-    assert changed.float().mean() < 0.01  # near-ties are rare in random data
+    # near-ties are rare in random data (a 2-ulp window against a code step of range/255: ≲ 3e-4 of the elements);
+    # a count, not a fraction, so that one near-tie among a few elements (n can be 3, one element not an
+    # extreme) is not a failure
+    assert changed.sum() <= 1 + 0.01 * n
 
 
 def test_a_value_on_an_edge_takes_the_other_side_and_one_off_it_does_not():
