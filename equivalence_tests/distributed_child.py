@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -144,28 +145,34 @@ def train_fsdp(package, name, compat, micro: int, rank: int, mesh) -> list[torch
     return whole(model)
 
 
-def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path) -> list[torch.Tensor]:
-    """STOP steps; the full model and optimizer state dicts through torch.distributed.checkpoint's state_dict
-    API, saved by rank 0 (weights_only); a fresh FSDP2 model and optimizer load them and take the other steps.
-    The optimizer loads with the default options: its full-state-dict load needs the fresh optimizer to hold
-    state tensors already (torch's own optimizers get them from a zero step), and ours hold none before a step."""
+def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path, route: str) -> list[torch.Tensor]:
+    """STOP steps; the checkpoint, then a fresh FSDP2 model and optimizer resume from it and take the other steps.
+    `full`: the full model and optimizer state dicts through torch.distributed.checkpoint's state_dict API, saved
+    by rank 0 (weights_only), loaded with full_state_dict=True into the fresh optimizer's own state dict; `dcp`:
+    `dcp.save` of the default (per-rank) optimizer state dict, `dcp.load` into the fresh one's."""
     model, opt = fsdp_pair(package, name, compat, mesh)
     fsdp_steps(model, opt, range(STOP), 1, rank)
     if rank == 0:  # one rank alone may take state_dict(): it makes no collective (the group's timeout says so)
         opt.state_dict()
     dist.barrier()
     full = StateDictOptions(full_state_dict=True)
-    saved = {
-        "model": get_model_state_dict(model, options=full),
-        "optim": get_optimizer_state_dict(model, opt, options=full),
-    }
-    if rank == 0:
-        torch.save(saved, path)
-    dist.barrier()
-    saved = torch.load(path, weights_only=True)
+    model_sd = get_model_state_dict(model, options=full)
+    if route == "full":
+        saved = {"model": model_sd, "optim": get_optimizer_state_dict(model, opt, options=full)}
+        if rank == 0:
+            torch.save(saved, path)
+        dist.barrier()
+        saved = torch.load(path, weights_only=True)
+    else:
+        dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=path)
     model, opt = fsdp_pair(package, name, compat, mesh)
-    set_model_state_dict(model, saved["model"], options=full)
-    set_optimizer_state_dict(model, opt, saved["optim"])  # the state is whole on every rank (reference.sharding)
+    set_model_state_dict(model, model_sd, options=full)
+    if route == "full":
+        set_optimizer_state_dict(model, opt, saved["optim"], options=full)
+    else:
+        template = {"optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(template, checkpoint_id=path)
+        set_optimizer_state_dict(model, opt, template["optim"])
     fsdp_steps(model, opt, range(STOP, STEPS), 1, rank)
     return whole(model)
 
@@ -236,9 +243,15 @@ def main(directory: str) -> None:
                             train_single(package, name, compat, micro, world))  # fmt: skip
                 case = f"{package.__name__}.{name} {compat}"
                 path = Path(directory) / f"{case}.pt"
-                compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path),
-                        train_single(package, name, compat, 1, world))  # fmt: skip
+                single = train_single(package, name, compat, 1, world)
+                compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path, "full"), single)
                 checkpoints.append((package, name, compat, case, path))
+                compare(
+                    resumed,
+                    f"{case} dcp",
+                    fsdp_resumed(package, name, compat, rank, mesh, Path(directory) / f"{case}.dcp", "dcp"),
+                    single,
+                )
     dist.destroy_process_group()
     one = {}  # each rank resumes every checkpoint alone, without torch.distributed: world size 2 → 1
     for package, name, compat, case, path in checkpoints:

@@ -8,6 +8,8 @@ coefficient of variation marks every later step an edge case (T16.5, ef < 1).
 import pytest
 import torch
 
+from reference.persistence import pop_wide_state
+
 from .harness import OPTIMIZER_CASES, build, compare_params, make_grads, set_grads
 from .tolerances import lockstep_tolerance
 
@@ -39,7 +41,8 @@ def test_lockstep_with_losses(name, compat):
                 assert mine[key] == saved[key], (t, key, mine[key], saved[key])
             multipliers.add(saved["contextual_lr_multiplier"])
             edges = max(edges, saved["edge_case_count"])
-        assert len(opt_sd["c_optim_state"]["loss_history"]) == len(ref_sd["c_optim_state"]["loss_history"])
+        histories = [pop_wide_state(sd, "c_optim_state")[1]["loss_history"] for sd in (opt_sd, ref_sd)]
+        assert len(histories[0]) == len(histories[1])
         opt.load_state_dict(ref.state_dict())
         with torch.no_grad():
             for a, b in zip(ref_params, opt_params, strict=True):

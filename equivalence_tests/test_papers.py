@@ -16,6 +16,7 @@ INFRASTRUCTURE = {
     "validation",
     "persistence",
     "checkpoint",
+    "checkpoint_layout",
     "config",
     "automagic_base",
     "registry",

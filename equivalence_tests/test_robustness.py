@@ -49,7 +49,8 @@ def test_sparse_and_complex_are_refused_before_any_state_changes(cls):
     p.grad = torch.randn(4, 3).to_sparse()
     with pytest.raises(TypeError, match="sparse"):
         opt.step()
-    assert not any(opt.state_dict()["state"].values())  # placeholders only: no parameter has state
+    assert not any(opt.state.values())  # placeholders only: no parameter has state
+    assert all(entry["step"] == 0 for entry in opt.state_dict()["state"].values())  # saved as not started
     c = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     opt = cls([c], lr=1e-3)
     c.grad = torch.randn(3, dtype=torch.complex64)
@@ -64,12 +65,13 @@ def test_missing_gradients_empty_groups_and_zero_size(cls):
     opt = cls([{"params": [a, b, empty]}, {"params": []}], lr=1e-3, warmup_steps=6, came=False)
     b_before = b.detach().clone()
     opt.step()  # no gradient anywhere: nothing happens
-    assert not any(opt.state_dict()["state"].values())  # placeholders only: no parameter has state
+    assert not any(opt.state.values())  # placeholders only: no parameter has state
+    assert all(entry["step"] == 0 for entry in opt.state_dict()["state"].values())  # saved as not started
     a.grad = torch.randn(5, 4)
     empty.grad = torch.randn(0, 3)
     opt.step()
     state = opt.state_dict()["state"]
-    assert {pid for pid, entry in state.items() if entry} == {0} and state[0]["step"] == 1
+    assert {pid for pid, entry in state.items() if entry["step"]} == {0} and state[0]["step"] == 1
     assert torch.equal(b.detach(), b_before)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from reference import hina_adamw as readable
 from reference.checkpoint import check_entry
+from reference.checkpoint_layout import as_held
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
@@ -290,6 +291,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     @whole_tensor_load
     def load_state_dict(self, state_dict):
         """torch's own load, then the buffers take the loaded values (see adopting_load)."""
+        state_dict = as_held(self, state_dict)
         load_adopting(self, state_dict, lambda sd: torch.optim.Optimizer.load_state_dict(self, sd), self._adopt)
 
     def _adopt(self, state_dict):

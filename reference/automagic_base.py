@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from .checkpoint import check_state_dict, check_states
+from .checkpoint_layout import as_held, saving_warm_layout
 from .config import AutomagicConfig
 from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
@@ -191,6 +192,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
 
     @whole_tensor_load
     def load_state_dict(self, state_dict):
+        state_dict = as_held(self, state_dict)
         self._check_state_dict(state_dict)
         if state_dict.get("magic_version") != self.magic_version:
             warnings.warn(
@@ -203,7 +205,14 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         check_state_dict(self, state_dict)
 
     def _state_dict(self):
-        return super().state_dict()
+        with saving_warm_layout(self):
+            return super().state_dict()
+
+    def _warm_layout(self, p, group) -> dict:
+        """The entry `p` holds during warm-up (reference.checkpoint_layout): its initial state; a class whose
+        first step adds or reshapes a key says so."""
+        self._init_state(p, group)
+        return self.state[p]
 
     def _load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)

@@ -42,6 +42,7 @@ import torch
 from . import came_style, edge_suppression, frequency_penalty, low_rank_penalty, lr_mask, minmax_8bit, spd
 from .automagic_cameamp_improved import AGR_EPS, CAUTIOUS_MIN_MEAN, EARLY_RESIDUAL_BETA, Automagic_CameAMP_Improved
 from .checkpoint import check_state_dict
+from .checkpoint_layout import as_held
 from .config import Optimizer8BitConfig
 from .sharding import whole_tensor_load, whole_tensor_save
 from .spatial_awareness import background_factor, spatial_bump, update_spatial_variance
@@ -259,6 +260,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved):
 
     @whole_tensor_load
     def load_state_dict(self, state_dict):
+        state_dict = as_held(self, state_dict)
         check_state_dict(self, state_dict)
         block_size = state_dict.get("block_size", self.config.block_size)
         if block_size != self.config.block_size:

@@ -43,6 +43,7 @@ from .config import COptimConfig
 from .contextual_lr import ContextualOptimizationModule
 from .grams import grams_alpha, grams_blend
 from .orthograd import PARALLEL_TOL, orthograd
+from .persistence import pop_wide_state, save_wide_state
 from .sharding import whole_tensor_step
 from .state_8bit import Blockwise8bitStates
 
@@ -123,13 +124,12 @@ class ContextualOptimization:
 
     def _state_dict(self):
         sd = super()._state_dict()
-        sd["c_optim_state"] = self.c_optim.context_state()
+        save_wide_state(sd, "c_optim_state", self.c_optim.context_state())
         sd["momentum_scales"] = list(self.momentum_scales)
         return sd
 
     def _load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        context = state_dict.pop("c_optim_state", None)
+        state_dict, context = pop_wide_state(state_dict, "c_optim_state")
         scales = state_dict.pop("momentum_scales", None)
         if scales is not None and list(scales) != self.momentum_scales:
             raise ValueError(f"state_dict momentum_scales {list(scales)} differ from {self.momentum_scales}")

@@ -80,6 +80,12 @@ class Automagic_CameAMP_Improved(AutomagicBase):
             self._store(state, "long_term_momentum", torch.zeros(p.shape, dtype=dtype, device=p.device))
             self._store(state, "mixed_momentum_sq", torch.zeros(p.shape, dtype=dtype, device=p.device))
 
+    def _warm_layout(self, p, group) -> dict:
+        state = super()._warm_layout(p, group)
+        if 1 < group["warmup_steps"]:  # the SPD anchor θ0, taken by the first step while t < W
+            state["pre"] = torch.zeros(p.shape, dtype=self._state_dtype(p.dtype), device=p.device)
+        return state
+
     # ------------------------------------------------------------------ step
     def _step_groups(self):
         for group in self.param_groups:

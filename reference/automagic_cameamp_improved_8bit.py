@@ -60,9 +60,10 @@ from .agr import agr, group_abs_sum
 from .allora import row_variance_scaling
 from .automagic_base import AutomagicBase
 from .checkpoint import check_state_dict
+from .checkpoint_layout import as_held
 from .config import Improved8BitConfig
 from .orthograd import PARALLEL_TOL, orthograd
-from .persistence import restore_state_dtypes
+from .persistence import pop_wide_state, restore_state_dtypes, save_wide_state
 from .sharding import whole_tensor_load, whole_tensor_save
 from .spatial_awareness import spatial_lr_factor
 from .state_8bit import Blockwise8bitStates
@@ -142,6 +143,12 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         if group["spatial_awareness"]:
             vs_shape = () if self.fixed else p.shape
             state["spatial_variance"] = torch.ones(vs_shape, dtype=dtype, device=p.device)
+
+    def _warm_layout(self, p, group) -> dict:
+        state = super()._warm_layout(p, group)
+        if 1 < group["warmup_steps"] and p.dim() > 1:  # the warm-up mask is per row (T8e)
+            state["lr_mask"] = torch.zeros((*p.shape[:-1], 1), dtype=torch.float32, device=p.device)
+        return state
 
     # ------------------------------------------------------------------ step
     def _step_groups(self):
@@ -272,17 +279,18 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
         sd = super().state_dict()
         sd["magic_improved_8bit_version"] = MAGIC_IMPROVED_8BIT_VERSION
         sd["bitsandbytes_version"] = _bitsandbytes_version()
-        sd["rng_state"] = self.generator.get_state()
+        save_wide_state(sd, "rng_state", self.generator.get_state())
         return sd
 
     @whole_tensor_load
     def load_state_dict(self, state_dict):
+        state_dict, rng_state = pop_wide_state(as_held(self, state_dict), "rng_state")
         check_state_dict(self, state_dict)  # before the generator changes
-        extra = ("magic_improved_8bit_version", "bitsandbytes_version", "rng_state")
+        extra = ("magic_improved_8bit_version", "bitsandbytes_version")
         if state_dict.get("magic_improved_8bit_version") != MAGIC_IMPROVED_8BIT_VERSION:
             warnings.warn("loaded a state dict without magic_improved_8bit_version=1", stacklevel=2)
-        if "rng_state" in state_dict:
-            self.generator.set_state(state_dict["rng_state"])
+        if rng_state is not None:
+            self.generator.set_state(rng_state)
         super().load_state_dict({k: v for k, v in state_dict.items() if k not in extra})
 
     def _load_state_dict(self, state_dict):

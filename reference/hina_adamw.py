@@ -47,6 +47,7 @@ from . import adopt_stability, blockwise_8bit, lora_names, spd
 from .agr import agr_hina, group_abs_sum
 from .cautious import cautious_mask_hina
 from .checkpoint import check_state_dict, check_states
+from .checkpoint_layout import as_held, saving_warm_layout
 from .dynamic_weight_decay import weight_decay_multiplier
 from .orthograd import project_out
 from .persistence import Copyable, restore_state_dtypes
@@ -173,7 +174,14 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
         state["step"] = 0
         for key in EIGHT_BIT_KEYS:
             self._store(state, key, zeros, p)
-        state["momentum_alignment"] = 0.0
+        # TAM's A (T4e), a tensor from the start (as its first step leaves it) where TAM is on
+        state["momentum_alignment"] = torch.zeros((), dtype=dtype, device=p.device) if self.use_tam else 0.0
+
+    def _warm_layout(self, p, group) -> dict:
+        """The entry `p` holds once stepped (reference.checkpoint_layout): its initial state."""
+        state = self.state[p]
+        self._init_state(p, state)
+        return state
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -281,10 +289,12 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
     # ------------------------------------------------------------------ persistence, monitoring
     @whole_tensor_save
     def state_dict(self):
-        return {**super().state_dict(), "optimizer": type(self).__name__}
+        with saving_warm_layout(self):
+            return {**super().state_dict(), "optimizer": type(self).__name__}
 
     @whole_tensor_load
     def load_state_dict(self, state_dict):
+        state_dict = as_held(self, state_dict)
         check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict)

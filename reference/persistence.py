@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+
+import torch
 
 
 def saved_param_map(optimizer, state_dict):
@@ -36,3 +39,45 @@ class Copyable:
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if not key.endswith("_hooks")}
+
+
+WIDE_STATE = "optimizer_state"  # in the first param group of a state dict
+
+
+def save_wide_state(sd: dict, key: str, value) -> None:
+    """Put optimizer-wide state (no parameter's: a generator, C-Optim's histories) into the first param group of
+    `sd`, as `sd["param_groups"][0]["optimizer_state"][key]`, serialised by torch.save. torch.distributed.checkpoint
+    keeps only a state dict's `state` and `param_groups`, so a top-level key was lost on every DCP save, and it
+    loads into the resuming optimizer's own state dict, which a history of another length does not fit; one
+    bytes value is carried whole (issue 26)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    groups = list(sd["param_groups"])
+    groups[0] = {**groups[0], WIDE_STATE: {**groups[0].get(WIDE_STATE, {}), key: buffer.getvalue()}}
+    sd["param_groups"] = groups
+
+
+def pop_wide_state(state_dict, key: str):
+    """(`state_dict` without `key`'s optimizer-wide value, the value or None). A state dict saved before the value
+    moved into the first param group holds it, unserialised, at the top level. A malformed state dict is passed
+    on as it is."""
+    if not isinstance(state_dict, dict):
+        return state_dict, None
+    rest = {k: v for k, v in state_dict.items() if k != key}
+    value = state_dict.get(key)
+    groups = state_dict.get("param_groups")
+    first = groups[0] if isinstance(groups, list) and groups else None
+    if isinstance(first, dict) and isinstance(first.get(WIDE_STATE), dict):
+        wide = dict(first[WIDE_STATE])
+        value = wide.pop(key, value)
+        first = {k: v for k, v in first.items() if k != WIDE_STATE}
+        if wide:
+            first[WIDE_STATE] = wide
+        rest["param_groups"] = [first, *groups[1:]]
+    if isinstance(value, bytes):
+        try:
+            value = torch.load(io.BytesIO(value), weights_only=True)
+        except Exception as error:  # torch.load's own message does not say which value
+            message = f"state_dict's {WIDE_STATE}[{key!r}] cannot be read ({type(error).__name__})"
+            raise ValueError(f"{message}; the optimizer is unchanged") from None
+    return rest, value

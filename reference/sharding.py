@@ -45,11 +45,26 @@ def whole_tensor_load(method):
     keyed by tensor (the fast classes' buffers) is found; nothing is written back. Nested uses are no-ops."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self, state_dict, *args, **kwargs):
         with whole_tensors(self, stepping=False):
-            return method(self, *args, **kwargs)
+            return method(self, _whole_states(state_dict), *args, **kwargs)
 
     return wrapper
+
+
+def _whole_states(state_dict):
+    """`state_dict` with each DTensor state value whole (a collective, as the load runs on every rank): the state
+    is whole on every rank, and DCP's full-state-dict load shards a value where the template held a DTensor
+    (HinaAdamW's SPD anchor, copied from θ at construction)."""
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+        return state_dict
+    if not any(isinstance(v, DTensor) for e in state_dict["state"].values() if isinstance(e, dict) for v in e.values()):
+        return state_dict
+    state = {
+        pid: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in e.items()} if isinstance(e, dict) else e
+        for pid, e in state_dict["state"].items()
+    }
+    return {**state_dict, "state": state}
 
 
 def whole_tensor_save(method):

@@ -15,6 +15,7 @@ import torch
 
 from . import blockwise_8bit
 from .checkpoint import check_state_dict
+from .checkpoint_layout import as_held
 from .sharding import whole_tensor_load, whole_tensor_save
 
 MAGIC8_VERSION = 2
@@ -56,6 +57,7 @@ class Blockwise8bitStates:
 
     @whole_tensor_load
     def load_state_dict(self, state_dict):
+        state_dict = as_held(self, state_dict)
         check_state_dict(self, state_dict)
         if state_dict.get("magic8_version", 0) < MAGIC8_VERSION:
             warnings.warn("loaded a state dict without magic8_version=2; 8-bit states may be missing", stacklevel=2)
