@@ -439,3 +439,23 @@ def roundtrip(state_dict):
     torch.save(state_dict, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Whether two state dicts' `state` are equal: the same entries and keys, tensors equal in value and dtype,
+    other values equal."""
+    if a["state"].keys() != b["state"].keys():
+        return False
+    for pid, sa in a["state"].items():
+        sb = b["state"][pid]
+        if sa.keys() != sb.keys():
+            return False
+        for k, v in sa.items():
+            w = sb[k]
+            if torch.is_tensor(v) != torch.is_tensor(w):
+                return False
+            if torch.is_tensor(v) and not (v.dtype == w.dtype and torch.equal(v, w)):
+                return False
+            if not torch.is_tensor(v) and v != w:
+                return False
+    return True

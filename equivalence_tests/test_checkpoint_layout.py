@@ -20,6 +20,7 @@ from reference.persistence import WIDE_STATE
 from .cases.contract import PACKAGES, build, run
 from .differential import CLASSES, COMPATS, draws, gradients, losses, make_params, step
 from .differential import build as build_draw
+from .harness import same_state
 
 
 def layout(value):
@@ -52,23 +53,6 @@ def held(opt) -> list[dict]:
     return [{k: layout(v) for k, v in opt.state.get(p, {}).items()} for g in opt.param_groups for p in g["params"]]
 
 
-def same_values(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for pid in a:
-        if a[pid].keys() != b[pid].keys():
-            return False
-        for k, v in a[pid].items():
-            w = b[pid][k]
-            if torch.is_tensor(v) != torch.is_tensor(w):
-                return False
-            if torch.is_tensor(v) and not (v.dtype == w.dtype and torch.equal(v, w)):
-                return False
-            if not torch.is_tensor(v) and v != w:
-                return False
-    return True
-
-
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 @pytest.mark.parametrize("compat", COMPATS)
 @pytest.mark.parametrize("name", CLASSES)
@@ -92,7 +76,7 @@ def test_one_layout_at_every_step_and_loads_as_held(package, name, compat, data)
             # no placeholder is held (upstream's 8bit class also holds a v it never saves [I-11b])
             for theirs, ours in zip(held(other), held(opt), strict=True):
                 assert theirs.items() <= ours.items()
-            assert same_values(other.state_dict()["state"], saved["state"])
+            assert same_state(other.state_dict(), saved)
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
@@ -112,4 +96,4 @@ def test_unreadable_optimizer_wide_state_is_refused_before_anything_changes(pack
                                         *saved["param_groups"][1:]]}  # fmt: skip
     with pytest.raises(ValueError, match=key):
         opt.load_state_dict(broken)
-    assert same_values(opt.state_dict()["state"], saved["state"])
+    assert same_state(opt.state_dict(), saved)

@@ -11,7 +11,6 @@ step (reference.checkpoint_layout): before this, such a resume silently restarte
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
@@ -25,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .cases.contract import PACKAGES, WARMED
 from .differential import CLASSES
+from .harness import roundtrip
 
 
 def model_and_optimizer(package, name, compat, dtype=torch.float32):
@@ -66,10 +66,7 @@ def saved_and_resumed(straight_model, straight, package, name, compat, dtype, ro
         if route == "dcp":
             dcp.save({"optimizer": saved}, checkpoint_id=path)
         else:  # as a checkpoint on disk: the saved tensors are not the optimizer's own
-            buffer = io.BytesIO()
-            torch.save(saved, buffer)
-            buffer.seek(0)
-            saved = torch.load(buffer, weights_only=True)
+            saved = roundtrip(saved)
         resumed_model, resumed = model_and_optimizer(package, name, compat, dtype)
         resumed_model.load_state_dict(straight_model.state_dict())
         if route == "dcp":

@@ -8,7 +8,7 @@ import torch
 import optimized
 import reference
 
-from .harness import make_params, roundtrip
+from .harness import make_params, roundtrip, same_state
 
 IMPLEMENTATIONS = [reference.Automagic_CameAMP, optimized.Automagic_CameAMP]
 KWARGS = dict(lr=1e-4, warmup_steps=8, weight_decay=1e-2)
@@ -48,24 +48,7 @@ def test_resume_is_bit_identical(cls, compat, dtype, stop):
 
     for a, b in zip(straight, resumed, strict=True):
         assert torch.equal(a, b)
-    assert _equal_state(opt.state_dict(), opt2.state_dict())
-
-
-def _equal_state(a, b):
-    if a["state"].keys() != b["state"].keys():
-        return False
-    for pid, sa in a["state"].items():
-        sb = b["state"][pid]
-        if sa.keys() != sb.keys():
-            return False
-        for k, v in sa.items():
-            w = sb[k]
-            if torch.is_tensor(v):
-                if v.dtype != w.dtype or not torch.equal(v, w):
-                    return False
-            elif v != w:
-                return False
-    return True
+    assert same_state(opt.state_dict(), opt2.state_dict())
 
 
 @pytest.mark.parametrize("cls", IMPLEMENTATIONS, ids=["reference", "optimized"])
@@ -77,7 +60,7 @@ def test_state_dict_keeps_dtypes_and_warns_without_magic_version(cls):
     assert sd["magic_version"] == 1
     fresh = cls([torch.nn.Parameter(p.detach().clone()) for p in params], **KWARGS)
     fresh.load_state_dict(sd)
-    assert _equal_state(sd, fresh.state_dict())
+    assert same_state(sd, fresh.state_dict())
     del sd["magic_version"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

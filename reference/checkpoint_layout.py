@@ -34,21 +34,21 @@ DTYPES_KEY = "state_dtypes"  # "key:dtype,…" of an entry's float tensors, wher
 
 
 SCHEDULED = ("params", "param_names", "lr", "initial_lr")  # group entries no layout depends on (lr schedules)
-_LAYOUTS = WeakIdKeyDictionary()  # parameter → (optimizer, group settings, layout)
+_LAYOUTS = WeakIdKeyDictionary()  # parameter → (optimizer, (shape, dtype, group settings), layout)
 
 
 def group_settings(group) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in group.items() if k not in SCHEDULED))
 
 
-def warm_layout(optimizer, p, group, settings=None) -> dict:
+def warm_layout(optimizer, p, group, settings: tuple) -> dict:
     """The entry `p` holds during warm-up: meta tensors (shape and dtype) and value types. It is the reference
     class's own `_warm_layout`, with the optimizer's settings, on a zero stand-in for `p` (θ's values do not
     matter; a DTensor's shape is the whole tensor's, which the step sees), kept per parameter while its shape,
-    dtype and group settings (`group_settings`, which a caller may pass) stay."""
-    settings = (tuple(p.shape), p.dtype, group_settings(group) if settings is None else settings)
+    dtype and group settings (`group_settings(group)`) stay."""
+    key = (tuple(p.shape), p.dtype, settings)
     kept = _LAYOUTS.get(p)
-    if kept is not None and kept[0]() is optimizer and kept[1] == settings:
+    if kept is not None and kept[0]() is optimizer and kept[1] == key:
         return kept[2]
     import reference  # the package imports this module through its classes
 
@@ -59,7 +59,7 @@ def warm_layout(optimizer, p, group, settings=None) -> dict:
     stand_in = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
     entry = readable._warm_layout(scratch, stand_in, group)
     layout = {k: v.to("meta") if torch.is_tensor(v) else type(v) for k, v in entry.items()}
-    _LAYOUTS[p] = (weakref.ref(optimizer), settings, layout)
+    _LAYOUTS[p] = (weakref.ref(optimizer), key, layout)
     return layout
 
 
