@@ -17,9 +17,9 @@ def test_pack_then_unpack_is_the_identity(rows, chunk, seed):
     packed = bitpack.pack(bits)
     assert packed.shape == (rows, chunk // bitpack.BITS) and packed.dtype == torch.uint8
     assert torch.equal(bitpack.unpack(packed), bits)
-    # bit k of byte j is element 8j + k
+    # bit k of byte j is element k·chunk/8 + j
     j, k = seed % (chunk // 8), seed % 8
-    assert bool(packed[0, j] >> k & 1) == bool(bits[0, 8 * j + k])
+    assert bool(packed[0, j] >> k & 1) == bool(bits[0, k * chunk // 8 + j])
 
 
 @settings(max_examples=25, deadline=None)

@@ -90,10 +90,17 @@ def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
     return QState(codes, torch.zeros(blocks.blocks.block_tensor.numel(), dtype=torch.float32, device=device))
 
 
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] (index's shape) for indices known to be in range: 8-bit codes into the 256-entry code,
+    clamped bins into the 2^16-entry table. `torch.gather` rather than indexing: inductor's CPU code for an
+    index first maps negative indices into range, per element (16M codes decoded: 4.4 against 6.2 ms). The
+    indices go through int32 to int64 (uint8 to int64 directly converts more slowly)."""
+    return torch.gather(table, 0, index.reshape(-1).int().long()).view(index.shape)
+
+
 def dequantize(q: QState, blocks: Blocks) -> torch.Tensor:
     """x̂ = code[q] · N_b, float32 [N, C]."""
-    # int32 indices: inductor's CPU gather from int64 ones costs twice as much
-    return blocks.code[q.codes.int()] * q.absmax[blocks.row_block].view(-1, 1)
+    return lookup(blocks.code, q.codes) * q.absmax[blocks.row_block].view(-1, 1)
 
 
 def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
@@ -113,7 +120,9 @@ def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor, zero: torch.
     v = torch.where(n_b > 0, x * (1.0 / n_b), -1.0).clamp(-1.0, 1.0)
     # the clamp keeps a NaN (whose int conversion is undefined) inside the table
     k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
-    return torch.where((x == 0) & (n_b > 0), zero, table[k])
+    # the select in int32 lanes, narrowed once: inductor's CPU code selects between uint8 vectors under a
+    # float-derived mask element by element (16M elements: 28 against 10 ms per encode)
+    return torch.where((x == 0) & (n_b > 0), zero.int(), lookup(table, k).int()).to(torch.uint8)
 
 
 def load(buf, blocks: Blocks | None) -> torch.Tensor:
@@ -132,7 +141,7 @@ def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=No
         value = torch.where(valid, value, 0.0)
     codes, absmax = quantize(value, blocks, buf.absmax)
     if rows is not None:
-        codes = torch.where(rows, codes, buf.codes)
+        codes = torch.where(rows, codes.int(), buf.codes.int()).to(torch.uint8)  # int32 lanes, as in `encode`
         absmax = torch.where(tensors[blocks.block_tensor], absmax, buf.absmax)
     buf.codes.copy_(codes)
     buf.absmax.copy_(absmax)
