@@ -27,7 +27,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
-        self._block_indices: dict[tuple, stack_blocks.BlockIndex] = {}  # by (shape, device)
+        self._block_indices: dict[tuple, stack_blocks.BlockIndex] = {}  # by (numel, device)
 
     def _step_stack(self, stack: ShapeStack, stacked_grad, group, group_sum):
         """Host bookkeeping (step counts, states that start or end, per-tensor host scalars), the rank
@@ -94,9 +94,10 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             minmax_codec.fold_errors(st, keys, ix)
 
     def _block_index(self, stack: ShapeStack) -> stack_blocks.BlockIndex:
-        key = (tuple(stack.theta.shape[1:]), stack.theta.device)
+        n, device = stack.theta[0].numel(), stack.theta.device
+        key = (n, device)
         if key not in self._block_indices:
-            self._block_indices[key] = stack_blocks.block_index(*key[:1], self.config.block_size, key[1])
+            self._block_indices[key] = stack_blocks.block_index(n, self.config.block_size, device)
         return self._block_indices[key]
 
     def _drop_stacked(self, stack: ShapeStack, key: str) -> None:

@@ -12,20 +12,20 @@ import torch
 
 from reference.minmax_8bit import LEVELS
 
-from .stack_blocks import BlockIndex, block_values, blocked, per_element
+from .stack_blocks import BlockIndex, rows
 
 PARTS = ("q", "scale", "zero", "err")
 
 
 def quantize(x: torch.Tensor, ix: BlockIndex):
     """Q_B(x[i]) for each i → (q uint8 [c, *shape], scale [c, n_blocks], zero [c, n_blocks])."""
-    flat = blocked(x.float(), ix)
-    values = block_values(flat, ix)
-    lo, hi = values.amin(dim=2), values.amax(dim=2)
+    flat = rows(x.float())
+    blocks = flat[:, ix.gather]
+    lo, hi = blocks.amin(dim=2), blocks.amax(dim=2)
     # s_b = (max_b − min_b)/255, z_b = min_b
     scale = (hi - lo) / LEVELS
     # q = clamp(round((x − z_b)/s_b), 0, 255); a constant block (s_b = 0) stores q = 0
-    s, z = per_element(scale, ix), per_element(lo, ix)
+    s, z = scale[:, ix.block_of], lo[:, ix.block_of]
     q = torch.round((flat - z) / torch.where(s > 0, s, 1.0)).clamp(0, LEVELS)
     q = torch.where(s > 0, q, 0.0)
     return q.to(torch.uint8).reshape(x.shape), scale, lo
@@ -33,7 +33,7 @@ def quantize(x: torch.Tensor, ix: BlockIndex):
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ix: BlockIndex) -> torch.Tensor:
     """x̂ = q·s_b + z_b (fp32, q's shape)."""
-    return (blocked(q, ix).float() * per_element(scale, ix) + per_element(zero, ix)).reshape(q.shape)
+    return (rows(q).float() * scale[:, ix.block_of] + zero[:, ix.block_of]).reshape(q.shape)
 
 
 def is_quantized(st: dict, key: str) -> bool:
