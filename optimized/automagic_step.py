@@ -348,7 +348,8 @@ def _lr_and_mask(b: Buffers, gt, coef: Coef, c: Consts, member, idx: K.Idx, f: F
         last_polarity = bitpack.unpack(b.polarity) if packed else b.polarity
         lr_eff, polarity = K.warmup_mask(mask, gt, last_polarity, _col(coef.host.lr_shift, idx), c.lr_bump, c.min_lr,
                                          c.max_lr)  # fmt: skip
-        polarity = _select(_rows(member, idx), polarity, last_polarity)
+        rows = _rows(member, idx)
+        polarity = polarity if rows is None else C.select_bytes(rows, polarity, last_polarity)
         b.polarity.copy_(bitpack.pack(polarity) if packed else polarity)
         if isinstance(b.lr_mask, C.QState):
             mask_sums = K.tensor_sum(torch.where(K.valid_mask(idx), lr_eff, 0.0), idx)

@@ -113,9 +113,14 @@ def encode(x: torch.Tensor, n_b: torch.Tensor, table: torch.Tensor, zero: torch.
     v = torch.where(n_b > 0, x * (1.0 / n_b), -1.0).clamp(-1.0, 1.0)
     # the clamp keeps a NaN (whose int conversion is undefined) inside the table
     k = ((v + 1) * 0.5 * (readable.TABLE_BINS - 1) + 0.5).int().clamp(0, readable.TABLE_BINS - 1)
-    # the select in int32 lanes, narrowed once: inductor's CPU code selects between uint8 vectors under a
-    # float-derived mask element by element (16M elements: 28 against 10 ms per encode)
-    return torch.where((x == 0) & (n_b > 0), zero.int(), table[k].int()).to(torch.uint8)
+    return select_bytes((x == 0) & (n_b > 0), zero, table[k])
+
+
+def select_bytes(cond: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """torch.where(cond, new, old) for uint8 values, selected in int32 lanes and narrowed once: inductor's CPU
+    code selects between uint8 vectors element by element (16M elements: 28 against 10 ms per encode, 27
+    against 3 ms for a select under a row mask)."""
+    return torch.where(cond, new.int(), old.int()).to(torch.uint8)
 
 
 def load(buf, blocks: Blocks | None) -> torch.Tensor:
@@ -134,7 +139,7 @@ def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=No
         value = torch.where(valid, value, 0.0)
     codes, absmax = quantize(value, blocks, buf.absmax)
     if rows is not None:
-        codes = torch.where(rows, codes.int(), buf.codes.int()).to(torch.uint8)  # int32 lanes, as in `encode`
+        codes = select_bytes(rows, codes, buf.codes)
         absmax = torch.where(tensors[blocks.block_tensor], absmax, buf.absmax)
     buf.codes.copy_(codes)
     buf.absmax.copy_(absmax)
