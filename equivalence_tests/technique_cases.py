@@ -9,6 +9,7 @@ rounding; TAM's s = γ·s + (1 − γ)·C does when C ≈ −γ·s/(1 − γ)).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,7 +20,9 @@ from optimized import kernels as K
 from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
 from reference.allora import allora_row_scaling
 from reference.consistency_momentum import consistency_momentum, decayed_beta1
+from reference.frequency_penalty import fft_penalty
 from reference.grams import grams_alpha, grams_blend
+from reference.low_rank_penalty import approximate_penalty, exact_svd_penalty, tail_nuclear_gradient
 from reference.orthograd import orthograd
 
 from .packing import Packed
@@ -370,6 +373,37 @@ def run_adaptive_wd(gen, shapes):
     return out
 
 
+def _matrix_stacks(gen, shapes):
+    """A matrix for each shape (the penalties below act on matrices only): [s0, s1·s2·…], 0-d and 1-D as one row;
+    as (matrices, stacks)."""
+    matrices = [_randn(gen, (s[0], math.prod(s[1:])) if len(s) > 1 else (1, math.prod(s))) for s in shapes]
+    return matrices, list(_stacks([matrices], [m.shape for m in matrices]))
+
+
+RANK_PENALTY_FORMS = {"fixed": tail_nuclear_gradient, "exact": exact_svd_penalty, "approximate": approximate_penalty}
+
+
+def run_rank_penalty(gen, shapes, form):
+    reference_form = RANK_PENALTY_FORMS[form]
+    matrices, stacks = _matrix_stacks(gen, shapes)
+    out = []
+    for indices, (stack,) in stacks:
+        fast = improved_step.rank_penalty(stack, 0.3, form)
+        # the exact form is U·diag(k·S)·Vh, k·θ to rounding: terms of k·|θ|
+        out += [("P", reference_form(matrices[i], 0.3), fast[j], 0.3 * matrices[i].abs())
+                for j, i in enumerate(indices)]  # fmt: skip
+    return out
+
+
+def run_fft_penalty(gen, shapes):
+    matrices, stacks = _matrix_stacks(gen, shapes)
+    out = []
+    for indices, (stack,) in stacks:
+        fast = seed004_step.stack_fft_penalty(stack)
+        out += [("P", fft_penalty(matrices[i]), fast[j]) for j, i in enumerate(indices)]
+    return out
+
+
 def _case(name, technique, paper, ref, opt, run):
     return TechniqueCase(name, technique, paper, ref, opt, run)
 
@@ -411,4 +445,15 @@ TECHNIQUE_CASES = [
           "optimized.kernels.allora_table", run_allora),
     _case("Adaptive weight decay", "T10", "adadecay", "reference.adaptive_weight_decay.decay_factor",
           "optimized.kernels.decay_factor", run_adaptive_wd),
+    _case("FFT frequency penalty", "T21a", "improved_regularisers", "reference.frequency_penalty.fft_penalty",
+          "optimized.seed004_step.stack_fft_penalty", run_fft_penalty),
+    _case("Low-rank penalty (corrected: tail nuclear-norm gradient)", "T24", "improved_regularisers",
+          "reference.low_rank_penalty.tail_nuclear_gradient", "optimized.improved_step.rank_penalty",
+          partial(run_rank_penalty, form="fixed")),
+    _case("Low-rank penalty (exact, upstream: k·θ)", "T24", "improved_regularisers",
+          "reference.low_rank_penalty.exact_svd_penalty", "optimized.improved_step.rank_penalty",
+          partial(run_rank_penalty, form="exact")),
+    _case("Low-rank penalty (approximate, upstream)", "T24", "improved_regularisers",
+          "reference.low_rank_penalty.approximate_penalty", "optimized.improved_step.rank_penalty",
+          partial(run_rank_penalty, form="approximate")),
 ]  # fmt: skip

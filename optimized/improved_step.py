@@ -122,6 +122,8 @@ def rank_penalty(theta: torch.Tensor, strength: float, form: str) -> torch.Tenso
     # the corrected tail nuclear-norm gradient: zero when rank ≤ k or θ is not finite
     if min(theta.shape[1:]) <= k:
         return torch.zeros_like(theta)
+    if theta.shape[1] < theta.shape[2]:  # of θᵀ, transposed, as low_rank_penalty.tail_nuclear_gradient takes it
+        return rank_penalty(theta.mT, strength, form).mT.contiguous()
     finite = per(torch.isfinite(rows(x)).all(1), x)
     u, _, vh = torch.linalg.svd(torch.where(finite, x, 0.0), full_matrices=False)
     return torch.where(finite, strength * u[..., :, k:] @ vh[..., k:, :], 0.0).to(theta.dtype)

