@@ -39,19 +39,19 @@ def test_graph_count_does_not_grow_with_tensor_count():
 def _improved():
     from .cases.improved import CASES
 
-    return optimized.Automagic_CameAMP_Improved, CASES["defaults, W 8"], 5
+    return optimized.Automagic_CameAMP_Improved, CASES["defaults, W 8"], 5, 1
 
 
 def _seed004():
     from .cases.seed004 import CASES
 
-    return optimized.Automagic_CameAMP_8Bit, CASES["defaults, W 8, B 64, sync 5"], 4
+    return optimized.Automagic_CameAMP_8Bit, CASES["defaults, W 8, B 64, sync 5"], 4, 1
 
 
 def _improved8():
     from .cases.improved8 import CASES
 
-    return optimized.Automagic_CameAMP_Improved_8Bit, CASES["defaults, W 8, 8-bit from 256 elements"], 3
+    return optimized.Automagic_CameAMP_Improved_8Bit, CASES["defaults, W 8, 8-bit from 256 elements"], 5, 3
 
 
 def _train_stacks(cls, kwargs, n_tensors, steps=9):
@@ -77,11 +77,13 @@ def test_stacked_graph_count_does_not_grow_with_tensor_count(settings):
     """The stacked classes compile one graph per phase and stack class with every dimension symbolic from
     the start (stacks of one tensor and stacks over 4,096 elements per tensor aside; seed 004's block
     indices are inputs, not part of the graph): two shapes of matrix share them (Improved: at most 5 graphs
-    with Σ|g| and its cascade variant; seed 004: 4; Improved_8Bit: 3, Σ|g| being compiled by then), 200
-    tensors per shape compile at most one graph more (the group sum Σ|g| of a stack crosses 4,096 elements,
-    where inductor switches to a cascade sum), and 150 per shape nothing more. Counted as increments,
-    without resetting dynamo, so the classes' compiled equivalence tests reuse these graphs."""
-    cls, kwargs, few_bound = settings()
+    with Σ|g| and its cascade variant; seed 004: 4; Improved_8Bit: 5, Σ|g| being compiled by then, and
+    T10's group μ and σ two passes of their own, μ's fp32 Σ|g| a variant in upstream mode), 200
+    tensors per shape compile at most one graph more per group reduction (Σ|g|; Improved_8Bit's μ and σ too) as
+    a stack crosses 4,096 elements, where inductor switches to a cascade sum, and 150 per shape nothing more.
+    Counted as increments, without resetting dynamo, so the classes' compiled equivalence tests reuse these
+    graphs."""
+    cls, kwargs, few_bound, group_reductions = settings()
     start = counters["stats"]["unique_graphs"]
     _train_stacks(cls, kwargs, 4)
     few = counters["stats"]["unique_graphs"]
@@ -89,7 +91,7 @@ def test_stacked_graph_count_does_not_grow_with_tensor_count(settings):
     many = counters["stats"]["unique_graphs"]
     _train_stacks(cls, kwargs, 300)
     assert few - start <= few_bound, few - start
-    assert many - few <= 1, many - few
+    assert many - few <= group_reductions, many - few
     assert counters["stats"]["unique_graphs"] == many
 
 

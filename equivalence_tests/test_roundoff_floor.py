@@ -13,6 +13,8 @@ from reference.roundoff_floor import ROUNDOFF_FLOOR, floor_roundoff, group_floor
 
 CLASSES = sorted({cls.__name__ for cls in OPTIMIZERS.values()})
 PACKAGES = pytest.mark.parametrize("package", [reference, optimized], ids=["reference", "optimized"])
+COMPILE_MODES = pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.compiled)],
+                                            ids=["eager", "compiled"])  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)
@@ -59,3 +61,32 @@ def test_upstream_takes_full_steps_on_round_off(name):
     """What the floor corrects: upstream normalises the 1e-12 elements into steps far above round-off (Automagic:
     the 1e-2 ones' size; HinaAdamW: 1e-12/ε = 1e-4 of it)."""
     assert mixed_run(reference, name, compat="upstream") > 1e-5
+
+
+def floor_edge_states(package, name):
+    """One step on a zero bf16 vector whose last gradient element is 2⁻²⁰: just above the group's floor in fp32
+    (S/n < 1 by 1.5/n), equal to the floor rounded to bf16. Returns that element of θ and of each float state
+    of θ's shape."""
+    n = 1024
+    g = torch.ones(n, dtype=torch.bfloat16)
+    g[-2], g[-1] = 0.5, 2.0**-20
+    floor = group_floor(g.float().abs().sum(), n)
+    assert float(floor) < 2.0**-20 == float(floor.bfloat16())
+    p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16))
+    kwargs = {} if "Hina" in name else {"warmup_steps": 6}
+    opt = getattr(package, name)([p], lr=1e-3, **kwargs)
+    p.grad = g
+    opt.step()
+    values = {k: v for k, v in opt.state[p].items() if torch.is_tensor(v) and v.is_floating_point()}
+    return {"theta": float(p[-1]), **{k: float(v[-1]) for k, v in values.items() if v.shape == p.shape}}
+
+
+@COMPILE_MODES
+@pytest.mark.parametrize("name", CLASSES)
+def test_the_floor_is_compared_exactly_whatever_the_gradient_dtype(compiled, name):
+    """|g| is compared with the fp32 floor, not with the floor rounded to a bf16 gradient's dtype: an element
+    between the two is kept, by the fast classes (compiled and eager) as by the reference."""
+    expected, got = floor_edge_states(reference, name), floor_edge_states(optimized, name)
+    assert expected.keys() == got.keys()
+    assert any(v != 0 for v in expected.values())  # the element is kept: it steps, or a state holds it
+    assert {k: v == 0 for k, v in got.items()} == {k: v == 0 for k, v in expected.items()}

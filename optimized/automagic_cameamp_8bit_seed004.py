@@ -82,8 +82,8 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
         passed = dict(st)
         ix = self._block_index(stack) if any(k.endswith("_q") for k in st) else None
         new_mask = step(
-            stack.theta, stacked_grad, group_sum, passed, scalars, rank_term, res_weight, mask_scale, jumps, ix,
-            flags, consts
+            stack.theta, stacked_grad, group_sum, self._floor, passed, scalars, rank_term, res_weight, mask_scale,
+            jumps, ix, flags, consts
         )  # fmt: skip
         stack.take_rebound(passed)  # a state that changed dtype (minmax_codec.store)
         if warm:  # avg_lr: the per-tensor means of the new mask (before it is quantised, as the reference)

@@ -64,8 +64,8 @@ class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improv
         scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
         step = S.stack_step if self._uncompiled(dtype, early, stack) else S.fused_stack_step
         step(
-            stack.theta, stacked_grad, group_sum, dict(st), scalars, rank_term, res_weight, mask_scale, jumps, flags,
-            consts
+            stack.theta, stacked_grad, group_sum, self._floor, dict(st), scalars, rank_term, res_weight, mask_scale,
+            jumps, flags, consts
         )  # fmt: skip
         if warm:  # the per-tensor means of the new mask, taken by ATen as the reference takes them (inductor's
             # sum of a row of 12,000 elements under dynamic shapes was 4e-6 off)

@@ -53,13 +53,13 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
 
     def _abs_stats(self, parts) -> torch.Tensor:
         """[μ, σ] = mean and population std of |g| over the group's gradients (group_abs_stats), from the
-        stacks in fp32 (two passes, each stacking the gradients a stack at a time), in the dtype the reference
-        takes them in."""
+        stacks in fp32 (two compiled passes, each stacking the gradients a stack at a time), in the dtype the
+        reference takes them in."""
         grads = [p.grad for ps in parts for p in ps]
         dtype = torch.float32 if self.fixed else functools.reduce(torch.promote_types, (g.dtype for g in grads))
         n = sum(g.numel() for g in grads)
-        mu = torch.stack([stacked_grad(ps).float().abs().sum() for ps in parts]).sum() / n
-        var = torch.stack([(stacked_grad(ps).float().abs() - mu).pow(2).sum() for ps in parts]).sum() / n
+        mu = torch.stack([improved_step.fused_abs_sum(stacked_grad(ps), True) for ps in parts]).sum() / n
+        var = torch.stack([improved_step.fused_abs_deviation_sumsq(stacked_grad(ps), mu) for ps in parts]).sum() / n
         return torch.stack([mu, var.sqrt()]).to(dtype)
 
     def _step_param(self, p, group, group_sum, stats):
@@ -135,7 +135,10 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         blocks = self._blocks_for(stack) if any(key.endswith("_q") for key in st) else None
         passed = dict(st)
         step = S.stack_step if uncompiled else S.fused_stack_step
-        step(stack.theta, stacked_grad, group_sum, passed, scalars, stats, rank_term, noise, blocks, flags, consts)
+        step(
+            stack.theta, stacked_grad, group_sum, self._floor, passed, scalars, stats, rank_term, noise, blocks, flags,
+            consts
+        )  # fmt: skip
         stack.take_rebound(passed)  # an upstream bf16 mask that took E's fp32 dtype
 
     def _blocks_for(self, stack: ShapeStack) -> stack_codec.Blocks:

@@ -23,7 +23,7 @@ from reference.lr_mask import RANDOM_WALK_MAX_STEP, RANDOM_WALK_STD, ROW_FACTOR_
 
 from . import stack_codec as codec
 from .compile import compiled
-from .improved_step import per, rows, stack_orthograd
+from .improved_step import floored, per, rows, stack_orthograd
 from .seed004_step import edge_penalty, fft_penalty, normalize_dim0
 
 
@@ -140,14 +140,14 @@ def row_variance_scaling(update):
     return torch.clamp(row_variance / (per(rows(row_variance).mean(1), row_variance) + 1e-8), 0.1, 10.0)
 
 
-def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, stats, rank_term, noise, blocks,
+def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, stats, rank_term, noise, blocks,
                f: Flags, c: Consts):  # fmt: skip
     """One step of a stack: θ (`theta_store`, the parameters' dtype) and the states `st` are written in place.
     `scalars`: [η·t/W, 0.1·η, 10·η] (a tensor, or floats uncompiled); `stats`: [μ, σ] of |g| over the group
     (T10; None unless `f.decay`); `rank_term`: T24's L(θ) (upstream U·diag(k·S)·Vh, fixed the tail gradient
     at k = 1; None when off); `noise` [c, *mask]: the random walk's z (after W); `blocks`: stack_codec.Blocks
-    (None when no state is quantised)."""
-    raw = raw_grad.to(f.dtype)
+    (None when no state is quantised); `floor`: the round-off floor (None: upstream)."""
+    raw = floored(raw_grad.to(f.dtype), floor)
     theta = theta_store.to(f.dtype)
 
     # step 1, T1a: g̃ = g ⊙ (1 − |g|/(S + 1e-8));  step 2

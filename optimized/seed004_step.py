@@ -21,7 +21,7 @@ from reference.tam import TAM_BETA, TAM_DECAY
 
 from . import minmax_codec as codec
 from .compile import compiled
-from .improved_step import AGR_EPS, cautious, per, spd_step, tam, tensor_rms, tensor_sum
+from .improved_step import AGR_EPS, cautious, floored, per, spd_step, tam, tensor_rms, tensor_sum
 
 
 def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
@@ -156,15 +156,15 @@ def lr_mask_step(st: dict, grad, mask_scale, jumps, ix, f: Flags, c: Consts):
     return new
 
 
-def stack_step(theta_store, raw_grad, group_sum, st: dict, scalars, rank_term, res_weight, mask_scale, jumps, ix,
-               f: Flags, c: Consts):  # fmt: skip
+def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_term, res_weight, mask_scale, jumps,
+               ix, f: Flags, c: Consts):  # fmt: skip
     """One step of a stack: θ (`theta_store`) and the states `st` are written in place. `scalars`:
     [β1_t, 1 − β1_t, λ] (consistency momentum, SPD's decay), `rank_term`: T24's term added to g̃ (or None),
     `res_weight` [c]: the fixed residual's bias correction, `mask_scale` [c]: the post-warm-up scale, `jumps`
     [c]: the warm-up mask's lr jumps, `ix`: the blocks (stack_blocks.BlockIndex; None when no state is
-    quantised). Returns the new LR mask while warm if it is stored
-    quantised (for avg_lr), else None."""
-    raw_grad = raw_grad.to(f.dtype)
+    quantised), `floor`: the round-off floor (None: upstream). Returns the new LR mask while warm if it is
+    stored quantised (for avg_lr), else None."""
+    raw_grad = floored(raw_grad.to(f.dtype), floor)
     theta = theta_store.to(f.dtype)
 
     # T1a + T20 U1 (full Laplacian): α = |g|/(S + 1e-10) ⊙ (1 + edge_penalty·E_τ(g));  g̃ = g ⊙ (1 − α)

@@ -208,7 +208,7 @@ class StackedSteps:
                     for p in params:
                         self._step_param(p, group, group_sum, *terms)
                 else:
-                    self._step_stack(stack, self._floored(stacked_grad(params)), group, group_sum, *terms)
+                    self._step_stack(stack, stacked_grad(params), group, group_sum, *terms)
 
     def _open_stack(self, stack: ShapeStack, group):
         """The stack's `_open_param`: t += 1, and at t == W the warm-up-only states are dropped.

@@ -36,5 +36,8 @@ def floor_from_sum(group_sum: torch.Tensor, per_sum) -> torch.Tensor:
 
 
 def floor_roundoff(grad: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """g where |g| > floor, else 0 (a new tensor; the gradient itself is left as it is)."""
-    return torch.where(grad.abs() > floor, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    """g where |g| > floor, else 0 (a new tensor; the gradient itself is left as it is). |g| is compared with the
+    floor exactly, in the wider of the two dtypes: a bf16 gradient against the fp32 floor, not the floor rounded
+    to bf16 (which ATen's promotion of a 0-d tensor would do eagerly, and inductor does not)."""
+    magnitude = grad.abs().to(torch.promote_types(grad.dtype, floor.dtype))
+    return torch.where(magnitude > floor, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
