@@ -9,8 +9,9 @@ best-of-two steps. Every warm-up class is timed in each phase (t < W/2: TAM, Ort
 W/2 ≤ t < W: the mask warm-up; t ≥ W, most of a long run), with W chosen so that every timed step stays in its
 phase, and the phases are weighted into a whole-run figure: a 1,000-step run at the default W = 500 spends 250
 steps in each warm-up phase and 500 after. The optimized Automagic_CameAMP's first step is timed in a fresh
-process with an empty inductor cache (compile included). "Step peak extra" is the most memory allocated and not
-yet freed during one more step (the profiler's allocation events).
+process with an empty inductor cache (compile included), beside inductor's own start there (a one-operation
+graph). "Step peak extra" is the most memory allocated and not yet freed during one more step (the profiler's
+allocation events).
 
 "GB/s" is the least traffic a step must move (parameters read and written, the gradient read, every
 state byte read and written) over its time, beside a bandwidth line measured in the same run (the best
