@@ -71,7 +71,8 @@ def floor_edge_states(package, name):
     g = torch.ones(n, dtype=torch.bfloat16)
     g[-2], g[-1] = 0.5, 2.0**-20
     floor = group_floor(g.float().abs().sum(), n)
-    assert float(floor) < 2.0**-20 == float(floor.bfloat16())
+    assert float(floor) < 2.0**-20
+    assert float(floor.bfloat16()) == 2.0**-20
     p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16))
     kwargs = {} if "Hina" in name else {"warmup_steps": 6}
     opt = getattr(package, name)([p], lr=1e-3, **kwargs)

@@ -37,28 +37,31 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         return (*super()._partition_key(p), p.dim() == 2 and self._is_lora(p))
 
     # ------------------------------------------------------------------ the group pre-pass
-    def _group_terms(self, group, updating, parts) -> tuple:
+    def _group_terms(self, group, updating, parts, group_sum) -> tuple:
         """Returns ([μ, σ] of |g| over the group, None unless wd > 0 and a tensor is early,); draws each
         post-warm-up tensor's noise, in the group's order, for `_walk_noise`."""
         self._noise.clear()
         stats = None
         w = group["warmup_steps"]
         if group["weight_decay"] > 0 and any(self.state[p]["step"] < w / 2 for p in updating):
-            stats = self._abs_stats(parts)
+            stats = self._abs_stats(parts, group_sum)
         for p in updating:
             state = self.state[p]
             if state["step"] + 1 >= w:
                 self._noise[id(state)] = super()._walk_noise(state, state["lr_mask"])
         return (stats,)
 
-    def _abs_stats(self, parts) -> torch.Tensor:
+    def _abs_stats(self, parts, group_sum) -> torch.Tensor:
         """[μ, σ] = mean and population std of |g| over the group's gradients (group_abs_stats), from the
-        stacks in fp32 (two compiled passes, each stacking the gradients a stack at a time), in the dtype the
-        reference takes them in."""
+        stacks in fp32, in the dtype the reference takes them in. μ's Σ|g| is the group's S where that is summed
+        in fp32 (the corrected mode: the same compiled sums), else summed again in fp32; σ's is one compiled
+        pass, stacking the gradients a stack at a time."""
         grads = [p.grad for ps in parts for p in ps]
         dtype = torch.float32 if self.fixed else functools.reduce(torch.promote_types, (g.dtype for g in grads))
         n = sum(g.numel() for g in grads)
-        mu = torch.stack([improved_step.fused_abs_sum(stacked_grad(ps), True) for ps in parts]).sum() / n
+        abs_total = group_sum if self.fixed else torch.stack([improved_step.fused_abs_sum(stacked_grad(ps), True)
+                                                              for ps in parts]).sum()  # fmt: skip
+        mu = abs_total / n
         var = torch.stack([improved_step.fused_abs_deviation_sumsq(stacked_grad(ps), mu) for ps in parts]).sum() / n
         return torch.stack([mu, var.sqrt()]).to(dtype)
 

@@ -174,9 +174,10 @@ class StackedSteps:
     def _gradients_finite_or_allowed(self) -> bool:
         return True  # checked in _step_groups, on the stacked gradients
 
-    def _group_terms(self, group, updating, parts) -> tuple:
-        """Per-group values the reference's group pre-pass computes besides S, passed on to `_step_stack` and
-        `_step_param` after S (none here). `parts`: the group's stacks' parameters (see `stacked_grad`)."""
+    def _group_terms(self, group, updating, parts, group_sum) -> tuple:
+        """Per-group values the reference's group pre-pass computes besides S (`group_sum`), passed on to
+        `_step_stack` and `_step_param` after S (none here). `parts`: the group's stacks' parameters (see
+        `stacked_grad`)."""
         return ()
 
     def _step_groups(self):
@@ -199,7 +200,7 @@ class StackedSteps:
             for p in updating:
                 if len(self.state[p]) == 0:
                     self._init_state(p, group)
-            terms = self._group_terms(group, updating, parts)
+            terms = self._group_terms(group, updating, parts, group_sum)
             self._set_floor(group_sum, updating)  # the round-off floor (fixed mode), as the reference's
             for params in parts:
                 stack = self._stack_for(params)
