@@ -81,18 +81,17 @@ def run_came_scale(gen, shapes):
 
 
 def run_came_scale_v3(gen, shapes):
-    """T2 V3 (the Improved classes): both clip forms, in place (Improved) and out of place (seed 004's S2o)."""
+    """T2 V3 (the Improved classes): both clip forms (Improved) and seed 004's S2o."""
     grads = [_randn(gen, s) for s in shapes]
     vs = [_positive(gen, s) * 1e-2 for s in shapes]
     eps1, clip = 1e-30, 0.7
     out = []
     for indices, (g, v) in _stacks([grads, vs], shapes):
         for improved_clip in (True, False):
-            v_in_place = v.clone()
-            u = improved_step.scale_v3(g, v_in_place, eps1, clip, improved_clip)
+            u, v_new = improved_step.scale_v3(g, v, eps1, clip, improved_clip)
             for k, i in enumerate(indices):
                 ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip)
-                out += [("u", ru, u[k]), ("v", rv, v_in_place[k])]
+                out += [("u", ru, u[k]), ("v", rv, v_new[k])]
         u, v_new = seed004_step.scale_v3(g, v, eps1, clip)
         for k, i in enumerate(indices):
             ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip=False)

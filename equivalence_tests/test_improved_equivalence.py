@@ -14,7 +14,7 @@ import torch
 
 import optimized
 import reference
-from optimized import shape_stack
+from optimized import automagic_cameamp_improved, improved_step, shape_stack
 
 from .cases.improved import (
     CASES,
@@ -120,3 +120,70 @@ def test_state_dicts_load_across_the_two_classes():
     fresh = reference.Automagic_CameAMP_Improved(make_params(torch.float32), compat="fixed", **CASES["defaults, W 8"])
     assert loads_unchanged(fresh, saved)
     assert max(compare_states(ref.state_dict(), saved).values()) <= lockstep_tolerance(torch.float32).bound
+
+
+def _one_pass_and_passes_agree(calls: list):
+    """A stand-in for `improved_step.fused_stack_step` that steps a copy of θ and the states in one pass and
+    the originals in passes (`improved_step.in_passes`), asserts both bit-identical and appends the number of
+    passes to `calls`."""
+    one_pass = improved_step.stack_step
+
+    def both(theta, raw_grad, group_sum, floor, st, *rest):
+        copy_theta, copy_st = theta.clone(), {k: v.clone() for k, v in st.items()}
+        one_pass(copy_theta, raw_grad, group_sum, floor, copy_st, *rest)
+        passes = []
+
+        def counted(*args):
+            passes.append(1)
+            return one_pass(*args)
+
+        improved_step.in_passes(counted, theta, raw_grad, group_sum, floor, st, *rest)
+        calls.append(len(passes))
+        assert torch.equal(theta, copy_theta), "θ"
+        for key, value in st.items():
+            assert torch.equal(value, copy_st[key]), key
+
+    return both
+
+
+@pytest.mark.parametrize("case,compat,dtype", MATRIX, ids=str)
+def test_a_step_in_passes_is_the_step_in_one(case, compat, dtype, monkeypatch):
+    """Every stack of every phase and case (the early phase too, which steps in one pass), stepped in passes
+    split at its reductions, writes what the one-pass step writes, bit for bit; the steps after the early
+    phase take ≥ 3 passes (so the split happens)."""
+    calls = []
+    monkeypatch.setattr(improved_step, "fused_stack_step", _one_pass_and_passes_agree(calls))
+    run(case, dtype, compat, lockstep=False)
+    if compat == "upstream" and dtype == torch.bfloat16:
+        assert calls == []  # its stacks run uncompiled, in one pass (`_uncompiled`)
+    else:
+        assert calls and max(calls) >= 3, calls
+
+
+@pytest.mark.parametrize("compat", ["upstream", "fixed"])
+def test_a_tensor_too_large_to_stack_steps_in_passes(compat, monkeypatch):
+    """A tensor over STACK_ELEMENTS steps in passes after the early phase, and in one before, with the
+    reference's result (lockstep)."""
+    passes = []
+    in_passes = improved_step.in_passes
+    monkeypatch.setattr(improved_step, "in_passes", lambda *args: passes.append(1) or in_passes(*args))
+    shapes = [(shape_stack.STACK_ELEMENTS + 3,), (16, 24)]
+    worst = run("defaults, W 8", torch.float32, compat, lockstep=True, shapes=shapes)
+    assert len(passes) == STEPS - 8 // 2 + 1  # t ≥ W/2 = 4, the large tensor only
+    for key, err in worst.items():
+        assert err <= lockstep_tolerance(torch.float32).bound, f"{key}: {err:.3e}"
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("compat,dtype", COMPILED[:1], ids=str)
+def test_compiled_in_passes(compat, dtype, monkeypatch):
+    """The compiled stack step in passes (`improved_step.Passes`), lockstep and free-running, every phase past
+    the early one on the two stacks of `test_compiled` (whose one-pass early graphs it reuses)."""
+    monkeypatch.setattr(automagic_cameamp_improved, "steps_in_passes", lambda stack, early: not early)
+    case = "defaults, W 8"
+    worst = run(case, dtype, compat, lockstep=True, shapes=MAKE_TEST_COMPILED_SHAPES)
+    for key, err in worst.items():
+        assert err <= lockstep_tolerance(dtype).bound, f"lockstep {key}: {err:.3e}"
+    err = run(case, dtype, compat, lockstep=False, shapes=MAKE_TEST_COMPILED_SHAPES)["params"]
+    own = lambda: run(case, dtype, compat, lockstep=False, shapes=MAKE_TEST_COMPILED_SHAPES, partner=SELF)["params"]  # noqa: E731
+    assert_free_running(err, free_running_tolerance(dtype).bound, own)

@@ -13,7 +13,7 @@ from reference.dual_momentum import default_alpha
 from reference.low_rank_penalty import rank_aware_decay
 
 from . import improved_step as S
-from .shape_stack import ShapeStack, StackedSteps, host_scalar_dtype
+from .shape_stack import ShapeStack, StackedSteps, host_scalar_dtype, steps_in_passes
 
 
 class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improved):
@@ -62,11 +62,14 @@ class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improv
         beta1_t = 1.0 if early else max(group["betas"][0] * consts.beta1_decay**t, 0.4)
         decay = rank_aware_decay(group["weight_decay"], theta) if rank_aware else group["weight_decay"]
         scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
-        step = S.stack_step if self._uncompiled(dtype, early, stack) else S.fused_stack_step
-        step(
-            stack.theta, stacked_grad, group_sum, self._floor, dict(st), scalars, rank_term, res_weight, mask_scale,
-            jumps, flags, consts
-        )  # fmt: skip
+        args = (stack.theta, stacked_grad, group_sum, self._floor, dict(st), scalars, rank_term, res_weight,
+                mask_scale, jumps, flags, consts)  # fmt: skip
+        if self._uncompiled(dtype, early, stack):
+            S.stack_step(*args)
+        elif steps_in_passes(stack, early):
+            S.in_passes(S.fused_stack_step, *args)
+        else:
+            S.fused_stack_step(*args)
         if warm:  # the per-tensor means of the new mask, taken by ATen as the reference takes them (inductor's
             # sum of a row of 12,000 elements under dynamic shapes was 4e-6 off)
             stack.avg_lr = S.rows(st["lr_mask"]).mean(1)

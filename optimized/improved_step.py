@@ -6,8 +6,8 @@ SPD conditions, the background test, the global-cosine guard, OrthoGrad's guards
 selects, so nothing is read back to the host.
 
 `stack_step` is the whole step of one stack after the rank penalty, compiled as one graph per `Flags`
-(a run sees about three: early, late warm-up, post-warm-up) and shape class; it writes θ and every state
-in place. Two parts stay outside the fused loops: the rank penalty (batched eigh/SVD on small matrices,
+(a run sees about three: early, late warm-up, post-warm-up) and shape class, or for one tensor too large
+to stack as passes split at its reductions (`Passes`); it writes θ and every state in place. Two parts stay outside the fused loops: the rank penalty (batched eigh/SVD on small matrices,
 computed before) and OrthoGrad, an opaque op (`cameamp::stack_orthograd`) run eagerly inside the graph,
 because upstream's OrthoGrad of an update nearly parallel to θ returns rounding noise rescaled to ‖x‖,
 which only the reference's own summation order (torch.dot per tensor) and FMA reproduce.
@@ -31,6 +31,65 @@ from .compile import compiled
 
 AGR_EPS = 1e-10
 CAUTIOUS_MIN_MEAN = 1e-3
+
+
+class Passes:
+    """A stack step's code run as passes split at its per-tensor reductions, for tensors too large to stack
+    (`in_passes`). Compiled as one graph, a step keeps every value that crosses a reduction as a fresh
+    full-size fp32 buffer (5 in the t ≥ W graph: 20 bytes/param of step peak; above glibc's 32 MB mmap
+    threshold each is mapped and zeroed anew at every step: 178 ms of a 16M tensor's step, 70 with freed
+    memory kept). Run in passes, pass k computes the reductions of level k from what the passes before
+    returned, reading the states again; the last takes every reduction as given and writes θ and the
+    states. Inductor drops what a pass does not return, so no pass holds a full-size temporary (the 16M
+    step: 51 ms in 3 passes).
+
+    `given`: the reductions of the passes run so far, one tuple per pass; None runs the step in one pass, as
+    the eager code and small stacks do. A level ends at `barrier()`; a reduction that depends on another of
+    its own level is still exact (the pass computes both), it only makes that pass hold the values between.
+    Writes wait for the end of the pass in every mode, so the step never reads a state it has written."""
+
+    def __init__(self, given: tuple | None):
+        self.given = given
+        self.level = 0
+        self.at_level = 0  # reductions met at the current level
+        self.computed: list = []  # the reductions this pass returns
+        self.writes: list = []
+
+    def reduced(self, value: torch.Tensor) -> torch.Tensor:
+        if self.given is None:
+            return value
+        if self.level < len(self.given):
+            value = self.given[self.level][self.at_level]
+        elif self.level == len(self.given):
+            self.computed.append(value)
+        self.at_level += 1
+        return value
+
+    def barrier(self) -> None:
+        """What follows may depend on the reductions before."""
+        if self.at_level:
+            self.level, self.at_level = self.level + 1, 0
+
+    def write(self, target: torch.Tensor, value: torch.Tensor) -> None:
+        self.writes.append((target, value))
+
+    def finish(self) -> tuple | None:
+        """The reductions this pass computed, or (the last pass) None once θ and the states are written."""
+        if self.computed:
+            return tuple(self.computed)
+        for target, value in self.writes:
+            target.copy_(value)
+        return None
+
+
+ONE_PASS = Passes(None)  # holds nothing: with `given` None, `reduced` and `barrier` change no attribute
+
+
+def in_passes(step, *args) -> None:
+    """Runs `step(*args, given)` (a `stack_step`) pass after pass until it writes (see `Passes`)."""
+    given: tuple = ()
+    while (computed := step(*args, given)) is not None:
+        given += (computed,)
 
 
 def rows(x: torch.Tensor) -> torch.Tensor:
@@ -130,16 +189,18 @@ def rank_penalty(theta: torch.Tensor, strength: float, form: str) -> torch.Tenso
     return torch.where(finite, strength * u[..., :, k:] @ vh[..., k:, :], 0.0).to(theta.dtype)
 
 
-def scale_v3(grad, v, eps1: float, clip_threshold: float, improved_clip: bool):
-    """came_style.scale_v3 per tensor, v updated in place. Returns u."""
-    v.mul_(V3_BETA2).add_(grad.pow(2).add(eps1), alpha=1 - V3_BETA2)
+def scale_v3(grad, v, eps1: float, clip_threshold: float, improved_clip: bool, passes: Passes = ONE_PASS):
+    """came_style.scale_v3 per tensor. Returns (u, the new v)."""
+    v = v.mul(V3_BETA2).add(grad.pow(2).add(eps1), alpha=1 - V3_BETA2)
     u = grad * v.rsqrt()
+    rms = passes.reduced(tensor_rms(u))
+    passes.barrier()
     if improved_clip:  # u·c / max(RMS(u), 1)
-        return u.mul(clip_threshold / tensor_rms(u).clamp(min=1.0))
-    return u / (tensor_rms(u) / clip_threshold).clamp(min=1.0)
+        return u.mul(clip_threshold / rms.clamp(min=1.0)), v
+    return u / (rms / clip_threshold).clamp(min=1.0), v
 
 
-def correlation(m: torch.Tensor, x: torch.Tensor, ndim: int) -> torch.Tensor:
+def correlation(m: torch.Tensor, x: torch.Tensor, ndim: int, passes: Passes = ONE_PASS) -> torch.Tensor:
     """tam.fast_correlation per tensor: the column cosine over the tensor's dim 0 below 10,000 elements (or
     1-D), else the global cosine (0 when ‖m‖‖x‖ < 1e-12), as a full tensor."""
     if ndim == 0:
@@ -147,22 +208,25 @@ def correlation(m: torch.Tensor, x: torch.Tensor, ndim: int) -> torch.Tensor:
     if rows(m).shape[1] < CORRELATION_SWITCH or ndim <= 1:
         dot = torch.sum(m * x, dim=1, keepdim=True)
         denominator = torch.clamp(m.norm(p=2, dim=1, keepdim=True) * x.norm(p=2, dim=1, keepdim=True), min=1e-12)
-        cos = torch.ones_like(m).mul(dot / denominator)
+        cos = torch.ones_like(m).mul(passes.reduced(dot / denominator))
     else:
         denominator = per(tensor_norms(m.contiguous()) * tensor_norms(x.contiguous()), m)
-        cos = torch.where(denominator < 1e-12, 0.0, tensor_dot(m, x) / denominator).expand_as(m).to(m.dtype)
+        cos = passes.reduced(torch.where(denominator < 1e-12, 0.0, tensor_dot(m, x) / denominator))
+        cos = cos.expand_as(m).to(m.dtype)
+    passes.barrier()
     return cos.squeeze(1) if ndim == 0 else cos
 
 
-def tam(m, s, x, gamma: float, eps1: float, emphasis: float, ndim: int, fixed: bool):
+def tam(m, s, x, gamma: float, eps1: float, emphasis: float, ndim: int, fixed: bool, passes: Passes = ONE_PASS):
     """tam.tam_improved (upstream: element-wise s, stored emphasis) or tam_improved_fixed (scalar cosine s)."""
     if fixed:
-        cos = F.cosine_similarity(rows(m), rows(x), dim=1)
+        cos = passes.reduced(F.cosine_similarity(rows(m), rows(x), dim=1))
+        passes.barrier()
         s = s * gamma + cos * (1.0 - gamma)
         s_used = per((s * emphasis).clamp(-1.0, 1.0), m)
         d = ((1.0 + s_used) / 2.0 + eps1) * x
         return m * IMPROVED_TAM_BETA + d * (1.0 - IMPROVED_TAM_BETA), s
-    s = s.mul(gamma).add(correlation(m, x, ndim), alpha=1.0 - gamma)
+    s = s.mul(gamma).add(correlation(m, x, ndim, passes), alpha=1.0 - gamma)
     if emphasis != 1.0:
         s = s.mul(emphasis)
     d = s.add(1.0).div(2.0).add(eps1).mul(x)
@@ -197,13 +261,17 @@ def orthograd(theta, x, fixed: bool):
     return torch.where(tensor_norm(theta) <= 1e-30, x, out)
 
 
-def cautious(update, x, background: bool):
+def cautious(update, x, background: bool, passes: Passes = ONE_PASS):
     """T12 with T22: φ = 1[U ⊙ u' > 0] / max(mean φ, 1e-3), halved where var(u') < 1e-6."""
     mask = (update * x > 0).to(x.dtype)
-    mask = mask / per(rows(mask).mean(1), mask).clamp(min=CAUTIOUS_MIN_MEAN)
+    mean = passes.reduced(per(rows(mask).mean(1), mask))
     if background:
         n = rows(x).shape[1]
         variance = rows(x).var(1) if n > 1 else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        variance = passes.reduced(variance)
+    passes.barrier()
+    mask = mask / mean.clamp(min=CAUTIOUS_MIN_MEAN)
+    if background:
         low = spatial_awareness.BACKGROUND_VARIANCE
         factor = torch.where(variance < low, spatial_awareness.BACKGROUND_FACTOR, 1.0).to(mask.dtype)
         mask = mask * per(factor, mask)
@@ -217,10 +285,11 @@ def suppress_update(update, edge_history, penalty: float, ndim: int):
     return update * (1.0 - penalty * edge_history).clamp(0.1, 1.0), edge_history
 
 
-def spd_step(theta, update, anchor, decay):
+def spd_step(theta, update, anchor, decay, passes: Passes = ONE_PASS):
     """spd.spd_step per tensor: θ̃ = θ − U; θ̃ − λ·r·(θ̃ − θ0)."""
     new_theta = theta - update
-    curr, prev = tensor_norm(new_theta - anchor), tensor_norm(theta - anchor)
+    curr, prev = passes.reduced(tensor_norm(new_theta - anchor)), passes.reduced(tensor_norm(theta - anchor))
+    passes.barrier()
     ratio = F.hardtanh((curr - prev) / (curr + 1e-8), 0.0, 1.0)
     return new_theta - (new_theta - anchor) * (ratio * decay)
 
@@ -287,7 +356,7 @@ class Consts(NamedTuple):
     max_lr: float
 
 
-def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts):
+def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts, passes: Passes):
     """_lr_mask per tensor (T8c + T23a). Returns E."""
     mask = st["lr_mask"]
     if not f.warm:
@@ -295,11 +364,11 @@ def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts)
             return mask
         scaled = mask * per(mask_scale, mask)
         if not f.fixed:  # stored: compounding [I-10]
-            mask.copy_(scaled)
+            passes.write(mask, scaled)
         return scaled
     # polarity agreement σ = ±1, π = (u' > 0)
     agree = torch.where(st["last_polarity"] == (x > 0), 1.0, -1.0)
-    st["last_polarity"].copy_(x > 0)
+    passes.write(st["last_polarity"], x > 0)
     bump = c.lr_bump
     if f.spatial:
         vs = st["spatial_variance"] if f.spatial_variance else torch.ones_like(mask)
@@ -313,9 +382,9 @@ def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts)
         bump_down = torch.where(condition < 0.0, scaled, bump)
     # + (lr − lr_max) where the lr rose above lr_max
     mask = mask + torch.where(agree > 0, bump_up, -bump_down) + per(jumps, mask)
-    mask = mask.clamp(min=c.min_lr, max=c.max_lr)
-    st["lr_mask"].copy_(mask)
-    return st["lr_mask"]
+    mask = mask.clamp(min=c.min_lr, max=c.max_lr).to(st["lr_mask"].dtype)
+    passes.write(st["lr_mask"], mask)
+    return mask
 
 
 # entries of stack_step's `scalars`
@@ -323,13 +392,15 @@ BETA1_T, ONE_MINUS_BETA1_T, DECAY = range(3)
 
 
 def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_term, res_weight, mask_scale,
-               jumps, f: Flags, c: Consts):  # fmt: skip
+               jumps, f: Flags, c: Consts, given: tuple | None = None):  # fmt: skip
     """One step of a stack: θ (`theta_store`, the parameters' dtype) and the states `st` (the state dtype)
     are written in place. `scalars`: [β1_t, 1 − β1_t, λ] (the consistency momentum's coefficients, unused
     while early, and SPD's decay, rank-aware on matrices), tensors so that a new value is no new graph;
     `rank_term`: the rank penalty added to g̃ (or None); `res_weight` [c]: the fixed residual's bias
     correction; `mask_scale` [c]: the post-warm-up mask scale (None: all 1); `jumps` [c]: the warm-up
-    mask's lr jumps (zeros where the lr did not rise); `floor`: the round-off floor (None: upstream)."""
+    mask's lr jumps (zeros where the lr did not rise); `floor`: the round-off floor (None: upstream);
+    `given`: see `Passes` (returns a pass's reductions, or None once it has written)."""
+    passes = Passes(given)
     dtype = st["exp_avg"].dtype
     raw_grad = floored(raw_grad.to(dtype), floor)
     theta = theta_store.to(dtype)
@@ -345,8 +416,17 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
     if rank_term is not None:
         grad = grad + rank_term
 
+    # the d_coef / SPD condition per tensor (depends on no reduction: it joins the first level)
+    condition = None
+    if f.warm:
+        source, anchor = (raw_grad, theta - st["pre"]) if f.fixed else (grad, theta)
+        condition = passes.reduced(-tensor_sum(source * anchor))
+
     # T2 V3
-    u = scale_v3(grad, st["exp_avg_sq"], c.eps1, c.clip, not f.fixed) if f.came else grad
+    u = grad
+    if f.came:
+        u, v = scale_v3(grad, st["exp_avg_sq"], c.eps1, c.clip, not f.fixed, passes)
+        passes.write(st["exp_avg_sq"], v)
 
     # T15a dual momentum; m := M
     m = st["exp_avg"]
@@ -354,55 +434,53 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
         x, m, long_term, mixed_sq = dual_momentum(
             u, st["long_term_momentum"], st["mixed_momentum_sq"], c.beta1, c.beta2, c.long_term_beta, c.mix, c.eps1
         )
-        st["long_term_momentum"].copy_(long_term)
-        st["mixed_momentum_sq"].copy_(mixed_sq)
+        passes.write(st["long_term_momentum"], long_term)
+        passes.write(st["mixed_momentum_sq"], mixed_sq)
     else:
         x = u
 
     # T4b TAM while early, else T5 consistency momentum
     if f.early:
-        m, s = tam(m, st["s"], x, c.beta1_decay, c.eps1, c.emphasis, f.ndim, f.fixed)
-        st["s"].copy_(s)
+        m, s = tam(m, st["s"], x, c.beta1_decay, c.eps1, c.emphasis, f.ndim, f.fixed, passes)
+        passes.write(st["s"], s)
     else:
         m = m.mul(scalars[BETA1_T]).add(x * scalars[ONE_MINUS_BETA1_T])
-    st["exp_avg"].copy_(m)
+    passes.write(st["exp_avg"], m)
 
     # T3 residual
-    r = st["exp_avg_res"].mul_(c.beta3).add_(x.sub(m).pow(2).add(c.eps2), alpha=1.0 - c.beta3)
+    r = st["exp_avg_res"].mul(c.beta3).add(x.sub(m).pow(2).add(c.eps2), alpha=1.0 - c.beta3)
+    passes.write(st["exp_avg_res"], r)
     if f.fixed:
         r = r / per(res_weight, r)
     update = m * r.rsqrt()
 
-    # the d_coef / SPD condition per tensor
-    condition = None
-    if f.warm:
-        source, anchor = (raw_grad, theta - st["pre"]) if f.fixed else (grad, theta)
-        condition = -tensor_sum(source * anchor)
-
-    lr_eff = lr_mask_step(st, x, condition, mask_scale, jumps, f, c)
+    lr_eff = lr_mask_step(st, x, condition, mask_scale, jumps, f, c, passes)
 
     if f.early:
-        update = stack_orthograd(theta, update, f.fixed)
+        update = passes.reduced(stack_orthograd(theta, update, f.fixed))  # computed once, opaque
+        passes.barrier()
         update = update.abs() * x.sign()
         if f.edge:
             update, edge_history = suppress_update(update, st["edge_history"], c.edge_penalty, f.ndim)
-            st["edge_history"].copy_(edge_history)
+            passes.write(st["edge_history"], edge_history)
     else:
-        update = cautious(update, x, f.background)
+        update = cautious(update, x, f.background, passes)
 
     update = (update * lr_eff).to(update.dtype)
 
     # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U
     new_theta = theta - update
     if f.warm:
-        new_theta = torch.where(condition < 0.0, spd_step(theta, update, st["pre"], scalars[DECAY]), new_theta)
+        spd = spd_step(theta, update, st["pre"], scalars[DECAY], passes)
+        new_theta = torch.where(condition < 0.0, spd, new_theta)
         if not f.fixed:  # upstream re-anchors before the plain update: θ_{t+1} where SPD fired, else θ_t [I-29]
-            st["pre"].copy_(torch.where(condition < 0.0, new_theta.to(theta_store.dtype), theta_store))
-    theta_store.copy_(new_theta)
+            passes.write(st["pre"], torch.where(condition < 0.0, new_theta.to(theta_store.dtype), theta_store))
+    passes.write(theta_store, new_theta)
 
     # T23a
     if f.spatial_variance and f.ndim >= 2:
-        st["spatial_variance"].copy_(spatial_awareness.update_spatial_variance(st["spatial_variance"], x))
+        passes.write(st["spatial_variance"], spatial_awareness.update_spatial_variance(st["spatial_variance"], x))
+    return passes.finish()
 
 
 _compiled_stack_step = compiled(stack_step, exact_casts=True, outer_loop_fusion=False, dynamic=True)

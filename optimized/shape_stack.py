@@ -38,6 +38,15 @@ def host_scalar_dtype(state_dtype):
     return torch.float64 if state_dtype == torch.float64 else torch.float32
 
 
+def steps_in_passes(stack, early: bool) -> bool:
+    """Whether a compiled stack step runs in passes split at its reductions (improved_step.Passes): a stack of
+    one tensor too large to cut (over STACK_ELEMENTS) after the early phase. 16M in one tensor, ms per step
+    in one graph → in passes: W/2 ≤ t < W 355 → 232, t ≥ W 178 → 51. Not while early, whose opaque
+    OrthoGrad needs its input whole and whose five levels re-read the states more than the buffers cost
+    (335 → 387 ms), nor on stacks of small tensors (LoRA-like, t ≥ W: 400 → 700 ms, a call per pass)."""
+    return not early and stack.theta.numel() > STACK_ELEMENTS
+
+
 def stacked_grad(params) -> torch.Tensor:
     """The gradients of a stack's parameters, [c, *shape]: a copy, or a view for one tensor."""
     return torch.stack([p.grad for p in params]) if len(params) > 1 else params[0].grad[None]
