@@ -7,8 +7,9 @@ selects, so nothing is read back to the host.
 
 `stack_step` is the whole step of one stack after the rank penalty, compiled as one graph per `Flags`
 (a run sees about three: early, late warm-up, post-warm-up) and shape class, or for one tensor too large
-to stack as passes split at its reductions (`Passes`); it writes θ and every state in place. Two parts stay outside the fused loops: the rank penalty (batched eigh/SVD on small matrices,
-computed before) and OrthoGrad, an opaque op (`cameamp::stack_orthograd`) run eagerly inside the graph,
+to stack as passes split at its reductions (`Passes`); it writes θ and every state in place. Two parts
+stay outside the fused loops: the rank penalty (batched eigh/SVD on small matrices, computed before) and
+OrthoGrad, an opaque op (`cameamp::stack_orthograd`) run eagerly inside the graph,
 because upstream's OrthoGrad of an update nearly parallel to θ returns rounding noise rescaled to ‖x‖,
 which only the reference's own summation order (torch.dot per tensor) and FMA reproduce.
 """
@@ -253,12 +254,12 @@ def orthograd(theta, x, fixed: bool):
     # rounded as the reference's x.sub(w, alpha=π) rounds on CPU (a fused multiply-add in fp32, π·w rounded
     # first in bf16): a one-element x is parallel to θ, and its v⊥ is nothing but that rounding
     full = x.dtype in (torch.float32, torch.float64)
-    perp = torch.addcmul(x, w, -proj) if full else x - proj * w
-    perp_norm = tensor_norm(perp)
-    out = perp * (nu / perp_norm.add(1e-30))
+    out = torch.addcmul(x, w, -proj) if full else x - proj * w  # v⊥, then rescaled and selected in place: eager,
+    perp_norm = tensor_norm(out)  # each fresh 16M buffer is mapped and zeroed (104 against 48 ms per call)
+    out.mul_(nu / perp_norm.add(1e-30))
     if fixed:
-        out = torch.where(perp_norm <= PARALLEL_TOL * nu, 0.0, out)
-    return torch.where(tensor_norm(theta) <= 1e-30, x, out)
+        out.masked_fill_(perp_norm <= PARALLEL_TOL * nu, 0.0)
+    return torch.where(tensor_norm(theta) <= 1e-30, x, out, out=out)
 
 
 def cautious(update, x, background: bool, passes: Passes = ONE_PASS):
