@@ -19,7 +19,7 @@ from reference.low_rank_penalty import rank_aware_decay_s2o
 from . import improved_step, minmax_codec, stack_blocks
 from . import seed004_step as S
 from .automagic_cameamp_improved import Automagic_CameAMP_Improved
-from .shape_stack import ShapeStack, host_scalar_dtype
+from .shape_stack import ShapeStack, host_scalar_dtype, step_states
 
 
 class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_CameAMP_8Bit):
@@ -79,7 +79,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             decay = float(rank_aware_decay_s2o(decay, theta[0]))
         scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
         step = S.stack_step if self._uncompiled(dtype, early, stack) else S.fused_stack_step
-        passed = dict(st)
+        passed = step_states(st)
         ix = self._block_index(stack) if any(k.endswith("_q") for k in st) else None
         new_mask = step(
             stack.theta, stacked_grad, group_sum, self._floor, passed, scalars, rank_term, res_weight, mask_scale,

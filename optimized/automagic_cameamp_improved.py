@@ -13,7 +13,7 @@ from reference.dual_momentum import default_alpha
 from reference.low_rank_penalty import rank_aware_decay
 
 from . import improved_step as S
-from .shape_stack import ShapeStack, StackedSteps, host_scalar_dtype, steps_in_passes
+from .shape_stack import ShapeStack, StackedSteps, host_scalar_dtype, step_states, steps_in_passes
 
 
 class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improved):
@@ -62,7 +62,7 @@ class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improv
         beta1_t = 1.0 if early else max(group["betas"][0] * consts.beta1_decay**t, 0.4)
         decay = rank_aware_decay(group["weight_decay"], theta) if rank_aware else group["weight_decay"]
         scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
-        args = (stack.theta, stacked_grad, group_sum, self._floor, dict(st), scalars, rank_term, res_weight,
+        args = (stack.theta, stacked_grad, group_sum, self._floor, step_states(st), scalars, rank_term, res_weight,
                 mask_scale, jumps, flags, consts)  # fmt: skip
         if self._uncompiled(dtype, early, stack):
             S.stack_step(*args)

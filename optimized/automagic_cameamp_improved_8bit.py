@@ -19,7 +19,7 @@ from reference.lr_mask import RANDOM_WALK_RANGE
 
 from . import improved8_step as S
 from . import improved_step, stack_codec
-from .shape_stack import ShapeStack, StackedSteps, stacked_grad
+from .shape_stack import ShapeStack, StackedSteps, stacked_grad, step_states
 
 
 class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_Improved_8Bit):
@@ -136,7 +136,7 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         if not uncompiled:
             scalars = torch.tensor(scalars, dtype=torch.float32, device=theta.device)
         blocks = self._blocks_for(stack) if any(key.endswith("_q") for key in st) else None
-        passed = dict(st)
+        passed = step_states(st)
         step = S.stack_step if uncompiled else S.fused_stack_step
         step(
             stack.theta, stacked_grad, group_sum, self._floor, passed, scalars, stats, rank_term, noise, blocks, flags,

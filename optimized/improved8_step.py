@@ -97,7 +97,7 @@ def tam_direction(st: dict, m, u, blocks, f: Flags, c: Consts):
     if f.polarity:  # s ← s·clamp(κ, 0.1, 1), κ = mean(π ⊙ last polarity)
         kappa = rows(polarity * st["last_polarity"].float()).mean(1)
         s = (s * per(kappa.clamp(0.1, 1.0), s)).to(s.dtype)
-    st["last_polarity"].copy_(polarity.bool())
+    st["last_polarity"].copy_(polarity.bool().to(st["last_polarity"].dtype))  # uint8 (shape_stack.step_states)
     return s
 
 

@@ -367,9 +367,10 @@ def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts,
         if not f.fixed:  # stored: compounding [I-10]
             passes.write(mask, scaled)
         return scaled
-    # polarity agreement σ = ±1, π = (u' > 0)
-    agree = torch.where(st["last_polarity"] == (x > 0), 1.0, -1.0)
-    passes.write(st["last_polarity"], x > 0)
+    # polarity agreement σ = ±1, π = (u' > 0), held as uint8 (shape_stack.step_states)
+    polarity = (x > 0).to(st["last_polarity"].dtype)
+    agree = torch.where(st["last_polarity"] == polarity, 1.0, -1.0)
+    passes.write(st["last_polarity"], polarity)
     bump = c.lr_bump
     if f.spatial:
         vs = st["spatial_variance"] if f.spatial_variance else torch.ones_like(mask)

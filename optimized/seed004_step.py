@@ -143,8 +143,9 @@ def lr_mask_step(st: dict, grad, mask_scale, jumps, ix, f: Flags, c: Consts):
     if not f.warm:
         return mask * per(mask_scale, mask)
     # σ = ±1 where the polarity of g̃ agrees with the stored one
-    agree = torch.where(st["last_polarity"] == (grad > 0), 1.0, -1.0)
-    st["last_polarity"].copy_(grad > 0)
+    polarity = (grad > 0).to(st["last_polarity"].dtype)  # uint8 (shape_stack.step_states)
+    agree = torch.where(st["last_polarity"] == polarity, 1.0, -1.0)
+    st["last_polarity"].copy_(polarity)
     bump = c.lr_bump
     if f.spatial:
         vs = codec.load(st, "spatial_variance", ix) if f.spatial_variance else torch.ones_like(mask)
