@@ -17,10 +17,10 @@ import torch
 
 from optimized import hina_step, improved8_step, improved_step, seed004_step
 from optimized import kernels as K
-from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, lr_mask, tam
+from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, edge_suppression, lr_mask, tam
 from reference.allora import allora_row_scaling
 from reference.consistency_momentum import consistency_momentum, decayed_beta1
-from reference.frequency_penalty import fft_penalty
+from reference.frequency_penalty import fft_penalty, finite_difference_penalty
 from reference.grams import grams_alpha, grams_blend
 from reference.low_rank_penalty import approximate_penalty, exact_svd_penalty, tail_nuclear_gradient
 from reference.orthograd import orthograd
@@ -403,6 +403,27 @@ def run_fft_penalty(gen, shapes):
     return out
 
 
+def run_laplacian(gen, shapes):
+    """T20's Laplacian over the last two dims (zeros where one is < 3); a 0-d or 1-D shape as one row."""
+    shapes = [s if len(s) >= 2 else (1, math.prod(s)) for s in shapes]
+    tensors = [_randn(gen, s) for s in shapes]
+    out = []
+    for indices, (stack,) in _stacks([tensors], shapes):
+        fast = improved_step.laplacian(stack)
+        out += [("L", edge_suppression.laplacian(tensors[i], "full"), fast[j]) for j, i in enumerate(indices)]
+    return out
+
+
+def run_finite_difference(gen, shapes):
+    """T21b's finite-difference penalty of each matrix (zeros where a dim is < 2)."""
+    matrices, stacks = _matrix_stacks(gen, shapes)
+    out = []
+    for indices, (stack,) in stacks:
+        fast = improved_step.finite_difference_penalty(stack, 2)
+        out += [("R", finite_difference_penalty(matrices[i]), fast[j]) for j, i in enumerate(indices)]
+    return out
+
+
 def _case(name, technique, paper, ref, opt, run):
     return TechniqueCase(name, technique, paper, ref, opt, run)
 
@@ -444,6 +465,11 @@ TECHNIQUE_CASES = [
           "optimized.kernels.allora_table", run_allora),
     _case("Adaptive weight decay", "T10", "adadecay", "reference.adaptive_weight_decay.decay_factor",
           "optimized.kernels.decay_factor", run_adaptive_wd),
+    _case("Laplacian edge penalty", "T20", "improved_regularisers", "reference.edge_suppression.laplacian",
+          "optimized.improved_step.laplacian", run_laplacian),
+    _case("Finite-difference frequency penalty", "T21b", "improved_regularisers",
+          "reference.frequency_penalty.finite_difference_penalty", "optimized.improved_step.finite_difference_penalty",
+          run_finite_difference),
     _case("FFT frequency penalty", "T21a", "improved_regularisers", "reference.frequency_penalty.fft_penalty",
           "optimized.seed004_step.stack_fft_penalty", run_fft_penalty),
     _case("Low-rank penalty (corrected: tail nuclear-norm gradient)", "T24", "improved_regularisers",

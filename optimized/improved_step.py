@@ -148,24 +148,36 @@ def tensor_dot(a, b):
     return per(tensor_dots(a.contiguous(), b.contiguous()), a)
 
 
+def laplacian(x: torch.Tensor) -> torch.Tensor:
+    """edge_suppression.laplacian(x, "full"), over the last two dims, as one expression of zero-padded stencils:
+    each element sums the same terms in the same order (bit-identical), where in-place adds into slices made
+    inductor keep the Laplacian and each stencil as buffers."""
+    h, w = x.shape[-2:]
+    if h <= 2 or w <= 2:
+        return torch.zeros_like(x)
+    # L[i, :] = x[i+1, :] − 2x[i, :] + x[i−1, :] (interior rows), + the same over the interior columns
+    down = F.pad(x[..., 2:, :] - 2 * x[..., 1:-1, :] + x[..., :-2, :], (0, 0, 1, 1))
+    across = F.pad(x[..., :, 2:] - 2 * x[..., :, 1:-1] + x[..., :, :-2], (1, 1))
+    return down + across
+
+
 def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
     """edge_suppression.edge_penalty(x[i], threshold, "optimized") for each i (the "optimized" Laplacian is
     defined for 2-D tensors only; other ≥ 2-D shapes give fp32 zeros, < 2-D ones zeros of x's dtype)."""
     if ndim < 2:
         return torch.zeros_like(x)
     # the "full" variant takes the Laplacian over the last two dims, i.e. per tensor of the stack
-    strength = edge_suppression.laplacian(x, "full").abs() if ndim == 2 else torch.zeros_like(x)
+    strength = laplacian(x).abs() if ndim == 2 else torch.zeros_like(x)
     return (strength > threshold).float() * strength
 
 
 def finite_difference_penalty(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    """frequency_penalty.finite_difference_penalty per tensor (2-D tensors with both dims ≥ 2)."""
-    penalty = torch.zeros_like(x)
+    """frequency_penalty.finite_difference_penalty per tensor (2-D tensors with both dims ≥ 2), zero-padded as
+    `laplacian`: R[:, 1:] = |x[:, 1:] − x[:, :−1]|, then R[1:, :] += |x[1:, :] − x[:−1, :]|."""
     if ndim != 2 or x.shape[1] < 2 or x.shape[2] < 2:
-        return penalty
-    penalty[..., :, 1:] += (x[..., :, 1:] - x[..., :, :-1]).abs()
-    penalty[..., 1:, :] += (x[..., 1:, :] - x[..., :-1, :]).abs()
-    return penalty
+        return torch.zeros_like(x)
+    across = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (1, 0))
+    return across + F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 1, 0))
 
 
 def rank_penalty(theta: torch.Tensor, strength: float, form: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ from reference.tam import TAM_BETA, TAM_DECAY
 
 from . import minmax_codec as codec
 from .compile import compiled
-from .improved_step import AGR_EPS, cautious, floored, per, spd_step, tam, tensor_rms, tensor_sum
+from .improved_step import AGR_EPS, cautious, floored, laplacian, per, spd_step, tam, tensor_rms, tensor_sum
 
 
 def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
@@ -29,7 +29,7 @@ def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
     last two dims (≥ 2-D), zeros of x's dtype below 2-D."""
     if ndim < 2:
         return torch.zeros_like(x)
-    strength = edge_suppression.laplacian(x, "full").abs()
+    strength = laplacian(x).abs()
     return (strength > threshold).float() * strength
 
 
