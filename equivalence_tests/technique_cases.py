@@ -17,13 +17,24 @@ import torch
 
 from optimized import hina_step, improved8_step, improved_step, seed004_step
 from optimized import kernels as K
-from reference import adabelief_residual, adaptive_weight_decay, agr, came_style, edge_suppression, lr_mask, tam
+from reference import (
+    adabelief_residual,
+    adaptive_weight_decay,
+    agr,
+    came_style,
+    cautious,
+    edge_suppression,
+    lr_mask,
+    spatial_awareness,
+    spd,
+    tam,
+)
 from reference.allora import allora_row_scaling
 from reference.consistency_momentum import consistency_momentum, decayed_beta1
 from reference.frequency_penalty import fft_penalty, finite_difference_penalty
 from reference.grams import grams_alpha, grams_blend
 from reference.low_rank_penalty import approximate_penalty, exact_svd_penalty, tail_nuclear_gradient
-from reference.orthograd import orthograd
+from reference.orthograd import PARALLEL_TOL, orthograd
 
 from .packing import Packed
 
@@ -81,7 +92,8 @@ def run_came_scale(gen, shapes):
 
 
 def run_came_scale_v3(gen, shapes):
-    """T2 V3 (the Improved classes): both clip forms (Improved) and seed 004's S2o."""
+    """T2 V3 (the Improved classes): both clip forms (Improved; seed 004's S2o and Improved_8Bit take the
+    plain one)."""
     grads = [_randn(gen, s) for s in shapes]
     vs = [_positive(gen, s) * 1e-2 for s in shapes]
     eps1, clip = 1e-30, 0.7
@@ -92,10 +104,6 @@ def run_came_scale_v3(gen, shapes):
             for k, i in enumerate(indices):
                 ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip)
                 out += [("u", ru, u[k]), ("v", rv, v_new[k])]
-        u, v_new = seed004_step.scale_v3(g, v, eps1, clip)
-        for k, i in enumerate(indices):
-            ru, rv = came_style.scale_v3(grads[i], vs[i], eps1, clip, improved_clip=False)
-            out += [("u (S2o)", ru, u[k]), ("v (S2o)", rv, v_new[k])]
     return out
 
 
@@ -319,6 +327,70 @@ def run_orthograd(gen, shapes):
             for t, u, o in zip(thetas, us, out, strict=True)]  # fmt: skip
 
 
+def run_orthograd_stacks(gen, shapes, fixed):
+    """T7a on stacks (the Improved family's early phase): upstream, and corrected (zeros where U is parallel to θ
+    within PARALLEL_TOL, as a one-element U always is)."""
+    thetas, us = _ms_xs(gen, shapes)
+    out = []
+    for indices, (theta, u) in _stacks([thetas, us], shapes):
+        fast = improved_step.orthograd(theta, u, fixed)
+        for k, i in enumerate(indices):
+            ref = orthograd(thetas[i], us[i], PARALLEL_TOL if fixed else 0.0)
+            if fixed or thetas[i].numel() > 1:
+                out.append(("U⊥", ref, fast[k]))
+            else:  # upstream's U⊥ of a one-element U is rounding noise rescaled (see run_orthograd)
+                out.append(("‖U⊥‖ ≤ ‖U‖", us[i].norm(), torch.maximum(fast[k].norm(), us[i].norm())))
+    return out
+
+
+def run_cautious(gen, shapes, background):
+    """T12 (φ = 1[U ⊙ u' > 0] / max(mean φ, 1e-3)) with T22 (halved where var(u') < 1e-6) on stacks. Every other
+    tensor's u' is scaled to 1e-5, so both sides of T22's test are met (variances ~1e-10 and ~1)."""
+    updates = [_randn(gen, s) for s in shapes]
+    xs = [_randn(gen, s, 1e-5 if i % 2 else 1.0) for i, s in enumerate(shapes)]
+    out = []
+    for indices, (update, x) in _stacks([updates, xs], shapes):
+        fast = improved_step.cautious(update, x, background)
+        for k, i in enumerate(indices):
+            ref = cautious.cautious_mask(updates[i], xs[i])
+            if background:
+                ref = ref * spatial_awareness.background_factor(xs[i])
+            out.append(("U", ref, fast[k]))
+    return out
+
+
+def run_spd_step(gen, shapes):
+    """T11a/T11b: θ̃ = θ − U, θ̃ − λ·r·(θ̃ − θ0) with r = hardtanh((‖θ̃ − θ0‖ − ‖θ − θ0‖)/(‖θ̃ − θ0‖ + 1e-8), 0, 1), on
+    stacks; the S2 and S2o forms differ in operation order only. θ0 is near θ, so r lies inside (0, 1)."""
+    thetas, updates = _ms_xs(gen, shapes)
+    anchors = [t + _randn(gen, t.shape, 0.1) for t in thetas]
+    decay = 0.3
+    out = []
+    for indices, (theta, update, anchor) in _stacks([thetas, updates, anchors], shapes):
+        fast = improved_step.spd_step(theta, update, anchor, torch.tensor(decay))
+        for k, i in enumerate(indices):
+            new_theta = thetas[i] - updates[i]
+            terms = new_theta.abs() + decay * (new_theta - anchors[i]).abs()  # θ̃ − λ·r·(θ̃ − θ0), r ≤ 1
+            for ref in (spd.spd_step, spd.spd_step_s2o):
+                out.append(("θ", ref(thetas[i], updates[i], anchors[i], decay), fast[k], terms))
+    return out
+
+
+def run_suppress_update(gen, shapes, full):
+    """T20 U2: eh ← 0.9·eh + 0.1·E_0.6(U), U ← U ⊙ clamp(1 − penalty·eh, 0.1, 1), per tensor of a stack; the
+    "full" Laplacian (seed 004, Improved_8Bit) or the "optimized" one (Improved: matrices only)."""
+    updates = [_randn(gen, s) for s in shapes]
+    histories = [_positive(gen, s) for s in shapes]
+    penalty, variant = 0.5, "full" if full else "optimized"
+    out = []
+    for indices, (update, history) in _stacks([updates, histories], shapes):
+        fast_u, fast_h = improved_step.suppress_update(update, history, penalty, update.dim() - 1, full)
+        for k, i in enumerate(indices):
+            ref_u, ref_h = edge_suppression.suppress_update(updates[i], histories[i], penalty, variant)
+            out += [("U", ref_u, fast_u[k]), ("eh", ref_h, fast_h[k])]
+    return out
+
+
 def run_lr_mask(gen, shapes):
     grads = [_randn(gen, s) for s in shapes]
     masks = [torch.full(s, 1e-4) + _randn(gen, s, 1e-5) for s in shapes]
@@ -459,12 +531,29 @@ TECHNIQUE_CASES = [
           run_grams),
     _case("OrthoGrad", "T7a", "orthograd", "reference.orthograd.orthograd", "optimized.kernels.orthograd",
           run_orthograd),
+    _case("OrthoGrad (stacks, upstream)", "T7a", "orthograd", "reference.orthograd.orthograd",
+          "optimized.improved_step.orthograd", partial(run_orthograd_stacks, fixed=False)),
+    _case("OrthoGrad (stacks, corrected)", "T7a", "orthograd", "reference.orthograd.orthograd",
+          "optimized.improved_step.orthograd", partial(run_orthograd_stacks, fixed=True)),
     _case("Automagic LR mask", "T8a", "automagic", "reference.lr_mask.warmup_lr_mask",
           "optimized.kernels.warmup_mask", run_lr_mask),
     _case("ALLoRA row scaling", "T9a", "allora", "reference.allora.allora_row_scaling",
           "optimized.kernels.allora_table", run_allora),
     _case("Adaptive weight decay", "T10", "adadecay", "reference.adaptive_weight_decay.decay_factor",
           "optimized.kernels.decay_factor", run_adaptive_wd),
+    _case("Cautious mask (Improved)", "T12", "cautious", "reference.cautious.cautious_mask",
+          "optimized.improved_step.cautious", partial(run_cautious, background=False)),
+    _case("Cautious mask with the background test", "T22", "improved_regularisers",
+          "reference.spatial_awareness.background_factor", "optimized.improved_step.cautious",
+          partial(run_cautious, background=True)),
+    _case("SPD step (Improved, S2 and S2o)", "T11a", "spd", "reference.spd.spd_step",
+          "optimized.improved_step.spd_step", run_spd_step),
+    _case("Edge suppression of the update (optimized Laplacian)", "T20", "improved_regularisers",
+          "reference.edge_suppression.suppress_update", "optimized.improved_step.suppress_update",
+          partial(run_suppress_update, full=False)),
+    _case("Edge suppression of the update (full Laplacian)", "T20", "improved_regularisers",
+          "reference.edge_suppression.suppress_update", "optimized.improved_step.suppress_update",
+          partial(run_suppress_update, full=True)),
     _case("Laplacian edge penalty", "T20", "improved_regularisers", "reference.edge_suppression.laplacian",
           "optimized.improved_step.laplacian", run_laplacian),
     _case("Finite-difference frequency penalty", "T21b", "improved_regularisers",

@@ -66,11 +66,22 @@ def test_every_technique_module_is_mapped():
     assert modules <= mapped, f"reference modules without a papers/ entry: {sorted(modules - mapped)}"
 
 
-def test_every_technique_case_names_an_indexed_paper():
-    keys = set(papers.by_key())
+def test_every_technique_case_is_one_hop_from_its_paper_entry():
+    """Issue 25: a case's reference function and fast kernel are both named in its paper's entry, so the map
+    reaches each fast form and, through the case, its test."""
+    entries = papers.by_key()
     for case in TECHNIQUE_CASES:
-        assert case.paper in keys, case.name
+        entry = entries[case.paper]
         assert callable(resolve(case.reference)) and callable(resolve(case.optimized)), case.name
+        assert case.reference in entry["reference"], f"{case.name}: {case.reference} not in {case.paper}"
+        assert case.optimized in entry["optimized"], f"{case.name}: {case.optimized} not in {case.paper}"
+
+
+def test_every_fast_path_has_a_test_one_hop_away():
+    """An entry with a fast path names the test that holds it to the reference: a technique case, or a test of
+    the fast class or codec against the reference."""
+    untested = [e["key"] for e in papers.load() if e["optimized"] and not (e.get("case") or e.get("optimized_test"))]
+    assert not untested, untested
 
 
 PAPER_ALGORITHMS = ("adafactor", "came", "adabelief", "adopt", "grams", "tam", "orthograd", "cautious", "adamw",

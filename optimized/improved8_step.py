@@ -23,8 +23,8 @@ from reference.lr_mask import RANDOM_WALK_MAX_STEP, RANDOM_WALK_STD, ROW_FACTOR_
 
 from . import stack_codec as codec
 from .compile import compiled
-from .improved_step import floored, per, rows, stack_orthograd
-from .seed004_step import edge_penalty, fft_penalty, normalize_dim0
+from .improved_step import edge_penalty, floored, per, rows, stack_orthograd
+from .seed004_step import fft_penalty, normalize_dim0
 
 
 class Flags(NamedTuple):
@@ -69,7 +69,7 @@ def penalised_gradient(grad, rank_term, f: Flags, c: Consts):
     zero terms left out (which changes no value or dtype)."""
     terms = []
     if f.edge:
-        terms.append(c.edge_penalty * edge_penalty(grad, f.ndim, c.edge_threshold))
+        terms.append(c.edge_penalty * edge_penalty(grad, f.ndim, c.edge_threshold, full=True))
     if f.frequency:
         terms.append(c.frequency_penalty * fft_penalty(grad, f.ndim))
     if rank_term is not None:

@@ -161,13 +161,13 @@ def laplacian(x: torch.Tensor) -> torch.Tensor:
     return down + across
 
 
-def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
-    """edge_suppression.edge_penalty(x[i], threshold, "optimized") for each i (the "optimized" Laplacian is
-    defined for 2-D tensors only; other ≥ 2-D shapes give fp32 zeros, < 2-D ones zeros of x's dtype)."""
+def edge_penalty(x: torch.Tensor, ndim: int, threshold: float, full: bool = False) -> torch.Tensor:
+    """edge_suppression.edge_penalty(x[i], threshold, variant) for each i. `full` (seed 004's and Improved_8Bit's
+    variant): the Laplacian over the last two dims of every ≥ 2-D tensor; else ("optimized", Improved's) of
+    matrices only, and fp32 zeros for other ≥ 2-D shapes. Below 2-D: zeros of x's dtype."""
     if ndim < 2:
         return torch.zeros_like(x)
-    # the "full" variant takes the Laplacian over the last two dims, i.e. per tensor of the stack
-    strength = laplacian(x).abs() if ndim == 2 else torch.zeros_like(x)
+    strength = laplacian(x).abs() if full or ndim == 2 else torch.zeros_like(x)
     return (strength > threshold).float() * strength
 
 
@@ -291,9 +291,9 @@ def cautious(update, x, background: bool, passes: Passes = ONE_PASS):
     return update * mask
 
 
-def suppress_update(update, edge_history, penalty: float, ndim: int):
-    """edge_suppression.suppress_update per tensor. Returns (U, eh)."""
-    edge = edge_penalty(update, ndim, edge_suppression.DEFAULT_THRESHOLD)
+def suppress_update(update, edge_history, penalty: float, ndim: int, full: bool = False):
+    """edge_suppression.suppress_update per tensor (`full`: see `edge_penalty`). Returns (U, eh)."""
+    edge = edge_penalty(update, ndim, edge_suppression.DEFAULT_THRESHOLD, full)
     edge_history = edge_history.mul(0.9).add(edge, alpha=0.1).to(edge_history.dtype)
     return update * (1.0 - penalty * edge_history).clamp(0.1, 1.0), edge_history
 

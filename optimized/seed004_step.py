@@ -15,29 +15,23 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from reference import edge_suppression, frequency_penalty, spatial_awareness
-from reference.came_style import V3_BETA2
+from reference import frequency_penalty, spatial_awareness
 from reference.tam import TAM_BETA, TAM_DECAY
 
 from . import minmax_codec as codec
 from .compile import compiled
-from .improved_step import AGR_EPS, cautious, floored, laplacian, per, spd_step, tam, tensor_rms, tensor_sum
-
-
-def edge_penalty(x: torch.Tensor, ndim: int, threshold: float) -> torch.Tensor:
-    """edge_suppression.edge_penalty(x[i], threshold, "full") for each i: the Laplacian over each tensor's
-    last two dims (≥ 2-D), zeros of x's dtype below 2-D."""
-    if ndim < 2:
-        return torch.zeros_like(x)
-    strength = laplacian(x).abs()
-    return (strength > threshold).float() * strength
-
-
-def suppress_update(update, edge_history, penalty: float, ndim: int):
-    """edge_suppression.suppress_update(..., "full") per tensor. Returns (U, eh)."""
-    edge = edge_penalty(update, ndim, edge_suppression.DEFAULT_THRESHOLD)
-    edge_history = edge_history.mul(0.9).add(edge, alpha=0.1).to(edge_history.dtype)
-    return update * (1.0 - penalty * edge_history).clamp(0.1, 1.0), edge_history
+from .improved_step import (
+    AGR_EPS,
+    cautious,
+    edge_penalty,
+    floored,
+    per,
+    scale_v3,
+    spd_step,
+    suppress_update,
+    tam,
+    tensor_sum,
+)
 
 
 def _high_pass(h: int, w: int, columns: int, device) -> torch.Tensor:
@@ -72,15 +66,6 @@ def _(x):
 def fft_penalty(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """frequency_penalty.fft_penalty per tensor: zeros of x's dtype unless the tensors are matrices."""
     return stack_fft_penalty(x.contiguous()) if ndim == 2 else torch.zeros_like(x)
-
-
-def scale_v3(grad, v, eps1: float, clip_threshold: float):
-    """came_style.scale_v3(..., improved_clip=False) per tensor, v out of place (it takes g̃'s dtype, as the
-    reference's does). Returns (u, v)."""
-    # v ← 0.999·v + 0.001·(g̃² + ε1);  u = g̃ ⊙ rsqrt(v) / max(RMS/c, 1)
-    v = v.mul(V3_BETA2).add(grad.pow(2).add(eps1), alpha=1 - V3_BETA2)
-    u = grad * v.rsqrt()
-    return u / (tensor_rms(u) / clip_threshold).clamp(min=1.0), v
 
 
 def normalize_dim0(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -171,7 +156,7 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
     # T1a + T20 U1 (full Laplacian): α = |g|/(S + 1e-10) ⊙ (1 + edge_penalty·E_τ(g));  g̃ = g ⊙ (1 − α)
     alpha = raw_grad.abs() / (group_sum + AGR_EPS)
     if f.edge:
-        alpha = alpha * (1.0 + c.edge_penalty * edge_penalty(raw_grad, f.ndim, c.edge_threshold))
+        alpha = alpha * (1.0 + c.edge_penalty * edge_penalty(raw_grad, f.ndim, c.edge_threshold, full=True))
     grad = raw_grad * (1 - alpha)
     # T21a: g̃ ← g̃ − frequency_penalty·P(g̃);  T24
     if f.spatial and f.ndim >= 2:
@@ -181,7 +166,7 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     # T2 V3 (clip u/max(RMS/c, 1))
     if f.came:
-        u, v = scale_v3(grad, codec.load(st, "exp_avg_sq", ix), c.eps1, c.clip)
+        u, v = scale_v3(grad, codec.load(st, "exp_avg_sq", ix), c.eps1, c.clip, improved_clip=False)
         codec.store(st, "exp_avg_sq", v, ix)
     else:
         u = grad
@@ -211,7 +196,8 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
     if f.early:
         update = update.abs() * grad.sign()  # T6
         if f.edge:  # T20 U2
-            update, history = suppress_update(update, codec.load(st, "edge_history", ix), c.edge_penalty, f.ndim)
+            history = codec.load(st, "edge_history", ix)
+            update, history = suppress_update(update, history, c.edge_penalty, f.ndim, full=True)
             codec.store(st, "edge_history", history, ix)
     else:  # T12 + T22 on g̃
         update = cautious(update, grad, f.background)
