@@ -68,9 +68,9 @@ def test_stacked_codec_is_the_readable_one_bit_for_bit(x, block_size, count):
             minmax_codec.dequantize(q, scale, zero, ix)[i], minmax_8bit.dequantize(q_i, scale_i, zero_i, block_size)
         )
     error = torch.randn(stack.shape) * scale.max() / 4
-    states = {"k_q": q.clone(), "k_scale": scale.clone(), "k_zero": zero.clone(), "k_err": error.clone()}
-    minmax_codec.store(states, "k", stack, ix)
-    kept = minmax_codec.load(states, "k", ix) + states["k_err"]
+    state = minmax_codec.QState(q.clone(), scale.clone(), zero.clone(), error.clone())
+    minmax_codec.store(state, stack, ix)
+    kept = minmax_codec.load(state, ix) + state.err
     assert torch.allclose(kept, stack + error, rtol=0, atol=FEEDBACK_ROUNDING * float((stack + error).abs().max()))
 
 

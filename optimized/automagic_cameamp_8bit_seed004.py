@@ -85,7 +85,7 @@ class Automagic_CameAMP_8Bit(Automagic_CameAMP_Improved, readable.Automagic_Came
             stack.theta, stacked_grad, group_sum, self._floor, passed, scalars, rank_term, res_weight, mask_scale,
             jumps, ix, flags, consts
         )  # fmt: skip
-        stack.take_rebound(passed)  # a state that changed dtype (minmax_codec.store)
+        stack.take_rebound(passed)  # a state that changed dtype (stack_state.store)
         if warm:  # avg_lr: the per-tensor means of the new mask (before it is quantised, as the reference)
             stack.avg_lr = improved_step.rows(st["lr_mask"] if new_mask is None else new_mask).mean(1)
         sync = self.config.sync_frequency

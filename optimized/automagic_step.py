@@ -177,7 +177,7 @@ def _multiscale(b: Buffers, gt, idx: K.Idx):
     ctx = b.context
     mus, weighted = [], 0.0
     for buf, update, weight in zip(ctx.scales, ctx.update, ctx.weight, strict=True):
-        mu = C.load(buf, b.blocks)
+        mu = C.load(buf, b.blocks).float()
         mu = torch.where(_col(update, idx) > 0, mu * MULTISCALE_BETA + gt * (1 - MULTISCALE_BETA), mu)
         mus.append(mu)
         weighted = weighted + mu * _col(weight, idx)
@@ -195,7 +195,7 @@ def _valid(f: Flags, idx: K.Idx):
 
 
 def _load(b: Buffers, name: str):
-    return C.load(getattr(b, name), b.blocks)
+    return C.load(getattr(b, name), b.blocks).float()
 
 
 def _gradient_partials(grad: torch.Tensor, idx: K.Idx):
@@ -420,7 +420,7 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
     use_u = b.context.use_u > 0 if f.contextual else None
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f, use_u)
     if upstream_tam:  # dim-0 normalisation, written over the momentum's input (u, unclipped, or C)
-        m = C.load(b.exp_avg, b.blocks)
+        m = C.load(b.exp_avg, b.blocks).float()
         inv_div = coef.inv_div.double()
         if f.contextual:
             inv_div = torch.where(use_u, inv_div, 1.0)

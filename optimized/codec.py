@@ -25,8 +25,11 @@ from .segment_ops import segment_amax
 
 
 class QState(NamedTuple):
-    codes: torch.Tensor  # [N, C] uint8
-    absmax: torch.Tensor  # [nblocks] float32
+    """A state in bitsandbytes' format: codes in the layout's shape and one absmax per block (a bucket: [N, C]
+    and [nblocks]; a stack, optimized.stack_codec: [c, *shape] and [c, n_blocks])."""
+
+    codes: torch.Tensor  # uint8
+    absmax: torch.Tensor  # float32
 
 
 class Blocks(NamedTuple):
@@ -124,14 +127,16 @@ def select_bytes(cond: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> to
 
 
 def load(buf, blocks: Blocks | None) -> torch.Tensor:
-    """A state buffer's values in float32: a plain tensor, or a QState de-quantised."""
-    return dequantize(buf, blocks) if isinstance(buf, QState) else buf.float()
+    """The codec interface's read (shared by optimized.stack_codec and optimized.minmax_codec): a QState
+    de-quantised to float32, or a plain (unquantised) state as stored."""
+    return dequantize(buf, blocks) if isinstance(buf, QState) else buf
 
 
 def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=None, valid=None) -> None:
-    """Write `value` where `rows` ([N, 1] bool, None = everywhere). A QState is re-quantised; blocks of
-    tensors not in `tensors` ([T] bool) keep their absmax, rows outside `rows` keep their codes. `valid`
-    ([N, C] bool) zeroes the padding first, so it never enters an absmax."""
+    """The codec interface's write: a QState re-quantised, a plain state copied into. A bucket's extras: only
+    where `rows` ([N, 1] bool, None = everywhere); blocks of tensors not in `tensors` ([T] bool) keep their
+    absmax, rows outside `rows` keep their codes. `valid` ([N, C] bool) zeroes the padding first, so it never
+    enters an absmax."""
     if not isinstance(buf, QState):
         buf.copy_(value if rows is None else torch.where(rows, value, buf.float()))
         return

@@ -128,7 +128,7 @@ def _projected_sums(theta, grad, tab: PerTensor, c: Consts, idx: K.Idx, f: Flags
 
 def _momentum(b: Buffers, gt, c: Consts):
     """m_t = β1·m + (1−β1)·g̃."""
-    return C.load(b.exp_avg, b.blocks) * c.beta1 + gt * c.one_minus_beta1
+    return C.load(b.exp_avg, b.blocks).float() * c.beta1 + gt * c.one_minus_beta1
 
 
 def _tam_sums(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags):
@@ -159,7 +159,7 @@ def _main_pass(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags, spd:
     gt = _agr(b.theta, b.grad, tab, c, idx, f)
 
     # T13: v ← β2·v + (1−β2)·g̃²; m ← β1·m + (1−β1)·g̃; denom = √v̄ + ε (t > 1, v̄ = v as loaded), else √v + ε
-    v_old = C.load(b.exp_avg_sq, b.blocks)
+    v_old = C.load(b.exp_avg_sq, b.blocks).float()
     v = v_old * c.beta2 + gt * gt * c.one_minus_beta2
     m = _momentum(b, gt, c)
     second = v

@@ -25,6 +25,7 @@ from . import stack_codec as codec
 from .compile import compiled
 from .improved_step import edge_penalty, floored, per, rows, stack_orthograd
 from .seed004_step import fft_penalty, normalize_dim0
+from .stack_state import load, store
 
 
 class Flags(NamedTuple):
@@ -92,7 +93,7 @@ def tam_direction(st: dict, m, u, blocks, f: Flags, c: Consts):
         return per((1.0 + s) / 2.0, m) * m
     # s ← a·s + (1−a)·N₀(m) ⊙ N₀(u)  (corr in m's dtype, as upstream's in-place product)
     corr = (normalize_dim0(m, f.ndim) * normalize_dim0(u, f.ndim)).to(m.dtype)
-    s = codec.load(st, "s", blocks).mul(a).add(corr, alpha=1.0 - a)
+    s = load(st, "s", codec, blocks).mul(a).add(corr, alpha=1.0 - a)
     polarity = torch.sign(s)
     if f.polarity:  # s ← s·clamp(κ, 0.1, 1), κ = mean(π ⊙ last polarity)
         kappa = rows(polarity * st["last_polarity"].float()).mean(1)
@@ -155,33 +156,33 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, stats
     grad = penalised_gradient(grad, rank_term, f, c)
 
     # step 3: m ← β1·m + (1−β1)·g'   (in the state's dtype, as upstream's in-place update)
-    m = codec.load(st, "exp_avg", blocks)
+    m = load(st, "exp_avg", codec, blocks)
     m = m.mul(c.beta1).add(grad, alpha=1 - c.beta1).to(m.dtype)
     # step 4: came: v ← β2·v + (1−β2)·(g'² + ε1), u = g' ⊙ rsqrt(v); else r likewise on (g' − m)², u = m/(√r + ε2)
-    v = codec.load(st, "exp_avg_sq", blocks)
+    v = load(st, "exp_avg_sq", codec, blocks)
     if f.came:
         v = v.mul(c.beta2).add(grad.pow(2) + c.eps1, alpha=1 - c.beta2).to(v.dtype)
         u = grad * v.rsqrt()
     else:
-        r = codec.load(st, "exp_avg_res", blocks)
+        r = load(st, "exp_avg_res", codec, blocks)
         r = r.mul(c.beta3).add((grad - m).pow(2) + c.eps1, alpha=1 - c.beta3).to(r.dtype)
         v = v.mul(c.beta2).add(grad.pow(2) + c.eps1, alpha=1 - c.beta2).to(v.dtype)
         u = m / (r.sqrt() + c.eps2)
-        codec.store(st, "exp_avg_res", r, blocks)
-    codec.store(st, "exp_avg_sq", v, blocks)
+        store(st, "exp_avg_res", r, codec, blocks)
+    store(st, "exp_avg_sq", v, codec, blocks)
 
     # step 5: T4c while warm, else U = m ⊙ (1 + 0.1·tanh(m ⊙ u))
     if f.warm:
         update = tam_direction(st, m, u, blocks, f, c)
     else:
         update = m * (1.0 + CONSISTENCY_GAIN * torch.tanh(m * u))
-    codec.store(st, "exp_avg", m, blocks)
+    store(st, "exp_avg", m, codec, blocks)
 
     # step 6, T7a while early; upstream's U is s, stored orthogonalised [I-06]
     if f.early:
         update = stack_orthograd(theta, update, f.fixed)
     if f.warm and not f.fixed:
-        codec.store(st, "s", update, blocks)
+        store(st, "s", update, codec, blocks)
 
     lr_eff = schedule(st, grad, noise, scalars, f)  # step 7
     if f.spatial:  # step 8

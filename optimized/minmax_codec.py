@@ -3,10 +3,13 @@ readable twin: reference.minmax_8bit), traceable into a compiled step.
 
 A state `k` of a stack of c tensors is stored, as the reference stores it per tensor, as `k_q` (uint8,
 [c, *shape]), `k_scale` and `k_zero` (fp32, [c, n_blocks]) and, with error feedback, `k_err` (fp32,
-[c, *shape]), in the blocks of optimized.stack_blocks.
+[c, *shape]), in the blocks of optimized.stack_blocks: a `QState`, read and written through the codec interface
+`load`/`store` (optimized.codec's; `held` finds it).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -15,6 +18,13 @@ from reference.minmax_8bit import LEVELS
 from .stack_blocks import BlockIndex, rows
 
 PARTS = ("q", "scale", "zero", "err")
+
+
+class QState(NamedTuple):
+    q: torch.Tensor  # uint8 [c, *shape]
+    scale: torch.Tensor  # fp32 [c, n_blocks]: s_b
+    zero: torch.Tensor  # fp32 [c, n_blocks]: z_b
+    err: torch.Tensor | None  # fp32 [c, *shape]: the error fed back (None: no feedback)
 
 
 def quantize(x: torch.Tensor, ix: BlockIndex):
@@ -36,41 +46,37 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ix: Blo
     return (rows(q).float() * scale[:, ix.block_of] + zero[:, ix.block_of]).reshape(q.shape)
 
 
-def is_quantized(st: dict, key: str) -> bool:
-    return f"{key}_q" in st
+def held(st: dict, key: str):
+    """State `key` of a stack's state dict as the codec interface takes it: a QState, or the plain tensor."""
+    if f"{key}_q" not in st:
+        return st[key]
+    return QState(st[f"{key}_q"], st[f"{key}_scale"], st[f"{key}_zero"], st.get(f"{key}_err"))
 
 
-def load(st: dict, key: str, ix: BlockIndex) -> torch.Tensor:
-    """State `key` of the stack: de-quantised (without its error, as the reference reads it) or as stored."""
-    if is_quantized(st, key):
-        return dequantize(st[f"{key}_q"], st[f"{key}_scale"], st[f"{key}_zero"], ix)
-    return st[key]
+def load(state, ix: BlockIndex) -> torch.Tensor:
+    """The codec interface's read: a QState de-quantised (without its error, as the reference reads it), or a
+    plain state as stored."""
+    return dequantize(state.q, state.scale, state.zero, ix) if isinstance(state, QState) else state
 
 
-def store(st: dict, key: str, value: torch.Tensor, ix: BlockIndex) -> None:
-    """Write state `key` in place. Quantised: q ← Q(x + e), e ← (x + e) − D(q) with feedback, else q ← Q(x).
-    An unquantised state takes the value's dtype, as the reference's `state[key] = value` does (upstream
-    bf16: a state computed from an fp32 term becomes fp32); then `st[key]` is rebound, not written."""
-    if not is_quantized(st, key):
-        if st[key].dtype == value.dtype:
-            st[key].copy_(value)
-        else:
-            st[key] = value
+def store(state, value: torch.Tensor, ix: BlockIndex) -> None:
+    """The codec interface's write: a plain state copied into; a QState q ← Q(x + e), e ← (x + e) − D(q) with
+    feedback, else q ← Q(x)."""
+    if not isinstance(state, QState):
+        state.copy_(value)
         return
-    target = value.float()
-    if f"{key}_err" in st:
-        target = target + st[f"{key}_err"]
-    q, scale, zero = _write_codes(st, key, target, ix)
-    if f"{key}_err" in st:
-        st[f"{key}_err"].copy_(target - dequantize(q, scale, zero, ix))
+    target = value.float() if state.err is None else value.float() + state.err
+    q, scale, zero = _write_codes(state, target, ix)
+    if state.err is not None:
+        state.err.copy_(target - dequantize(q, scale, zero, ix))
 
 
-def _write_codes(st: dict, key: str, value: torch.Tensor, ix: BlockIndex):
+def _write_codes(state: QState, value: torch.Tensor, ix: BlockIndex):
     """q, s, z ← Q(value) into the state's parts; returns them."""
     q, scale, zero = quantize(value, ix)
-    st[f"{key}_q"].copy_(q)
-    st[f"{key}_scale"].copy_(scale)
-    st[f"{key}_zero"].copy_(zero)
+    state.q.copy_(q)
+    state.scale.copy_(scale)
+    state.zero.copy_(zero)
     return q, scale, zero
 
 
@@ -78,5 +84,6 @@ def fold_errors(st: dict, keys, ix: BlockIndex) -> None:
     """The periodic sync (spec O8): x ← D(Q(D(q) + e)), e ← 0, for each quantised key with an error."""
     for key in keys:
         if f"{key}_err" in st:
-            _write_codes(st, key, load(st, key, ix) + st[f"{key}_err"], ix)
-            st[f"{key}_err"].zero_()
+            state = held(st, key)
+            _write_codes(state, load(state, ix) + state.err, ix)
+            state.err.zero_()

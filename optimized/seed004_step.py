@@ -32,6 +32,7 @@ from .improved_step import (
     tam,
     tensor_sum,
 )
+from .stack_state import is_quantized, load, store
 
 
 def _high_pass(h: int, w: int, columns: int, device) -> torch.Tensor:
@@ -124,7 +125,7 @@ def lr_mask_step(st: dict, grad, mask_scale, jumps, ix, f: Flags, c: Consts):
     """_lr_mask per tensor (T8c, S2o). While t < W: the polarity of g̃, the spatial bump, the lr jumps,
     clamp, stored. After W: the scale (no floor upstream, O1's 0.1 floor when fixed), not stored.
     Returns E."""
-    mask = codec.load(st, "lr_mask", ix)
+    mask = load(st, "lr_mask", codec, ix)
     if not f.warm:
         return mask * per(mask_scale, mask)
     # σ = ±1 where the polarity of g̃ agrees with the stored one
@@ -133,12 +134,12 @@ def lr_mask_step(st: dict, grad, mask_scale, jumps, ix, f: Flags, c: Consts):
     st["last_polarity"].copy_(polarity)
     bump = c.lr_bump
     if f.spatial:
-        vs = codec.load(st, "spatial_variance", ix) if f.spatial_variance else torch.ones_like(mask)
+        vs = load(st, "spatial_variance", codec, ix) if f.spatial_variance else torch.ones_like(mask)
         bump = spatial_awareness.spatial_bump(bump, vs, c.detail_preservation)
     # M ± b, + (η − lr_max) where the lr rose, clamped
     new = torch.where(agree > 0, mask + bump, mask - bump) + per(jumps, mask)
     new = new.clamp(min=c.min_lr, max=c.max_lr)
-    codec.store(st, "lr_mask", new, ix)
+    store(st, "lr_mask", new, codec, ix)
     return new
 
 
@@ -166,27 +167,27 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     # T2 V3 (clip u/max(RMS/c, 1))
     if f.came:
-        u, v = scale_v3(grad, codec.load(st, "exp_avg_sq", ix), c.eps1, c.clip, improved_clip=False)
-        codec.store(st, "exp_avg_sq", v, ix)
+        u, v = scale_v3(grad, load(st, "exp_avg_sq", codec, ix), c.eps1, c.clip, improved_clip=False)
+        store(st, "exp_avg_sq", v, codec, ix)
     else:
         u = grad
 
     # T4b (S2o) TAM while early, else T5 consistency momentum
-    m = codec.load(st, "exp_avg", ix)
+    m = load(st, "exp_avg", codec, ix)
     if f.early:
-        s = codec.load(st, "s", ix)
+        s = load(st, "s", codec, ix)
         if f.fixed:
             m, s = tam(m, s, u, TAM_DECAY, c.eps1, c.emphasis, f.ndim, fixed=True)
         else:
             m, s = tam_s2o(m, s, u, c.eps1, c.emphasis, f.ndim)
-        codec.store(st, "s", s, ix)
+        store(st, "s", s, codec, ix)
     else:
         m = m.mul(scalars[BETA1_T]).add(u * scalars[ONE_MINUS_BETA1_T])
-    codec.store(st, "exp_avg", m, ix)
+    store(st, "exp_avg", m, codec, ix)
 
     # T3: r ← β3 r + (1−β3)((u − m)² + ε2);  U = m ⊙ rsqrt(r)
-    r = codec.load(st, "exp_avg_res", ix).mul(c.beta3).add((u - m).pow(2) + c.eps2, alpha=1.0 - c.beta3)
-    codec.store(st, "exp_avg_res", r, ix)
+    r = load(st, "exp_avg_res", codec, ix).mul(c.beta3).add((u - m).pow(2) + c.eps2, alpha=1.0 - c.beta3)
+    store(st, "exp_avg_res", r, codec, ix)
     if f.fixed:
         r = r / per(res_weight, r)
     update = m * r.rsqrt()
@@ -196,9 +197,9 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
     if f.early:
         update = update.abs() * grad.sign()  # T6
         if f.edge:  # T20 U2
-            history = codec.load(st, "edge_history", ix)
+            history = load(st, "edge_history", codec, ix)
             update, history = suppress_update(update, history, c.edge_penalty, f.ndim, full=True)
-            codec.store(st, "edge_history", history, ix)
+            store(st, "edge_history", history, codec, ix)
     else:  # T12 + T22 on g̃
         update = cautious(update, grad, f.background)
     update = update * lr_eff
@@ -215,9 +216,9 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     # T23a on g̃
     if f.spatial and f.spatial_variance and f.ndim >= 2:
-        vs = spatial_awareness.update_spatial_variance(codec.load(st, "spatial_variance", ix), grad)
-        codec.store(st, "spatial_variance", vs, ix)
-    return lr_eff if f.warm and codec.is_quantized(st, "lr_mask") else None
+        vs = spatial_awareness.update_spatial_variance(load(st, "spatial_variance", codec, ix), grad)
+        store(st, "spatial_variance", vs, codec, ix)
+    return lr_eff if f.warm and is_quantized(st, "lr_mask") else None
 
 
 _compiled_stack_step = compiled(stack_step, exact_casts=True, outer_loop_fusion=False, dynamic=True)

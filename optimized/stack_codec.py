@@ -2,7 +2,8 @@
 of same-shape tensors, traceable into a compiled step.
 
 A state `k` of a stack of c tensors is stored, as the reference's Blockwise8bitStates stores it per tensor,
-as `k_q` (uint8 codes, [c, *shape]) and `k_q_scale` (fp32 block absmax, [c, n_blocks]). Blocks are B
+as `k_q` (uint8 codes, [c, *shape]) and `k_q_scale` (fp32 block absmax, [c, n_blocks]): a `codec.QState`,
+read and written through the codec interface `load`/`store` (optimized.codec's; `held` finds it). Blocks are B
 consecutive elements of one tensor; the short last block is read padded with the tensor's last element
 (optimized.stack_blocks), which never raises its absmax. The code index is optimized.codec's (bitsandbytes'
 CPU rule), so on the same fp32 input the codes are the reference's.
@@ -17,7 +18,7 @@ import torch
 
 from reference import blockwise_8bit as readable
 
-from .codec import encode, zero_code
+from .codec import QState, encode, zero_code
 from .stack_blocks import BlockIndex, block_index, rows
 
 PARTS = ("q", "q_scale")
@@ -69,22 +70,21 @@ def dequantize(q: torch.Tensor, absmax: torch.Tensor, blocks: Blocks) -> torch.T
     return (blocks.code[codes.int()] * _per_element(absmax, blocks)).reshape(q.shape)
 
 
-def load(st: dict, key: str, blocks: Blocks | None) -> torch.Tensor:
-    """State `key` of the stack: de-quantised, or as stored."""
-    if f"{key}_q" in st:
-        return dequantize(st[f"{key}_q"], st[f"{key}_q_scale"], blocks)
-    return st[key]
+def held(st: dict, key: str):
+    """State `key` of a stack's state dict as the codec interface takes it: a QState, or the plain tensor."""
+    return QState(st[f"{key}_q"], st[f"{key}_q_scale"]) if f"{key}_q" in st else st[key]
 
 
-def store(st: dict, key: str, value: torch.Tensor, blocks: Blocks | None) -> None:
-    """Write state `key` in place: re-quantised, or copied. An unquantised state of another dtype than the
-    value is rebound to it, as the reference's `state[key] = value` does (upstream bf16: a state computed
-    from an fp32 term becomes fp32)."""
-    if f"{key}_q" in st:
-        q, absmax = quantize(value, blocks)
-        st[f"{key}_q"].copy_(q)
-        st[f"{key}_q_scale"].copy_(absmax)
-    elif st[key].dtype == value.dtype:
-        st[key].copy_(value)
-    else:
-        st[key] = value
+def load(state, blocks: Blocks | None) -> torch.Tensor:
+    """The codec interface's read: a QState de-quantised (fp32), or a plain state as stored."""
+    return dequantize(state.codes, state.absmax, blocks) if isinstance(state, QState) else state
+
+
+def store(state, value: torch.Tensor, blocks: Blocks | None) -> None:
+    """The codec interface's write: a QState re-quantised, a plain state copied into."""
+    if not isinstance(state, QState):
+        state.copy_(value)
+        return
+    codes, absmax = quantize(value, blocks)
+    state.codes.copy_(codes)
+    state.absmax.copy_(absmax)
