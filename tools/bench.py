@@ -164,7 +164,8 @@ def quiet_stderr():
 
 def bench_workload(workload, repeats, include_reference, only=()):
     """Rows (name, step s, × fused AdamW, state bytes/param, step peak extra bytes/param, GB/s),
-    {class label: {phase: × fused AdamW}} and the random walk's draw (`noise_draw`) × fused AdamW."""
+    {class label: {phase: × fused AdamW}} and the floors measured beside them, × fused AdamW (None where they do
+    not apply): {"draw": the random walk's draw (`noise_draw`), "svd": the rank penalty's SVDs (`rank_svds`)}."""
     from pytorch_optimizer import CAME
 
     with quiet_stderr():
@@ -224,8 +225,10 @@ def bench_workload(workload, repeats, include_reference, only=()):
                 lambda p, cls=cls, kwargs=kwargs: getattr(reference, cls)(p, lr=1e-4, warmup_steps=4, **kwargs),
                 warmup=6, rounds=slow)  # fmt: skip
         add("reference HinaAdamW", lambda p: reference.HinaAdamWOptimizer(p, lr=1e-3), warmup=2, rounds=slow)
-    draw = noise_draw(n, repeats) / base_time if "Improved_8Bit" in phases else None
-    return n, rows, workspace, phases, draw
+    floors = {"draw": noise_draw(n, repeats) / base_time if "Improved_8Bit" in phases else None, "svd": None}
+    if any(label in phases for label in RANK_PENALTY_CLASSES) and (svd := rank_svds(base_params, repeats)):
+        floors["svd"] = svd / base_time
+    return n, rows, workspace, phases, floors
 
 
 def noise_draw(n: int, repeats: int) -> float:
@@ -234,6 +237,36 @@ def noise_draw(n: int, repeats: int) -> float:
     reference's, so no faster draw exists for it (torch's CPU generator is sequential)."""
     gen = torch.Generator().manual_seed(0)
     return statistics.median(timed(lambda: torch.randn(n, generator=gen)) for _ in range(repeats))
+
+
+# the stack classes that, at their defaults, add T24's rank penalty to every 2-D tensor's gradient at every step
+RANK_PENALTY_CLASSES = ("Improved", "8Bit (seed 004)", "Improved_8Bit")
+
+
+def rank_svds(params, repeats: int) -> float | None:
+    """Seconds for the SVDs T24's rank penalty takes in one step (None without 2-D tensors), batched as the stack
+    classes batch them: the 2-D tensors of each shape in stacks of at most STACK_ELEMENTS elements, each tall, as
+    low_rank_penalty.tail_nuclear_gradient takes it. The reference defines the penalty by this SVD of θ, which
+    changes every step (docs/pass-floor.md)."""
+    from optimized.shape_stack import STACK_ELEMENTS
+
+    by_shape: dict = {}
+    for p in params:
+        if p.dim() == 2:
+            by_shape.setdefault(tuple(p.shape), []).append(p.detach() if p.shape[0] >= p.shape[1] else p.detach().mT)
+    stacks = []
+    for matrices in by_shape.values():
+        size = max(1, STACK_ELEMENTS // matrices[0].numel())
+        stacks += [torch.stack(matrices[i : i + size]) for i in range(0, len(matrices), size)]
+    if not stacks:
+        return None
+
+    def svds():
+        for stack in stacks:
+            torch.linalg.svd(stack, full_matrices=False)
+
+    svds()
+    return statistics.median(timed(svds) for _ in range(repeats))
 
 
 # Issue 27's goals, × fused AdamW (or bitsandbytes AdamW8bit ÷ the row, for the 8-bit classes)
@@ -258,10 +291,13 @@ def whole_run(phases: dict) -> dict:
             if set(by_phase) == set(PHASES)}  # fmt: skip
 
 
-def phase_table(rows, phases: dict, flat: bool, draw: float | None = None) -> list[str]:
+def phase_table(rows, phases: dict, flat: bool, floors: dict | None = None) -> list[str]:
     """Per class: each phase and the whole run as × fused AdamW, and bitsandbytes AdamW8bit's time over the
     row's for the 8-bit classes; then the goals met or missed, on a flat workload Automagic_CameAMP's pass
-    floor, and Improved_8Bit's random-walk floor (`draw`: `noise_draw` × fused AdamW)."""
+    floor, and the floors of `floors` (see `bench_workload`): Improved_8Bit's random walk, the rank penalty's
+    SVDs."""
+    floors = floors or {}
+    draw, svd = floors.get("draw"), floors.get("svd")
     bnb = next((ratio for name, _, ratio, *_ in rows if name.startswith("bitsandbytes")), None)
     whole = whole_run(phases)
     out = ["| class | " + " | ".join(PHASES) + " | whole 1,000-step run (W = 500) | bitsandbytes ÷ this, worst phase |",
@@ -292,6 +328,19 @@ def phase_table(rows, phases: dict, flat: bool, draw: float | None = None) -> li
         out.append(f"- Improved_8Bit, t ≥ W: its random walk's N(0, 1) draw alone (the reference's stream, "
                    f"docs/pass-floor.md) is {draw:.2f}×, so bitsandbytes ÷ this ≤ {bnb / draw:.2f}; the row is "
                    f"{phases['Improved_8Bit']['t ≥ W'] / draw:.2f}× the draw")  # fmt: skip
+    if svd is not None:
+        out += [
+            "",
+            f"Rank-penalty floor (T24's SVDs of every 2-D tensor, every step; docs/pass-floor.md): {svd:.2f}×",
+            "",
+        ]
+        for label in RANK_PENALTY_CLASSES:
+            if label in phases:
+                low, high = min(phases[label].values()), max(phases[label].values())
+                out.append(f"- {label}: its phases are {low / svd:.2f}–{high / svd:.2f}× the SVDs")
+        for label, phase, goal in GOALS:
+            if label in RANK_PENALTY_CLASSES and phase in phases.get(label, {}) and goal < svd:
+                out.append(f"- {label}, {phase}: the goal (≤ {goal}×) is below the floor here")
     return out
 
 
@@ -357,7 +406,7 @@ def main():
     for workload in args.workloads:
         print(f"{workload}:", flush=True)
         block = len(lines)
-        n, rows, workspace, phases, draw = bench_workload(workload, args.repeats, args.reference, tuple(args.only))
+        n, rows, workspace, phases, floors = bench_workload(workload, args.repeats, args.reference, tuple(args.only))
         results[workload] = rows
         first, six = first_step(workload)
         lines += [f"## {workload}: {n / 1e6:.1f}M parameters", "", TABLE_HEADER, "| --- " * 7 + "|"]
@@ -365,7 +414,7 @@ def main():
         for name, t, ratio, bpp, peak, gbs in rows:
             floor = t * gbs / base_bytes
             lines.append(f"| {name} | {t * 1e3:.1f} | {ratio:.2f} | {bpp:.1f} | {peak:.2f} | {gbs:.1f} | {floor:.2f} |")
-        lines += ["", *phase_table(rows, phases, workload.startswith("flat"), draw), ""]
+        lines += ["", *phase_table(rows, phases, workload.startswith("flat"), floors), ""]
         lines += [f"optimized workspace (gradient buffer that p.grad points into, early-phase scratch freed at "
                       f"W/2): {workspace:.1f} bytes/param after warm-up",
                   f"optimized first step, compile included, cold cache: {first:.1f} s; steps 1–6 (seed and "
