@@ -19,7 +19,7 @@ from reference.lr_mask import RANDOM_WALK_RANGE
 
 from . import improved8_step as S
 from . import improved_step, stack_codec
-from .shape_stack import ShapeStack, StackedSteps, stacked_grad, step_states
+from .shape_stack import ShapeStack, StackedSteps, group_abs_sum, stacked_grad, step_states
 
 
 class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_Improved_8Bit):
@@ -54,13 +54,12 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
     def _abs_stats(self, parts, group_sum) -> torch.Tensor:
         """[μ, σ] = mean and population std of |g| over the group's gradients (group_abs_stats), from the
         stacks in fp32, in the dtype the reference takes them in. μ's Σ|g| is the group's S where that is summed
-        in fp32 (the corrected mode: the same compiled sums), else summed again in fp32; σ's is one compiled
+        in fp32 (the corrected mode: the same sums), else summed again in fp32; σ's is one compiled
         pass, stacking the gradients a stack at a time."""
         grads = [p.grad for ps in parts for p in ps]
         dtype = torch.float32 if self.fixed else functools.reduce(torch.promote_types, (g.dtype for g in grads))
         n = sum(g.numel() for g in grads)
-        abs_total = group_sum if self.fixed else torch.stack([improved_step.fused_abs_sum(stacked_grad(ps), True)
-                                                              for ps in parts]).sum()  # fmt: skip
+        abs_total = group_sum if self.fixed else group_abs_sum(parts, fp32=True)
         mu = abs_total / n
         var = torch.stack([improved_step.fused_abs_deviation_sumsq(stacked_grad(ps), mu) for ps in parts]).sum() / n
         return torch.stack([mu, var.sqrt()]).to(dtype)

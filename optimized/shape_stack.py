@@ -58,6 +58,17 @@ def step_states(st: dict) -> dict:
     return states
 
 
+def group_abs_sum(parts, fp32: bool) -> torch.Tensor:
+    """S = Σ|g| over the gradients of a group's stacks (`parts`: their parameters), in fp32 when `fp32`, else in the
+    gradients' dtype, summed in another order than the reference's torch.cat(...).abs().sum() (equal to fp32
+    round-off). fp32 gradients: per-tensor L1 norms in one foreach call, with no stacked copy (LoRA-like,
+    1,400 tensors: 68 stacks' copies and compiled sums, ~20 ms per step); others a stack at a time, compiled."""
+    grads = [p.grad for ps in parts for p in ps]
+    if all(g.dtype == torch.float32 for g in grads):
+        return torch.stack(torch._foreach_norm(grads, 1)).sum()
+    return torch.stack([fused_abs_sum(stacked_grad(ps), fp32) for ps in parts]).sum()
+
+
 def stacked_grad(params) -> torch.Tensor:
     """The gradients of a stack's parameters, [c, *shape]: a copy, or a view for one tensor."""
     return torch.stack([p.grad for p in params]) if len(params) > 1 else params[0].grad[None]
@@ -208,10 +219,9 @@ class StackedSteps:
             updating = self._stepping_params(group)
             if updating:
                 parts = self._partitions(updating)
-                # S = Σ|g| over the group (AGR), from the stacks: summed in another order than the reference's
-                # torch.cat(...).abs().sum(), equal to fp32 round-off. A stack's gradient is stacked again
-                # when it steps, so the step holds one stacked gradient at a time, not the whole group's.
-                total = torch.stack([fused_abs_sum(stacked_grad(ps), self.fixed) for ps in parts]).sum()
+                # S = Σ|g| over the group (AGR); a stack's gradient is stacked when it steps, so the step holds
+                # one stacked gradient at a time, not the whole group's
+                total = group_abs_sum(parts, self.fixed)
                 plan.append((group, updating, parts, total))
         # the step's one host sync: S is finite unless a gradient is not (or Σ|g| overflows, checked exactly)
         finite = bool(torch.stack([total for *_, total in plan]).isfinite().all()) if plan else True
