@@ -195,11 +195,15 @@ def rank_penalty(theta: torch.Tensor, strength: float, form: str) -> torch.Tenso
     # the corrected tail nuclear-norm gradient: zero when rank ≤ k or θ is not finite
     if min(theta.shape[1:]) <= k:
         return torch.zeros_like(theta)
-    if theta.shape[1] < theta.shape[2]:  # of θᵀ, transposed, as low_rank_penalty.tail_nuclear_gradient takes it
-        return rank_penalty(theta.mT, strength, form).mT.contiguous()
-    finite = per(torch.isfinite(rows(x)).all(1), x)
+    wide = theta.shape[1] < theta.shape[2]
+    if wide:  # of θᵀ, transposed back, as low_rank_penalty.tail_nuclear_gradient takes it
+        x = x.mT
+    # finite: max |x| is (NaN propagates); a tensor that is not is decomposed as zeros and weighted 0, so its
+    # arbitrary singular vectors give 0 (the same values as a select after the product, one pass fewer)
+    finite = torch.isfinite(x.abs().amax(dim=(1, 2)))[:, None, None]
     u, _, vh = torch.linalg.svd(torch.where(finite, x, 0.0), full_matrices=False)
-    return torch.where(finite, strength * u[..., :, k:] @ vh[..., k:, :], 0.0).to(theta.dtype)
+    tail = ((u[..., :, k:] * (finite.to(x.dtype) * strength)) @ vh[..., k:, :]).to(theta.dtype)
+    return tail.mT.contiguous() if wide else tail
 
 
 def scale_v3(grad, v, eps1: float, clip_threshold: float, improved_clip: bool, passes: Passes = ONE_PASS):
