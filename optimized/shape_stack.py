@@ -17,6 +17,8 @@ was one stack, a step held 16–22 bytes per parameter of the model.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from reference.checkpoint import check_states
@@ -111,14 +113,14 @@ class ShapeStack:
     def valid(self) -> bool:
         """Whether the stack still holds its parameters' state: no entry replaced or removed, no state in one
         assigned or deleted (torch's optimizers read their state at every step), no parameter storage replaced."""
-        entries = self.optimizer.state
-        same = all(entries.get(p) is entry for p, entry in zip(self.params, self.entries, strict=True))
-        views = all(
-            entry.get(key) is view
-            for key, kept in self.views.items()
-            for entry, view in zip(self.entries, kept, strict=True)
-        )
-        return same and views and [p.data_ptr() for p in self.params] == self.ptrs
+        # identity tests by map(operator.is_, ...), C-level: a generator per test took ~15 ms per LoRA-like step
+        # (68 stacks of 21 tensors, 7 states each)
+        if not all(map(operator.is_, map(self.optimizer.state.get, self.params), self.entries)):
+            return False
+        for key, kept in self.views.items():
+            if not all(map(operator.is_, map(operator.methodcaller("get", key), self.entries), kept)):
+                return False
+        return [p.data_ptr() for p in self.params] == self.ptrs
 
     def set(self, key: str, stacked: torch.Tensor) -> None:
         """Own `stacked` as state `key`; each parameter's state entry becomes a view of it."""
