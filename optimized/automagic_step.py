@@ -420,7 +420,7 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
     use_u = b.context.use_u > 0 if f.contextual else None
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f, use_u)
     if upstream_tam:  # dim-0 normalisation, written over the momentum's input (u, unclipped, or C)
-        m = C.load(b.exp_avg, b.blocks).float()
+        m = _load(b, "exp_avg")
         inv_div = coef.inv_div.double()
         if f.contextual:
             inv_div = torch.where(use_u, inv_div, 1.0)
