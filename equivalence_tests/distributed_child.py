@@ -7,10 +7,17 @@ one model, every rank's micro-batches, the gradient DDP defines (each rank's acc
 micro-batches, averaged over the ranks). Halving is exact in floating point and a sum of two values does not
 depend on their order, so the runs must agree bit for bit. Writes {case: [worst |Δθ| against the single
 process, worst |Δθ| against rank 0]} to DIR/rank{r}.pt.
+
+A class that steps its own shards under FSDP2 (`steps_local_shards`) sums each statistic per rank and then
+across the ranks, an order of summation one process does not take, so its FSDP2 cases give instead
+[scaled error against the single process, worst |Δθ| against rank 0, the bound it is held to] (`limit_of`), and
+its DCP resumes are compared with the FSDP2 run that was not interrupted.
 Usage: torchrun --nproc_per_node 2 -m equivalence_tests.distributed_child DIR"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 import warnings
 from datetime import timedelta
@@ -28,14 +35,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel
 
 import optimized
 import reference
+from optimized.compile import compile_enabled, set_compile
 
 from .cases.contract import WARMED
 from .differential import CLASSES, COMPATS
+from .harness import RoundingPerturbed, free_running_limit
+from .tolerances import FREE_RUNNING_FP32, scaled_error
 
 STEPS = 10  # ≥ 2·W with the warm-up window W = 4 of cases.contract.WARMED
 STOP = 3  # the FSDP2 checkpoint is taken in warm-up
@@ -43,37 +54,46 @@ BATCH = 4  # per rank and micro-batch
 # DDP: (gradient_as_bucket_view, micro-batches per step: the first ones under no_sync)
 DDP_SETTINGS = ((False, 1), (True, 1), (True, 2))
 FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient sync
+# A warm-up window whose early phase (t < W/2) has steps after CAME's seeding step t = 1, within STEPS
+EARLY_WARMUP = 8
 BY_NAME = ("HinaAdamWOptimizer",)  # given named parameters: its LoRA pairs and factors come from the names
 
 
 class LoraNet(torch.nn.Module):
-    """A layer with a LoRA pair beside it (kohya's names) and an odd-sized head (an uneven FSDP2 shard)."""
+    """A layer with a LoRA pair beside it (kohya's names), an odd-sized head (an uneven FSDP2 shard) and a
+    one-element gain (no rows on rank 1: an empty shard). `gain=False` leaves the gain out: in upstream mode's early
+    phase a one-element tensor's OrthoGrad turns rounding into a full step (U ∥ θ), so one rounding of the inputs
+    moves it by ~0.2 and a bound from that would say nothing about the other tensors."""
 
-    def __init__(self):
+    def __init__(self, gain: bool = True):
         super().__init__()
         self.base = torch.nn.Linear(6, 8)
         self.lora_down = torch.nn.Linear(6, 2, bias=False)
         self.lora_up = torch.nn.Linear(2, 8, bias=False)
         self.head = torch.nn.Linear(8, 3)
+        self.gain = torch.nn.Parameter(torch.full((1,), 1.5)) if gain else None
 
     def forward(self, x):
-        return self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x))))
+        out = self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x))))
+        return out if self.gain is None else out * self.gain
 
 
 class WideNet(torch.nn.Module):
-    """More tensors than LoraNet (18 against 6), for counting the collectives of a step."""
+    """More tensors than LoraNet (19 against 7), for counting the collectives of a step."""
 
     def __init__(self):
         super().__init__()
         layers = (torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh()) for _ in range(8))
         self.body = torch.nn.Sequential(*layers)
         self.head = torch.nn.Linear(6, 3)
+        self.gain = torch.nn.Parameter(torch.full((1,), 1.5))
 
     def forward(self, x):
-        return self.head(self.body(x))
+        return self.head(self.body(x)) * self.gain
 
 
 MODELS = (LoraNet, WideNet)
+NO_GAIN = functools.partial(LoraNet, gain=False)
 
 
 def make_model(kind=LoraNet) -> torch.nn.Module:
@@ -91,9 +111,10 @@ def loss_of(model, data) -> torch.Tensor:
     return (model(x) - y).pow(2).mean()
 
 
-def make_optimizer(package, name, model, compat):
+def make_optimizer(package, name, model, compat, warmup=None):
     params = model.named_parameters() if name in BY_NAME else model.parameters()
-    return getattr(package, name)(params, lr=1e-2, compat=compat, **WARMED[name])
+    settings = WARMED[name] if warmup is None or not WARMED[name] else {"warmup_steps": warmup}
+    return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
 
 
 def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -> list[torch.Tensor]:
@@ -109,38 +130,67 @@ def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -
     return [p.detach().clone() for p in model.parameters()]
 
 
-def fsdp_pair(package, name, compat, mesh, kind=LoraNet):
+def fsdp_pair(package, name, compat, mesh, kind=LoraNet, warmup=None):
     model = make_model(kind)
     fully_shard(model, mesh=mesh)
-    return model, make_optimizer(package, name, model, compat)
+    return model, make_optimizer(package, name, model, compat, warmup)
 
 
-def fsdp_steps(model, opt, steps: range, micro: int, rank: int) -> list[int]:
-    """The steps; returns the collectives each optimizer step made (forward and backward not counted)."""
+def fsdp_steps(model, opt, steps: range, micro: int, rank: int, count: bool = False) -> list[int]:
+    """The steps; with `count`, returns the collectives each optimizer step made (forward and backward not counted),
+    stepping eagerly: torch.compile does not run under CommDebugMode's dispatch mode (the collectives are the same)."""
     counts = []
-    for step in steps:
-        opt.zero_grad()
-        for m in range(micro):
-            model.set_requires_gradient_sync(m == micro - 1)
-            loss_of(model, batch(step, rank, m)).backward()
-        with CommDebugMode() as comms:
-            opt.step()
-        counts.append(comms.get_total_counts())
+    compiling = compile_enabled()
+    set_compile(compiling and not count)
+    try:
+        for step in steps:
+            opt.zero_grad()
+            for m in range(micro):
+                model.set_requires_gradient_sync(m == micro - 1)
+                loss_of(model, batch(step, rank, m)).backward()
+            with CommDebugMode() if count else contextlib.nullcontext() as comms:
+                opt.step()
+            counts.append(comms.get_total_counts() if count else 0)
+    finally:
+        set_compile(compiling)
     return counts
 
 
 def collectives_per_step(package, name, rank: int, mesh) -> list[int]:
-    """The most collectives one optimizer step made, over the phases (t < W/2, W/2 ≤ t < W, t ≥ W), on LoraNet (6
-    tensors) and on WideNet (18)."""
-    return [max(fsdp_steps(*fsdp_pair(package, name, "fixed", mesh, kind), range(6), 1, rank)) for kind in MODELS]
+    """The most collectives one optimizer step made, over the phases (t < W/2, W/2 ≤ t < W, t ≥ W, with W =
+    EARLY_WARMUP), on LoraNet (7 tensors) and on WideNet (19)."""
+    pair = functools.partial(fsdp_pair, package, name, "fixed", mesh, warmup=EARLY_WARMUP)
+    return [max(fsdp_steps(*pair(kind), range(STEPS), 1, rank, count=True)) for kind in MODELS]
+
+
+def state_layout(package, name, rank: int, mesh) -> str:
+    """How an FSDP2 optimizer holds its parameter-shaped states after a step: "shards" where each is this rank's
+    rows in `optimizer.state` and a DTensor sharded like θ in `state_dict()`, "whole" where each is the whole
+    tensor, else "mixed"."""
+    model, opt = fsdp_pair(package, name, "fixed", mesh)
+    fsdp_steps(model, opt, range(1), 1, rank)
+    saved = opt.state_dict()["state"]
+    kinds = set()
+    for pid, p in enumerate(model.parameters()):
+        for key, value in opt.state[p].items():
+            # (a shard of one element is not told apart from an 8-bit block's scale; a tensor with an empty shard
+            # somewhere is stepped whole by every class)
+            if not torch.is_tensor(value) or p.to_local().numel() <= 1 or p.shape[0] < p.device_mesh.size():
+                continue
+            if value.shape == p.to_local().shape:
+                sharded = saved[pid][key]
+                kinds.add("shards" if isinstance(sharded, DTensor) and sharded.placements == p.placements else "mixed")
+            elif value.shape == p.shape:
+                kinds.add("whole")
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def whole(model) -> list[torch.Tensor]:
     return [p.detach().full_tensor() for p in model.parameters()]
 
 
-def train_fsdp(package, name, compat, micro: int, rank: int, mesh) -> list[torch.Tensor]:
-    model, opt = fsdp_pair(package, name, compat, mesh)
+def train_fsdp(package, name, compat, micro: int, rank: int, mesh, warmup=None, kind=LoraNet) -> list[torch.Tensor]:
+    model, opt = fsdp_pair(package, name, compat, mesh, kind, warmup)
     fsdp_steps(model, opt, range(STEPS), micro, rank)
     return whole(model)
 
@@ -192,9 +242,12 @@ def single_steps(model, opt, steps: range, micro: int, world: int) -> None:
         opt.step()
 
 
-def train_single(package, name, compat, micro: int, world: int) -> list[torch.Tensor]:
-    model = make_model()
-    opt = make_optimizer(package, name, model, compat)
+def train_single(package, name, compat, micro: int, world: int, warmup=None, perturbed=False,
+                 kind=LoraNet) -> list[torch.Tensor]:  # fmt: skip
+    """`perturbed`: the optimizer in harness.RoundingPerturbed (one rounding error on its inputs each step)."""
+    model = make_model(kind)
+    opt = make_optimizer(package, name, model, compat, warmup)
+    opt = RoundingPerturbed(opt) if perturbed else opt
     single_steps(model, opt, range(STEPS), micro, world)
     return [p.detach().clone() for p in model.parameters()]
 
@@ -215,11 +268,40 @@ def worst(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
-def compare(results: dict, case: str, run: list[torch.Tensor], single: list[torch.Tensor]) -> None:
+def worst_scaled(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(scaled_error(y, x) for x, y in zip(a, b, strict=True))
+
+
+def compare(results: dict, case: str, run: list[torch.Tensor], single: list[torch.Tensor], limit=None) -> None:
+    """`limit` (a class that steps its own shards): the run's scaled error → the bound it is held to (`limit_of`);
+    the case then records [scaled error, |Δθ| vs rank 0, bound]."""
     first = [t.clone() for t in run]
     for t in first:
         dist.broadcast(t, 0)
-    results[case] = [worst(run, single), worst(run, first)]
+    if limit is None:
+        results[case] = [worst(run, single), worst(run, first)]
+    else:
+        err = worst_scaled(run, single)
+        results[case] = [err, worst(run, first), limit(err)]
+
+
+def steps_shards(package, name) -> bool:
+    return getattr(getattr(package, name), "steps_local_shards", False)
+
+
+def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=LoraNet):
+    """For a class that steps its own shards (else None): error → the free-running bound (harness.free_running_limit:
+    FREE_RUNNING_FP32, or SELF_DIVERGENCE × how far one rounding of the inputs carries the reference over the
+    single-process run). Its shards' sums are added in another order than one process adds them, a rounding
+    difference of the same kind as the fast path's from the reference."""
+    if not steps_shards(package, name):
+        return None
+
+    def self_divergence():
+        plain = train_single(reference, name, compat, micro, world, warmup, kind=kind)
+        return worst_scaled(train_single(reference, name, compat, micro, world, warmup, True, kind), plain)
+
+    return lambda err: free_running_limit(err, FREE_RUNNING_FP32.bound, self_divergence)
 
 
 def main(directory: str) -> None:
@@ -228,10 +310,11 @@ def main(directory: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
-    ddp, fsdp, resumed, checkpoints, collectives = {}, {}, {}, [], {}
+    ddp, fsdp, fsdp_early, resumed, checkpoints, collectives, layouts = {}, {}, {}, {}, [], {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
+            layouts[f"{package.__name__}.{name}"] = state_layout(package, name, rank, mesh)
             for compat in COMPATS:
                 for bucket_view, micro in DDP_SETTINGS:
                     compare(ddp, f"{package.__name__}.{name} {compat} bucket_view={bucket_view} micro={micro}",
@@ -240,24 +323,42 @@ def main(directory: str) -> None:
                 for micro in FSDP_MICRO:
                     compare(fsdp, f"{package.__name__}.{name} {compat} micro={micro}",
                             train_fsdp(package, name, compat, micro, rank, mesh),
-                            train_single(package, name, compat, micro, world))  # fmt: skip
+                            train_single(package, name, compat, micro, world),
+                            limit_of(package, name, compat, micro, world))  # fmt: skip
+                if steps_shards(package, name):  # its early phase (TAM, OrthoGrad, upstream's column norms) too
+                    compare(fsdp_early, f"{package.__name__}.{name} {compat} warmup_steps={EARLY_WARMUP}",
+                            train_fsdp(package, name, compat, 1, rank, mesh, EARLY_WARMUP, NO_GAIN),
+                            train_single(package, name, compat, 1, world, EARLY_WARMUP, kind=NO_GAIN),
+                            limit_of(package, name, compat, 1, world, EARLY_WARMUP, NO_GAIN))  # fmt: skip
                 case = f"{package.__name__}.{name} {compat}"
                 path = Path(directory) / f"{case}.pt"
-                single = train_single(package, name, compat, 1, world)
-                compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path, "full"), single)
+                # the run each resume must reproduce bit for bit: the FSDP2 run that was not interrupted
+                uninterrupted = (train_fsdp(package, name, compat, 1, rank, mesh) if steps_shards(package, name)
+                                 else train_single(package, name, compat, 1, world))  # fmt: skip
+                compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path, "full"), uninterrupted)
                 checkpoints.append((package, name, compat, case, path))
                 compare(
                     resumed,
                     f"{case} dcp",
                     fsdp_resumed(package, name, compat, rank, mesh, Path(directory) / f"{case}.dcp", "dcp"),
-                    single,
+                    uninterrupted,
                 )
     dist.destroy_process_group()
     one = {}  # each rank resumes every checkpoint alone, without torch.distributed: world size 2 → 1
     for package, name, compat, case, path in checkpoints:
-        single = train_single(package, name, compat, 1, world)
-        one[case] = [worst(single_resumed(package, name, compat, path, world), single), 0.0]
-    results = {"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "to_one_process": one, "collectives": collectives}
+        single, limit = train_single(package, name, compat, 1, world), limit_of(package, name, compat, 1, world)
+        run = single_resumed(package, name, compat, path, world)
+        err = worst_scaled(run, single)
+        one[case] = [worst(run, single), 0.0] if limit is None else [err, 0.0, limit(err)]
+    results = {
+        "ddp": ddp,
+        "fsdp": fsdp,
+        "fsdp_early": fsdp_early,
+        "resumed": resumed,
+        "to_one_process": one,
+        "collectives": collectives,
+        "state_layout": layouts,
+    }
     torch.save(results, Path(directory) / f"rank{rank}.pt")
 
 

@@ -7,6 +7,9 @@
   sync included (HinaAdamW with named parameters, so its LoRA pair and SPD anchors are exercised), and so is a
   resume through torch.distributed.checkpoint's full state dicts (saved at step 3 of 10, weights_only) on 2
   ranks and in one process without torch.distributed.
+* The fast Automagic_CameAMP steps its own shards instead (`steps_local_shards`): its state is held per shard,
+  its sums are all-reduced, and it is the single-process run within the free-running bound; its resumes through
+  DCP are bit for bit the FSDP2 run that was not interrupted.
 * An FSDP2 step's collectives do not grow with the number of tensors."""
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import sys
 import pytest
 import torch
 
+import optimized
+
 from .differential import CLASSES, COMPATS
-from .distributed_child import DDP_SETTINGS, FSDP_MICRO, STEPS
+from .distributed_child import DDP_SETTINGS, FSDP_MICRO, STEPS, steps_shards
 
 WORLD = 2
 
@@ -37,10 +42,21 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
-def assert_bit_identical(results: dict, count: int, rank: int) -> None:
+SHARDED = tuple(f"optimized.{name} " for name in CLASSES if steps_shards(optimized, name))
+
+
+def assert_bit_identical(results: dict, count: int, rank: int, shards_against_one_process: bool = False) -> None:
+    """Every case bit for bit. Where FSDP2 runs are compared with one process (`shards_against_one_process`), a
+    class that steps its own shards (three figures per case) is within the free-running bound its case records
+    (distributed_child.limit_of): its per-rank sums are added in another order than one process adds them."""
     assert len(results) == count
-    apart = {case: errs for case, errs in results.items() if errs != [0.0, 0.0]}
+    sharded = {case: errs for case, errs in results.items() if len(errs) == 3}
+    expected = {case for case in results if case.startswith(SHARDED)} if shards_against_one_process else set()
+    assert set(sharded) == expected
+    apart = {case: errs for case, errs in results.items() if case not in sharded and errs != [0.0, 0.0]}
     assert not apart, f"rank {rank}, after {STEPS} steps, [|Δθ| vs one process, vs rank 0]: {apart}"
+    apart = {case: errs for case, errs in sharded.items() if errs[1] != 0.0 or not errs[0] <= errs[2]}
+    assert not apart, f"rank {rank}, after {STEPS} steps, [scaled error vs one process, |Δθ| vs rank 0, bound]: {apart}"
 
 
 def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
@@ -50,7 +66,15 @@ def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
 
 def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results["fsdp"], 2 * len(CLASSES) * len(COMPATS) * len(FSDP_MICRO), rank)
+        assert_bit_identical(results["fsdp"], 2 * len(CLASSES) * len(COMPATS) * len(FSDP_MICRO), rank, True)
+
+
+def test_fsdp2_shards_step_the_early_phase_as_one_process(ranks):
+    """The class that steps its own shards, with a warm-up window whose early phase has steps after t = 1: TAM's
+    sums (and upstream's column norms) and OrthoGrad's two sums, all-reduced (on LoraNet without its one-element
+    gain, whose upstream OrthoGrad turns rounding into a full step: see distributed_child.LoraNet)."""
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results["fsdp_early"], len(SHARDED) * len(COMPATS), rank, True)
 
 
 @pytest.mark.parametrize(("kind", "routes"), [("resumed", 2), ("to_one_process", 1)])
@@ -58,14 +82,30 @@ def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind, rout
     """Resumed into a fresh FSDP2 optimizer, through the full state dicts (loaded with full_state_dict=True) and
     through dcp.save/dcp.load; and the full checkpoint in one process without torch.distributed."""
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results[kind], routes * 2 * len(CLASSES) * len(COMPATS), rank)
+        assert_bit_identical(results[kind], routes * 2 * len(CLASSES) * len(COMPATS), rank, kind == "to_one_process")
+
+
+# The fast Automagic_CameAMP's collectives in its busiest step (t < W/2, corrected mode): five all-reduces (the
+# gradient sums, the scaled gradient's sums, OrthoGrad's two: its projection, then the norm of U⊥; the LR mask's
+# mean) and the all_gather of the tensors it steps whole (the models' one-element gain has an empty shard).
+SHARDED_COLLECTIVES = 6
 
 
 def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
     """An optimizer step under FSDP2 gathers every parameter and gradient it needs whole in one all_gather per
-    mesh and dtype (reference.sharding.gather_whole; it made two per tensor), so the model with 18 tensors costs
-    what the one with 6 does: one collective (one mesh, float32), in every phase, every class of both packages."""
+    mesh and dtype (reference.sharding.gather_whole; it made two per tensor), so the model with 19 tensors costs
+    what the one with 7 does: one collective (one mesh, float32), in every phase, every class of both packages.
+    A class that steps its own shards gathers nothing and all-reduces each kind of sum once for all tensors."""
     for results in ranks:
         counts = results["collectives"]
         assert len(counts) == 2 * len(CLASSES)
-        assert {case: c for case, c in counts.items() if c != [1, 1]} == {}
+        expected = {case: [SHARDED_COLLECTIVES] * 2 if f"{case} ".startswith(SHARDED) else [1, 1] for case in counts}
+        assert counts == expected
+
+
+def test_fsdp2_state_is_held_per_shard_where_the_class_steps_shards(ranks):
+    """The fast Automagic_CameAMP holds each state as this rank's rows (and `state_dict()` gives DTensors sharded
+    like θ); every other class holds it whole on every rank (reference.sharding), as the README says."""
+    for results in ranks:
+        layouts = results["state_layout"]
+        assert layouts == {case: "shards" if f"{case} ".startswith(SHARDED) else "whole" for case in layouts}

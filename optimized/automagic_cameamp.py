@@ -7,6 +7,7 @@ flags, not on the number or the shapes of the tensors. What differs from `refere
   * `optimizer.state[p]` holds the reference's keys as views of the bucket buffers (8-bit: codes and block
     absmax), so it follows every step and `state_dict()` is torch's own; two exceptions: the warm-up polarity
     (a uint8 or bit-packed buffer) is added by `state_dict()` only, and `avg_lr` is brought up to date there;
+  * under FSDP2 each rank steps and holds the state of its own rows (`steps_local_shards`);
   * reductions are summed in a different order, and bf16 arithmetic is done in fp32 with one rounding
     per stored value, so results agree to the tolerances in equivalence_tests/tolerances.py.
 """
@@ -26,7 +27,7 @@ from reference.validation import gradients_are_finite, nonfinite_step_allowed
 from . import automagic_step as S
 from .adopting_load import load_adopting
 from .bucket import Bucket, detached, release_if_changed, trainable_params
-from .kernels import allora_table, in_fp32_range, masked_tensor_mean, row_norms
+from .kernels import allora_table, in_fp32_range, masked_tensor_sum, row_norms
 from .tables import columns, constants
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
@@ -36,6 +37,9 @@ class Automagic_CameAMP(AutomagicBase):
     """Fused, flat-buffer Automagic_CameAMP. See reference.Automagic_CameAMP for the algorithm."""
 
     quantized_states = False  # the *8bit classes: blockwise 8-bit states (codec.QState)
+    # FSDP2: each rank steps its own rows and holds their state, its sums all-reduced (reference.sharding,
+    # optimized.shard_sums); a subclass that needs more than sums steps whole tensors
+    steps_local_shards = True
 
     @property
     def _variant(self) -> dict:
@@ -126,11 +130,18 @@ class Automagic_CameAMP(AutomagicBase):
         per-tensor kernels."""
         return True
 
+    def _finite_on_every_rank(self) -> bool:
+        """Every gradient finite (its group's Σ|g| overflowed, or one holds NaN or Inf): on every rank, where the
+        buckets hold FSDP2 shards, so that all ranks take the same decision."""
+        finite = gradients_are_finite(self.param_groups)
+        shards = next((b.shard_sums for bs in self._buckets.values() for b in bs if b.shard_sums is not None), None)
+        return finite if shards is None else shards.all(finite)
+
     def _step_groups(self):
         prepared = [self._gather_group(gi, group) for gi, group in enumerate(self.param_groups)]
         # Σ|g| of a group is finite unless a gradient holds NaN or Inf, or the sum overflows (checked exactly)
         sums = [prep[1] for prep in prepared if prep is not None]
-        finite = not sums or bool(torch.isfinite(torch.stack(sums)).all()) or gradients_are_finite(self.param_groups)
+        finite = not sums or bool(torch.isfinite(torch.stack(sums)).all()) or self._finite_on_every_rank()
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return
         for group, prep in zip(self.param_groups, prepared, strict=True):
@@ -164,8 +175,8 @@ class Automagic_CameAMP(AutomagicBase):
         for b, has in zip(buckets, has_grads, strict=True):
             if has.any():
                 grad = b.gather_grads(has)
-                work.append((b, has, grad, *S.gradient_partials(grad, b.idx)))
-        count = sum(n for b, has, *_ in work for n, h in zip(b.layout.numels, has, strict=True) if h)
+                work.append((b, has, grad, *b.sum_over_ranks(*S.gradient_partials(grad, b.idx))))
+        count = sum(n for b, has, *_ in work for n, h in zip(b.numels(), has, strict=True) if h)
         # the group's Σ|g| and Σg² overflow where the reference's float32 sums do (kernels.in_fp32_range)
         abs_total = in_fp32_range(sum(abs_sum.sum() for *_, abs_sum, _ in work))
         sq_total = in_fp32_range(sum(sq_sum.sum() for *_, sq_sum in work))
@@ -229,7 +240,7 @@ class Automagic_CameAMP(AutomagicBase):
                 **self._variant,
             )  # fmt: skip
             table = S.PerTensor(*columns([member, *per_tensor], dev))
-            mask_sums = S.fused_step(bufs, b.layout, b.idx, table, consts, *stats, flags, b.scratch)
+            mask_sums = S.fused_step(bufs, b.layout, b.idx, table, consts, *stats, flags, b.scratch, b.shard_sums)
             if mask_sums is not None:  # 8-bit mask: avg_lr is the mean of the mask before quantisation
                 b.avg_lr_dev = torch.where(table.member > 0, mask_sums / b.idx.numel_t, b.avg_lr_dev)
         b.step = t
@@ -239,6 +250,8 @@ class Automagic_CameAMP(AutomagicBase):
         if W >= 1 and (b.step >= W).all():
             b.drop_warm_buffers()
         b.copy_out()
+        if b.shard_sums is not None:  # here, so that state_dict() makes no collective (one rank alone may save)
+            self._refresh_avg_lr(b)
         self._publish(b, group, active)
 
     def _host_numbers(self, b: Bucket, group, t, upd, warm) -> list:
@@ -276,7 +289,8 @@ class Automagic_CameAMP(AutomagicBase):
             if b.quantized:
                 means = b.avg_lr_dev.cpu().numpy()
             else:
-                means = masked_tensor_mean(b.states["lr_mask"], b.idx).cpu().numpy()
+                (sums,) = b.sum_over_ranks(masked_tensor_sum(b.states["lr_mask"], b.idx))
+                means = (sums / b.idx.numel_t).cpu().numpy()
             b.avg_lr[b.avg_lr_stale] = means[b.avg_lr_stale]
             b.avg_lr_stale[:] = False
 

@@ -33,6 +33,7 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
     """Fused Automagic_CameAMP_COptim. See reference.Automagic_CameAMP_COptim for the algorithm."""
 
     config_class = COptimConfig
+    steps_local_shards = False  # its context module (the reference's) reads whole tensors (issue 26)
 
     @property
     def _variant(self) -> dict:

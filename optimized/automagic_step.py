@@ -271,8 +271,8 @@ def coefficients(per_tensor: PerTensor, consts: Consts, partials, idx: K.Idx, s,
 
 
 def _main_pass(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_sum, normaliser, f: Flags, update_out):
-    """Everything element-wise. Returns, in the early phase, OrthoGrad's per-tensor (π, ν, keep) of U
-    (kernels.orthograd_projection, taken as U is written); else the per-tensor sums of the new warm-up mask
+    """Everything element-wise. Returns, in the early phase, OrthoGrad's per-tensor sums of θ and U
+    (kernels.orthograd_sums, taken as U is written); else the per-tensor sums of the new warm-up mask
     (8-bit states, see `_lr_and_mask`) or None."""
     c, h = _float(consts), coef.host
     member = _member(coef, f)
@@ -317,7 +317,7 @@ def _main_pass(b: Buffers, idx: K.Idx, coef: Coef, consts: Consts, group_sum, no
     # first, so U is handed over with its projection sums and both follow in `orthograd_apply`
     if f.early:
         update_out.copy_(update)
-        result = K.orthograd_projection(b.theta, update_out, idx)
+        result = K.orthograd_sums(b.theta, update_out, idx)
     else:
         lr_eff, result = _lr_and_mask(b, gt, coef, c, member, idx, f)
         _apply_update(b, update, lr_eff, coef, _rows(member, idx), c, idx, f)
@@ -404,19 +404,25 @@ orthograd_apply = compiled(_orthograd_apply)
 
 
 def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Consts, group_sum, mu, sigma, abs_sum,
-               f: Flags, scratch):  # fmt: skip
+               f: Flags, scratch, shards=None):  # fmt: skip
     """One step of one partition of a bucket (its tensors share a phase, `Flags`); mutates the buffers in place.
     Returns the per-tensor sums of the new warm-up mask when the mask is stored 8-bit (else None).
 
     `scratch(name)` gives a persistent [N, C] float32 buffer of the bucket: the early phase hands
     U (and, for upstream TAM, u) between passes through them rather than through fresh allocations,
-    which cost a page fault per 4 KiB on CPU.
+    which cost a page fault per 4 KiB on CPU. `shards` (optimized.shard_sums, FSDP2 shards): every
+    per-tensor sum a pass returns is summed over the ranks before it is used.
     """
+
+    def over_ranks(*sums):
+        return list(sums) if shards is None else shards(*sums)
+
     partials = {}
     upstream_tam = f.early and not f.fixed
     u_out = scratch("u") if upstream_tam else None
     if not f.seeding and (f.came or f.early):
         partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f, u_out)
+        partials = dict(zip(partials, over_ranks(*partials.values()), strict=True))
     use_u = b.context.use_u > 0 if f.contextual else None
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f, use_u)
     if upstream_tam:  # dim-0 normalisation, written over the momentum's input (u, unclipped, or C)
@@ -424,13 +430,16 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
         inv_div = coef.inv_div.double()
         if f.contextual:
             inv_div = torch.where(use_u, inv_div, 1.0)
-        K.column_normaliser(m, u_out, inv_div, layout, out=u_out)
+        K.column_normaliser(m, u_out, inv_div, layout, out=u_out, shards=shards)
     update = scratch("update") if f.early else None
     mask_sums = main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:
-        proj, nu, keep = mask_sums
-        scale = K.orthograd_scale(nu, perp_sumsq(b.theta, update, proj, idx), PARALLEL_TOL if f.fixed else 0.0)
+        proj, nu, keep = K.orthograd_projection_of(*over_ranks(*mask_sums))
+        (perp,) = over_ranks(perp_sumsq(b.theta, update, proj, idx))
+        scale = K.orthograd_scale(nu, perp, PARALLEL_TOL if f.fixed else 0.0)
         mask_sums = orthograd_apply(b, idx, coef, consts, group_sum, update, proj, scale, keep, f)
+    if mask_sums is not None:
+        (mask_sums,) = over_ranks(mask_sums)
     if f.early and f.fixed:
         b.s.copy_(_select(_member(per_tensor, f), coef.tam_s, b.s))
     return mask_sums

@@ -17,6 +17,7 @@ from . import codec as C
 from .entry_watch import EntryWatch
 from .kernels import expand_rows, index_tensors, valid_mask
 from .layout import build_layout
+from .shard_sums import ShardSums
 
 
 def detached(entry: dict) -> dict:
@@ -32,12 +33,16 @@ class Bucket:
     def __init__(self, params, state_dtype, quantized: bool = False, exact_zero: bool = False):
         """`exact_zero`: 8-bit states store an exact 0 as the code of 0 (the corrected mode; see
         reference.blockwise_8bit.quantize)."""
-        # same-shape tensors adjacent: column reductions become one dense op per shape class
-        self.params = sorted(params, key=lambda p: (p.dim(), tuple(p.shape)))
+        # same-shape tensors adjacent: column reductions become one dense op per shape class (FSDP2 shards by their
+        # whole shape, so every rank orders them alike)
+        self.params = sorted(params, key=lambda p: (p.dim(), tuple(getattr(p, "_local_shard_of", p).shape)))
         first = self.params[0]
         self.dtype, self.device, self.state_dtype = first.dtype, first.device, state_dtype
         self.layout = build_layout(self.params, self.device, keep_strides=not quantized)
         self.idx = index_tensors(self.layout)
+        self.shard_sums = ShardSums.of(self.params, self.device)  # None unless the tensors are FSDP2 shards
+        if self.shard_sums is not None:
+            self.idx = self.idx._replace(numel_t=self.shard_sums.numel_t)
         self.quantized = quantized
         self.blocks = C.build_blocks(self.layout, self.device, exact_zero) if quantized else None
         self.row_blocks = C.build_row_blocks(self.layout, self.device, exact_zero) if quantized else None
@@ -69,6 +74,14 @@ class Bucket:
         self.published: tuple | None = None  # `signature()` when optimizer.state's views were built
         self.published_warm = np.zeros(T, dtype=bool)  # whether each view entry holds the warm-up keys
         self.entries = EntryWatch(self.params)  # the optimizer.state entry built for each tensor (see _publish)
+
+    def sum_over_ranks(self, *sums: torch.Tensor) -> list[torch.Tensor]:
+        """Per-tensor sums of the whole tensors: this rank's all-reduced where the tensors are FSDP2 shards."""
+        return list(sums) if self.shard_sums is None else self.shard_sums(*sums)
+
+    def numels(self) -> list[int]:
+        """The element count of each whole tensor (of each DTensor, where the bucket holds its shard)."""
+        return self.layout.numels if self.shard_sums is None else self.shard_sums.numels.tolist()
 
     def restart(self, tensors=None) -> None:
         """The tensors in `tensors` (numpy bool [T]; None: all) back to 'not started' (step 0), as before their

@@ -66,27 +66,46 @@ def per_row(values: torch.Tensor, idx: Idx) -> torch.Tensor:
     return values[idx.chunk_tensor].float().view(-1, 1)
 
 
-def column_normaliser(m: torch.Tensor, u: torch.Tensor, inv_div: torch.Tensor, layout: Layout, out=None):
+def column_normaliser(m: torch.Tensor, u: torch.Tensor, inv_div: torch.Tensor, layout: Layout, out=None,
+                      shards=None):  # fmt: skip
     """w = 1 / (max(‖m[:, j]‖, 1e-12) · max(‖u[:, j]‖, 1e-12)) for every element's dim-0 column j, [N, C].
 
     N₀(m) ⊙ N₀(u) = m·u·w. u is the unclipped scaled gradient, so its column norms are scaled by the
     per-tensor clip factor inv_div [T]. Runs eagerly: same-shape tensors are adjacent in a bucket, so
     each shape class is one dense [k, n0, rest] reduction and one broadcast write (no scatter, no
     per-element index arithmetic, and a cost independent of the number of tensors). `out` may be u
-    itself (each class reads its block before writing it).
+    itself (each class reads its block before writing it). `shards` (optimized.shard_sums, FSDP2): the
+    columns' sums of squares over every rank's rows, all-reduced once for all classes.
     """
     if out is None:
         out = torch.zeros_like(m, dtype=torch.float32)
+    blocks = []
     for first, count, shape in layout.shape_classes:
         n, start = layout.numels[first], layout.chunk_start[first]
         stop = start + count * (layout.row_slice(first).stop - start)
         n0 = shape[0] if len(shape) else 1
-        norm_m = _column_norm(_class_block(m, start, stop, count, n, n0))
-        norm_u = _column_norm(_class_block(u, start, stop, count, n, n0))
+        blocks.append((first, count, n0, start, stop, n))
+    if shards is None:
+        norms = [[_column_norm(_class_block(x, start, stop, count, n, n0)) for x in (m, u)]
+                 for _, count, n0, start, stop, n in blocks]  # fmt: skip
+    else:
+        norms = _sharded_column_norms(m, u, blocks, shards)
+    for (first, count, n0, start, stop, n), (norm_m, norm_u) in zip(blocks, norms, strict=True):
         norm_u = norm_u * inv_div[first : first + count].float().view(-1, 1)
         w = 1.0 / (norm_m.clamp(min=1e-12) * norm_u.clamp(min=1e-12))
         _class_block(out, start, stop, count, n, n0).copy_(w.unsqueeze(1).expand(count, n0, w.shape[1]))
     return out
+
+
+def _sharded_column_norms(m, u, blocks, shards) -> list:
+    """Each class's dim-0 column norms of m and u over the whole tensors: float64 sums of squares all-reduced."""
+    parts = []
+    for first, count, n0, start, stop, n in blocks:
+        for x in (m, u):  # (a rank's rows of a column summed in float64: no cancellation, far below fp32's ulp)
+            block = _class_block(x, start, stop, count, n, n0).double()
+            parts.append((first, (block * block).sum(dim=1)))
+    sums = shards.pieces(parts)
+    return [(sums[2 * k].sqrt().float(), sums[2 * k + 1].sqrt().float()) for k in range(len(blocks))]
 
 
 def _column_norm(block):
@@ -182,13 +201,21 @@ def grams_blend(update, gt, alpha, one_minus_alpha):
 
 
 # ---------------------------------------------------------------- T7a OrthoGrad
-def orthograd_projection(theta, update, idx: Idx):
+def orthograd_sums(theta, update, idx: Idx):
+    """Per tensor ⟨w,w⟩, ⟨w,v⟩, ⟨v,v⟩ of w = θ and v = U, [T] float64 (`orthograd_projection_of` takes them)."""
+    w = theta.float()
+    return tensor_sum(w * w, idx), tensor_sum(w * update, idx), tensor_sum(update * update, idx)
+
+
+def orthograd_projection_of(ww, wv, vv):
     """Per tensor: π = ⟨w,v⟩/(⟨w,w⟩ + 1e-30) rounded to fp32 as the reference does, ν = ‖v‖, and
     whether θ is too small to project on (‖θ‖ ≤ 1e-30). Returns (π, ν, keep) [T]."""
-    w = theta.float()
-    ww = tensor_sum(w * w, idx)
-    proj = tensor_sum(w * update, idx).float() / (ww.float() + 1e-30)
-    return proj, tensor_sum(update * update, idx).sqrt().float(), ww.sqrt() <= 1e-30
+    return wv.float() / (ww.float() + 1e-30), vv.sqrt().float(), ww.sqrt() <= 1e-30
+
+
+def orthograd_projection(theta, update, idx: Idx):
+    """`orthograd_projection_of` the sums of θ and U."""
+    return orthograd_projection_of(*orthograd_sums(theta, update, idx))
 
 
 def orthograd_perp(theta, update, proj_rows):
@@ -215,9 +242,9 @@ def orthograd(theta, update, idx: Idx, parallel_tol: float = 0.0):
     return torch.where(per_row(keep.double(), idx) > 0, update, perp * per_row(scale, idx))
 
 
-def masked_tensor_mean(x: torch.Tensor, idx: Idx) -> torch.Tensor:
-    """Per-tensor mean over the real elements (padding excluded), float64 [T]."""
-    return tensor_sum(torch.where(valid_mask(idx), x.float(), 0.0), idx) / idx.numel_t
+def masked_tensor_sum(x: torch.Tensor, idx: Idx) -> torch.Tensor:
+    """Per-tensor sum over the real elements (padding excluded), float64 [T]."""
+    return tensor_sum(torch.where(valid_mask(idx), x.float(), 0.0), idx)
 
 
 # ---------------------------------------------------------------- T8a LR mask

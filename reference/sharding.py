@@ -6,8 +6,14 @@ heuristics use whole-tensor stencils, SVD and FFT. A step on one rank's shard al
 else than one process computes. So for the step every DTensor parameter is gathered with its (already
 reduced) gradient, in one all_gather per mesh and dtype for all of them (`gather_whole`), the ordinary step
 runs on the whole tensors, and each rank keeps its own shard of the result. The state is then held whole, and
-identical, on every rank: what one process computes, at the memory of one process (issue 26: sharded state
-is the fast path's next step).
+identical, on every rank: what one process computes, at the memory of one process.
+
+A class that reduces across the mesh itself (`steps_local_shards`: the fast Automagic_CameAMP, whose statistics
+are all sums) steps each rank's own rows instead: the twin is the local shard (`_local_shard_of` names its
+DTensor), nothing is gathered, and the state is held per shard. Its `state_dict()` gives those states as DTensors
+sharded like θ (so torch.distributed.checkpoint saves, gathers and re-shards them as any FSDP2 optimizer's), and
+`load_state_dict` takes this rank's rows of a DTensor or of a whole tensor. A tensor with fewer rows than ranks
+(an empty shard somewhere) is stepped whole as above, as the class's reductions need every rank to hold rows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+from .persistence import saved_param_map
 
 
 def whole_tensor_step(step):
@@ -47,34 +55,87 @@ def whole_tensor_load(method):
     @functools.wraps(method)
     def wrapper(self, state_dict, *args, **kwargs):
         with whole_tensors(self, stepping=False):
-            return method(self, _whole_states(state_dict), *args, **kwargs)
+            return method(self, _held_states(self, state_dict), *args, **kwargs)
 
     return wrapper
 
 
-def _whole_states(state_dict):
-    """`state_dict` with each DTensor state value whole (a collective, as the load runs on every rank): the state
-    is whole on every rank, and DCP's full-state-dict load shards a value where the template held a DTensor
-    (HinaAdamW's SPD anchor, copied from θ at construction)."""
+def _held_states(optimizer, state_dict):
+    """`state_dict` with each state value as the step holds it (a collective, as the load runs on every rank): a
+    local twin's rows (`_local_value`), else each DTensor value whole (the state is whole on every rank, and DCP's
+    full-state-dict load shards a value where the template held a DTensor: HinaAdamW's SPD anchor, copied from θ
+    at construction). Called within `whole_tensors`, so the groups hold the twins."""
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         return state_dict
-    if not any(isinstance(v, DTensor) for e in state_dict["state"].values() if isinstance(e, dict) for v in e.values()):
+    owners = _local_owners(optimizer, state_dict)
+    entries = state_dict["state"].items()
+    if not owners and not any(isinstance(v, DTensor) for _, e in entries if isinstance(e, dict) for v in e.values()):
         return state_dict
-    state = {
-        pid: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in e.items()} if isinstance(e, dict) else e
-        for pid, e in state_dict["state"].items()
-    }
+    state = {}
+    for pid, e in entries:
+        if isinstance(e, dict) and pid in owners:
+            e = {k: _local_value(owners[pid], v) for k, v in e.items()}
+        elif isinstance(e, dict):
+            e = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in e.items()}
+        state[pid] = e
     return {**state_dict, "state": state}
+
+
+def _local_owners(optimizer, state_dict) -> dict:
+    """Saved id → the DTensor parameter whose local twin holds its state (the groups hold the twins)."""
+    try:
+        id_map = saved_param_map(optimizer, state_dict)
+    except (KeyError, TypeError, ValueError):  # a malformed checkpoint: the load's own checks name what is wrong
+        return {}
+    return {pid: p._local_shard_of for pid, p in id_map.items() if hasattr(p, "_local_shard_of")}
+
+
+def _own_rows(p: DTensor) -> tuple[int, int]:
+    """(first row, row count) of dim 0 that this rank holds of `p` (sharded as `_dim0_rows` requires)."""
+    rows = _dim0_rows(p)
+    rank = p.device_mesh.get_local_rank()
+    return sum(rows[:rank]), rows[rank]
+
+
+def _local_value(p: DTensor, value):
+    """A state value of `p` as its local twin holds it: a DTensor's local rows, this rank's rows of a whole tensor
+    whose dim 0 is p's, any other value (a scalar, a per-tensor 0-d state) as it is."""
+    if isinstance(value, DTensor):
+        if value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),):
+            return value.to_local()
+        value = value.full_tensor()
+    if torch.is_tensor(value) and value.dim() and value.shape[0] == p.shape[0]:
+        start, count = _own_rows(p)
+        return value.narrow(0, start, count)
+    return value
+
+
+def _sharded_value(p: DTensor, value):
+    """A local twin's state value as `state_dict()` gives it: one with p's local rows as a DTensor sharded like p
+    (no collective), any other as it is."""
+    if not torch.is_tensor(value) or isinstance(value, DTensor) or not value.dim():
+        return value
+    if value.shape[0] != _own_rows(p)[1]:
+        return value
+    shape = (p.shape[0], *value.shape[1:])
+    stride = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
+    return DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
 
 
 def whole_tensor_save(method):
     """Decorates `state_dict`: it sees the twins that exist, with no collective, so one rank alone may save
-    (`if rank == 0: torch.save(opt.state_dict(), ...)`). Nested uses are no-ops."""
+    (`if rank == 0: torch.save(opt.state_dict(), ...)`); a local twin's states become DTensors (`_sharded_value`).
+    Nested uses are no-ops."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with whole_tensors(self, stepping=False, make=False):
-            return method(self, *args, **kwargs)
+            sd = method(self, *args, **kwargs)
+            owners = _local_owners(self, sd)
+        for pid, p in owners.items():
+            if isinstance(sd["state"].get(pid), dict):  # a new dict: torch's holds optimizer.state's own
+                sd["state"][pid] = {k: _sharded_value(p, v) for k, v in sd["state"][pid].items()}
+        return sd
 
     return wrapper
 
@@ -124,24 +185,42 @@ def gather_whole(tensors: list[DTensor]) -> list[torch.Tensor]:
     return out
 
 
+def _steps_shard(optimizer, p: DTensor) -> bool:
+    """Whether `p` steps as its local shard (`steps_local_shards`): sharded on dim 0 of a 1-D mesh with rows on
+    every rank."""
+    rows = _dim0_rows(p) if getattr(optimizer, "steps_local_shards", False) else None
+    return rows is not None and min(rows) > 0
+
+
 def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created: dict) -> dict:
-    """p → p's whole twin, the same object at every step (the fast classes keep their buffers over it), for the
-    DTensor parameters `params` that have one or get one (`make`). A twin made now (added to `created`) gathers
-    p's values; a step (`stepping`) gathers the values of an existing twin again, and the gradients; with
-    `make`, a state value that is a DTensor (loaded, or made from the sharded parameter) is gathered in place.
-    All in one `gather_whole`."""
+    """p → p's twin, the same object at every step (the fast classes keep their buffers over it), for the
+    DTensor parameters `params` that have one or get one (`make`): a local twin (`_steps_shard`) holds p's own
+    rows, copied; a whole twin made now (added to `created`) gathers p's values, and a step (`stepping`) gathers
+    the values of an existing twin again, and the gradients; with `make`, a state value that is a DTensor (loaded,
+    or made from the sharded parameter) is gathered in place, or cut to a local twin's rows. All whole values in
+    one `gather_whole`."""
     twins = optimizer.__dict__.setdefault("_whole_params", {})
     chosen = [p for p in params if p in twins or make]
-    values = [p for p in chosen if stepping or p not in twins]
-    grads = [p for p in chosen if stepping and p.grad is not None]
-    states = [(optimizer.state[p], key) for p in chosen if make and p in optimizer.state
+    local = {p for p in chosen if _steps_shard(optimizer, p)}
+    whole = [p for p in chosen if p not in local]
+    values = [p for p in whole if stepping or p not in twins]
+    grads = [p for p in whole if stepping and p.grad is not None]
+    states = [(optimizer.state[p], key) for p in whole if make and p in optimizer.state
               for key, value in optimizer.state[p].items() if isinstance(value, DTensor)]  # fmt: skip
     gathered = iter(gather_whole([p.detach() for p in values] + [p.grad for p in grads] + [e[k] for e, k in states]))
-    for p in values:
-        if p in twins:
-            twins[p].detach().copy_(next(gathered))
-        else:
-            twin = twins[p] = created[p] = torch.nn.Parameter(next(gathered), requires_grad=p.requires_grad)
+    fresh = set(values)  # (sets of tensors compare by identity)
+    for p in chosen:
+        if p in local and p in twins:
+            if stepping:
+                twins[p].detach().copy_(p.detach().to_local())
+        elif p in local or p in fresh:
+            value = p.detach().to_local().clone() if p in local else next(gathered)
+            if p in twins:
+                twins[p].detach().copy_(value)
+                continue
+            twin = twins[p] = created[p] = torch.nn.Parameter(value, requires_grad=p.requires_grad)
+            if p in local:
+                twin._local_shard_of = p
             if hasattr(p, "_is_lora_layer"):  # the one parameter attribute the family reads (T9d)
                 twin._is_lora_layer = p._is_lora_layer
     if stepping:
@@ -149,16 +228,22 @@ def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created
             twins[p].grad = None
         for p in grads:
             twins[p].grad = next(gathered)
+        for p in local:
+            twins[p].grad = None if p.grad is None else p.grad.to_local()
     for entry, key in states:
         entry[key] = next(gathered)
+    for p in local:
+        if make and p in optimizer.state:
+            entry = optimizer.state[p]
+            entry.update({k: _local_value(p, v) for k, v in entry.items() if isinstance(v, DTensor)})
     return {p: twins[p] for p in chosen}
 
 
 @contextmanager
 def whole_tensors(optimizer, stepping: bool = True, make: bool = True):
-    """Within: each DTensor parameter of `optimizer` is replaced in its group by its whole twin (`_twins`),
-    and its state moves there (gathered by `_twins` where it was sharded, unless nothing may be gathered: `make`
-    off).
+    """Within: each DTensor parameter of `optimizer` is replaced in its group by its twin (`_twins`: whole, or
+    its local shard), and its state moves there (gathered, or cut to the local rows, by `_twins` where it was a
+    DTensor, unless nothing may be gathered: `make` off).
     Tables an optimizer keys by parameter (HinaAdamW's LoRA layout) are rebuilt over new twins by its
     `_twins_created(p → twin)`, once they are in the groups. After a step that did not raise, each rank keeps
     its shard of the result; the state, now whole, returns to the DTensor's key either way."""
@@ -185,7 +270,9 @@ def whole_tensors(optimizer, stepping: bool = True, make: bool = True):
             group["params"][i] = p
             if whole in optimizer.state:
                 optimizer.state[p] = optimizer.state.pop(whole)
-            if stepped:
+            if stepped and hasattr(whole, "_local_shard_of"):
+                p.detach().to_local().copy_(whole.detach())
+            elif stepped:
                 # every rank holds the same whole result: each takes its shard locally, with no collective
                 p.detach().copy_(distribute_tensor(whole.detach(), p.device_mesh, p.placements, src_data_rank=None))
             whole.grad = None
