@@ -56,7 +56,11 @@ DDP_SETTINGS = ((False, 1), (True, 1), (True, 2))
 FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient sync
 # A warm-up window whose early phase (t < W/2) has steps after CAME's seeding step t = 1, within STEPS
 EARLY_WARMUP = 8
-BY_NAME = ("HinaAdamWOptimizer",)  # given named parameters: its LoRA pairs and factors come from the names
+BY_NAME = ("HinaAdamWOptimizer",)
+CONTEXTUAL = (
+    "Automagic_CameAMP_COptim",
+    "Automagic_CameAMP_COptim8bit",
+)  # C-Optim: step(loss=...) feeds Λ  # given named parameters: its LoRA pairs and factors come from the names
 
 
 class LoraNet(torch.nn.Module):
@@ -117,7 +121,8 @@ def make_optimizer(package, name, model, compat, warmup=None):
     return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
 
 
-def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -> list[torch.Tensor]:
+def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int, with_loss=False) -> list[torch.Tensor]:
+    """`with_loss`: each step is given the rank's loss (`step(loss=...)`, C-Optim's context)."""
     model = DistributedDataParallel(make_model(), gradient_as_bucket_view=bucket_view)
     opt = make_optimizer(package, name, model, compat)
     for step in range(STEPS):
@@ -125,8 +130,9 @@ def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int) -
         for m in range(micro - 1):
             with model.no_sync():
                 loss_of(model, batch(step, rank, m)).backward()
-        loss_of(model, batch(step, rank, micro - 1)).backward()
-        opt.step()
+        loss = loss_of(model, batch(step, rank, micro - 1))
+        loss.backward()
+        opt.step(loss=loss.item()) if with_loss else opt.step()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -136,7 +142,7 @@ def fsdp_pair(package, name, compat, mesh, kind=LoraNet, warmup=None):
     return model, make_optimizer(package, name, model, compat, warmup)
 
 
-def fsdp_steps(model, opt, steps: range, micro: int, rank: int, count: bool = False) -> list[int]:
+def fsdp_steps(model, opt, steps: range, micro: int, rank: int, count: bool = False, with_loss=False) -> list[int]:
     """The steps; with `count`, returns the collectives each optimizer step made (forward and backward not counted),
     stepping eagerly: torch.compile does not run under CommDebugMode's dispatch mode (the collectives are the same)."""
     counts = []
@@ -147,9 +153,10 @@ def fsdp_steps(model, opt, steps: range, micro: int, rank: int, count: bool = Fa
             opt.zero_grad()
             for m in range(micro):
                 model.set_requires_gradient_sync(m == micro - 1)
-                loss_of(model, batch(step, rank, m)).backward()
+                loss = loss_of(model, batch(step, rank, m))
+                loss.backward()
             with CommDebugMode() if count else contextlib.nullcontext() as comms:
-                opt.step()
+                opt.step(loss=loss.item()) if with_loss else opt.step()
             counts.append(comms.get_total_counts() if count else 0)
     finally:
         set_compile(compiling)
@@ -189,9 +196,10 @@ def whole(model) -> list[torch.Tensor]:
     return [p.detach().full_tensor() for p in model.parameters()]
 
 
-def train_fsdp(package, name, compat, micro: int, rank: int, mesh, warmup=None, kind=LoraNet) -> list[torch.Tensor]:
+def train_fsdp(package, name, compat, micro: int, rank: int, mesh, warmup=None, kind=LoraNet,
+               with_loss=False) -> list[torch.Tensor]:  # fmt: skip
     model, opt = fsdp_pair(package, name, compat, mesh, kind, warmup)
-    fsdp_steps(model, opt, range(STEPS), micro, rank)
+    fsdp_steps(model, opt, range(STEPS), micro, rank, with_loss=with_loss)
     return whole(model)
 
 
@@ -227,28 +235,31 @@ def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path, route: str)
     return whole(model)
 
 
-def single_steps(model, opt, steps: range, micro: int, world: int) -> None:
+def single_steps(model, opt, steps: range, micro: int, world: int, with_loss=False) -> None:
+    """`with_loss`: each step is given the mean over the ranks of their last micro-batch's loss."""
     params = list(model.parameters())
     for step in steps:
-        total = [torch.zeros_like(p) for p in params]
+        total, losses = [torch.zeros_like(p) for p in params], []
         for rank in range(world):
             model.zero_grad()
             for m in range(micro):
-                loss_of(model, batch(step, rank, m)).backward()
+                loss = loss_of(model, batch(step, rank, m))
+                loss.backward()
+            losses.append(loss.item())
             for t, p in zip(total, params, strict=True):
                 t.add_(p.grad / world)
         for t, p in zip(total, params, strict=True):
             p.grad = t
-        opt.step()
+        opt.step(loss=sum(losses) / world) if with_loss else opt.step()
 
 
 def train_single(package, name, compat, micro: int, world: int, warmup=None, perturbed=False,
-                 kind=LoraNet) -> list[torch.Tensor]:  # fmt: skip
+                 kind=LoraNet, with_loss=False) -> list[torch.Tensor]:  # fmt: skip
     """`perturbed`: the optimizer in harness.RoundingPerturbed (one rounding error on its inputs each step)."""
     model = make_model(kind)
     opt = make_optimizer(package, name, model, compat, warmup)
     opt = RoundingPerturbed(opt) if perturbed else opt
-    single_steps(model, opt, range(STEPS), micro, world)
+    single_steps(model, opt, range(STEPS), micro, world, with_loss)
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -310,7 +321,7 @@ def main(directory: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
-    ddp, fsdp, fsdp_early, resumed, checkpoints, collectives, layouts = {}, {}, {}, {}, [], {}, {}
+    ddp, fsdp, fsdp_early, with_loss, resumed, checkpoints, collectives, layouts = {}, {}, {}, {}, {}, [], {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
@@ -325,6 +336,13 @@ def main(directory: str) -> None:
                             train_fsdp(package, name, compat, micro, rank, mesh),
                             train_single(package, name, compat, micro, world),
                             limit_of(package, name, compat, micro, world))  # fmt: skip
+                if name in CONTEXTUAL:  # given the loss: every rank's context must learn the same
+                    compare(with_loss, f"{package.__name__}.{name} {compat} ddp",
+                            train_ddp(package, name, compat, False, 1, rank, with_loss=True),
+                            train_single(package, name, compat, 1, world, with_loss=True))  # fmt: skip
+                    compare(with_loss, f"{package.__name__}.{name} {compat} fsdp",
+                            train_fsdp(package, name, compat, 1, rank, mesh, with_loss=True),
+                            train_single(package, name, compat, 1, world, with_loss=True))  # fmt: skip
                 if steps_shards(package, name):  # its early phase (TAM, OrthoGrad, upstream's column norms) too
                     compare(fsdp_early, f"{package.__name__}.{name} {compat} warmup_steps={EARLY_WARMUP}",
                             train_fsdp(package, name, compat, 1, rank, mesh, EARLY_WARMUP, NO_GAIN),
@@ -354,6 +372,7 @@ def main(directory: str) -> None:
         "ddp": ddp,
         "fsdp": fsdp,
         "fsdp_early": fsdp_early,
+        "with_loss": with_loss,
         "resumed": resumed,
         "to_one_process": one,
         "collectives": collectives,

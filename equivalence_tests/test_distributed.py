@@ -24,7 +24,7 @@ import torch
 import optimized
 
 from .differential import CLASSES, COMPATS
-from .distributed_child import DDP_SETTINGS, FSDP_MICRO, STEPS, steps_shards
+from .distributed_child import CONTEXTUAL, DDP_SETTINGS, FSDP_MICRO, STEPS, steps_shards
 
 WORLD = 2
 
@@ -67,6 +67,13 @@ def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
 def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
     for rank, results in enumerate(ranks):
         assert_bit_identical(results["fsdp"], 2 * len(CLASSES) * len(COMPATS) * len(FSDP_MICRO), rank, True)
+
+
+def test_c_optim_given_the_loss_is_the_single_process_run_bit_for_bit(ranks):
+    """C-Optim given each rank's loss (`step(loss=...)`) under DDP and FSDP2 is the single-process run given the
+    mean of the ranks' losses: the context learns the mean on every rank, so the ranks' Λ and steps stay one."""
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results["with_loss"], 2 * len(CONTEXTUAL) * len(COMPATS) * 2, rank)
 
 
 def test_fsdp2_shards_step_the_early_phase_as_one_process(ranks):

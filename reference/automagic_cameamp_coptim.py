@@ -35,6 +35,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.distributed as dist
 
 from . import adabelief_residual, came_style
 from .allora import allora_row_scaling_fixed
@@ -98,8 +99,10 @@ class ContextualOptimization:
         self._pending_loss = float(loss)
 
     def _observe_context(self, loss: float) -> None:
-        """T16.2: the gradient signal, the loss and the last group's lr go into the context."""
+        """T16.2: the gradient signal, the loss and the last group's lr go into the context. Under torch.distributed
+        the loss is the mean over the ranks (`loss_over_ranks`)."""
         params = [p for g in self.param_groups for p in g["params"]]
+        loss = loss_over_ranks(loss, params[0].device if params else torch.device("cpu"))
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
@@ -225,3 +228,16 @@ class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim
 
     def _work_dtype(self, p):
         return torch.float32
+
+
+def loss_over_ranks(loss: float, device) -> float:
+    """The mean of `loss` over the ranks of torch.distributed's default group (one all_reduce), or `loss` without
+    torch.distributed. Each rank passes the loss of its own batch; a context that learned from it alone would learn
+    from another loss on each rank, none of them the loss one process sees (under DDP, 2 ranks: 2.6e-3 from the
+    one-process run after 10 steps). The mean is the loss of the global batch when the ranks' batches are of one
+    size, what one process training on that batch sees."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss
+    total = torch.tensor([loss], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item() / dist.get_world_size())
