@@ -300,7 +300,7 @@ def steps_shards(package, name) -> bool:
     return getattr(getattr(package, name), "steps_local_shards", False)
 
 
-def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=LoraNet):
+def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=LoraNet, with_loss=False):
     """For a class that steps its own shards (else None): error → the free-running bound (harness.free_running_limit:
     FREE_RUNNING_FP32, or SELF_DIVERGENCE × how far one rounding of the inputs carries the reference over the
     single-process run). Its shards' sums are added in another order than one process adds them, a rounding
@@ -309,8 +309,9 @@ def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=Lo
         return None
 
     def self_divergence():
-        plain = train_single(reference, name, compat, micro, world, warmup, kind=kind)
-        return worst_scaled(train_single(reference, name, compat, micro, world, warmup, True, kind), plain)
+        plain = train_single(reference, name, compat, micro, world, warmup, kind=kind, with_loss=with_loss)
+        perturbed = train_single(reference, name, compat, micro, world, warmup, True, kind, with_loss)
+        return worst_scaled(perturbed, plain)
 
     return lambda err: free_running_limit(err, FREE_RUNNING_FP32.bound, self_divergence)
 
@@ -321,7 +322,8 @@ def main(directory: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
-    ddp, fsdp, fsdp_early, with_loss, resumed, checkpoints, collectives, layouts = {}, {}, {}, {}, {}, [], {}, {}
+    ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
+    collectives, layouts = {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
@@ -337,12 +339,13 @@ def main(directory: str) -> None:
                             train_single(package, name, compat, micro, world),
                             limit_of(package, name, compat, micro, world))  # fmt: skip
                 if name in CONTEXTUAL:  # given the loss: every rank's context must learn the same
-                    compare(with_loss, f"{package.__name__}.{name} {compat} ddp",
+                    compare(ddp_loss, f"{package.__name__}.{name} {compat}",
                             train_ddp(package, name, compat, False, 1, rank, with_loss=True),
                             train_single(package, name, compat, 1, world, with_loss=True))  # fmt: skip
-                    compare(with_loss, f"{package.__name__}.{name} {compat} fsdp",
+                    compare(fsdp_loss, f"{package.__name__}.{name} {compat}",
                             train_fsdp(package, name, compat, 1, rank, mesh, with_loss=True),
-                            train_single(package, name, compat, 1, world, with_loss=True))  # fmt: skip
+                            train_single(package, name, compat, 1, world, with_loss=True),
+                            limit_of(package, name, compat, 1, world, with_loss=True))  # fmt: skip
                 if steps_shards(package, name):  # its early phase (TAM, OrthoGrad, upstream's column norms) too
                     compare(fsdp_early, f"{package.__name__}.{name} {compat} warmup_steps={EARLY_WARMUP}",
                             train_fsdp(package, name, compat, 1, rank, mesh, EARLY_WARMUP, NO_GAIN),
@@ -372,7 +375,8 @@ def main(directory: str) -> None:
         "ddp": ddp,
         "fsdp": fsdp,
         "fsdp_early": fsdp_early,
-        "with_loss": with_loss,
+        "ddp_with_loss": ddp_loss,
+        "fsdp_with_loss": fsdp_loss,
         "resumed": resumed,
         "to_one_process": one,
         "collectives": collectives,

@@ -26,6 +26,7 @@ from reference.state_8bit import Blockwise8bitStates
 from . import automagic_step as S
 from .automagic_cameamp import Automagic_CameAMP
 from .bucket import Bucket
+from .shard_sums import ShardSums
 from .tables import columns
 
 
@@ -33,11 +34,27 @@ class Automagic_CameAMP_COptim(ContextualOptimization, Automagic_CameAMP):
     """Fused Automagic_CameAMP_COptim. See reference.Automagic_CameAMP_COptim for the algorithm."""
 
     config_class = COptimConfig
-    steps_local_shards = False  # its context module (the reference's) reads whole tensors (issue 26)
 
     @property
     def _variant(self) -> dict:
         return {"v2": True, "fresh_residual": False, "store_post_mask": False}
+
+    def _gradient_signal(self, params):
+        """T16.2's signal; of FSDP2 shards (reference.sharding's local twins), from each tensor's Σg (fixed: the
+        means) or Σg² (upstream: the norms) over every rank's rows, one all_reduce for all tensors."""
+        if not any(hasattr(p, "_local_shard_of") for p in params):
+            return super()._gradient_signal(params)
+        has = [p.grad is not None for p in params]
+        zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
+        sums = [p.grad.double().sum() if h else zero for p, h in zip(params, has, strict=True)]
+        squares = [p.grad.double().square().sum() if h else zero for p, h in zip(params, has, strict=True)]
+        shards = ShardSums(params, params[0].device)
+        sums, squares = shards(torch.stack(sums), torch.stack(squares))
+        has = torch.tensor(has, device=sums.device)
+        if self.fixed:
+            numels = shards.numel_t
+            return torch.where(has & (numels > 0), sums / numels.clamp(min=1), 0.0).float()
+        return (squares[has].sum() / has.sum()).sqrt().float().cpu()
 
     def _extra_states(self) -> dict:
         return {f"momentum_scale_{k}": 0 for k in self.momentum_scales}
@@ -110,3 +127,4 @@ class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim
     μ_k and ALLoRA's ρ stored as blockwise 8-bit codes."""
 
     quantized_states = True
+    steps_local_shards = False  # its blocks are the whole tensor's (issue 26: blocks per shard are not done)

@@ -103,22 +103,25 @@ class ContextualOptimization:
         the loss is the mean over the ranks (`loss_over_ranks`)."""
         params = [p for g in self.param_groups for p in g["params"]]
         loss = loss_over_ranks(loss, params[0].device if params else torch.device("cpu"))
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
+        if not any(p.grad is not None for p in params):
             return
-        if self.fixed:  # [I-36] a vector signal: the mean gradient of each tensor
-            # one entry per parameter, 0 where it has no gradient this step, so consecutive signals always
-            # have the same length and their cosine (T16.3) is defined
-            signal = torch.stack([
-                p.grad.float().mean() if p.grad is not None and p.numel() else p.new_zeros((), dtype=torch.float32)
-                for p in params
-            ])  # fmt: skip
-        else:  # r = sqrt(mean_q ‖g_q‖²)
-            norms = [g.norm().item() for g in grads]
-            signal = torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)
+        signal = self._gradient_signal(params)
         if not bool(torch.isfinite(signal).all()):  # a NaN/Inf gradient: the step is refused or skipped
             return
         self.c_optim.update_context(signal, loss, self.param_groups[-1]["lr"])
+
+    def _gradient_signal(self, params):
+        """T16.2's gradient signal of the parameters' gradients (some have one)."""
+        if self.fixed:  # [I-36] a vector signal: the mean gradient of each tensor
+            # one entry per parameter, 0 where it has no gradient this step, so consecutive signals always
+            # have the same length and their cosine (T16.3) is defined
+            return torch.stack([
+                p.grad.float().mean() if p.grad is not None and p.numel() else p.new_zeros((), dtype=torch.float32)
+                for p in params
+            ])  # fmt: skip
+        # r = sqrt(mean_q ‖g_q‖²)
+        norms = [p.grad.norm().item() for p in params if p.grad is not None]
+        return torch.tensor((sum(n * n for n in norms) / len(norms)) ** 0.5)
 
     def _group_context(self):
         """(Λ, edge), per group as upstream; in fixed mode the module caches Λ, so every group gets the
