@@ -7,7 +7,10 @@ flags, not on the number or the shapes of the tensors. What differs from `refere
   * `optimizer.state[p]` holds the reference's keys as views of the bucket buffers (8-bit: codes and block
     absmax), so it follows every step and `state_dict()` is torch's own; two exceptions: the warm-up polarity
     (a uint8 or bit-packed buffer) is added by `state_dict()` only, and `avg_lr` is brought up to date there;
-  * under FSDP2 each rank steps and holds the state of its own rows (`steps_local_shards`);
+  * under FSDP2 each rank steps and holds the state of its own rows (`steps_local_shards`): `optimizer.state[p]`
+    holds this rank's rows of each parameter-shaped state (and of ALLoRA's [rows, 1] ρ) as plain tensors, and
+    `state_dict()` gives them as DTensors sharded like p (Shard(0) of the whole shape); scalars and the fixed
+    mode's 0-d TAM s, the same on every rank, stay as they are;
   * reductions are summed in a different order, and bf16 arithmetic is done in fp32 with one rounding
     per stored value, so results agree to the tolerances in equivalence_tests/tolerances.py.
 """
