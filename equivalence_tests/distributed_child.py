@@ -275,6 +275,24 @@ def single_resumed(package, name, compat, path: Path, world: int) -> list[torch.
     return [p.detach().clone() for p in model.parameters()]
 
 
+def from_one_process(package, name, compat, rank: int, mesh, path: Path, world: int) -> list[torch.Tensor]:
+    """The 1 → 2 resume: rank 0 alone trains STOP steps as one process and saves `state_dict()` (torch.save,
+    loaded weights_only); fresh FSDP2 ranks load it with `load_state_dict` (whole tensors, not DTensors) and take
+    the other steps."""
+    if rank == 0:
+        model = make_model()
+        opt = make_optimizer(package, name, model, compat)
+        single_steps(model, opt, range(STOP), 1, world)
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, path)
+    dist.barrier()
+    saved = torch.load(path, weights_only=True)
+    model, opt = fsdp_pair(package, name, compat, mesh)
+    set_model_state_dict(model, saved["model"], options=StateDictOptions(full_state_dict=True))
+    opt.load_state_dict(saved["optim"])
+    fsdp_steps(model, opt, range(STOP, STEPS), 1, rank)
+    return whole(model)
+
+
 def worst(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
@@ -323,7 +341,7 @@ def main(directory: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
-    collectives, layouts = {}, {}
+    collectives, layouts, onto_ranks = {}, {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
@@ -358,6 +376,9 @@ def main(directory: str) -> None:
                                  else train_single(package, name, compat, 1, world))  # fmt: skip
                 compare(resumed, case, fsdp_resumed(package, name, compat, rank, mesh, path, "full"), uninterrupted)
                 checkpoints.append((package, name, compat, case, path))
+                onto = from_one_process(package, name, compat, rank, mesh, Path(directory) / f"{case}.one.pt", world)
+                single = train_single(package, name, compat, 1, world)
+                compare(onto_ranks, case, onto, single, limit_of(package, name, compat, 1, world))
                 compare(
                     resumed,
                     f"{case} dcp",
@@ -379,6 +400,7 @@ def main(directory: str) -> None:
         "fsdp_with_loss": fsdp_loss,
         "resumed": resumed,
         "to_one_process": one,
+        "from_one_process": onto_ranks,
         "collectives": collectives,
         "state_layout": layouts,
     }

@@ -101,6 +101,14 @@ def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind, rout
 SHARDED_COLLECTIVES = 6
 
 
+def test_a_one_process_checkpoint_resumes_on_fsdp2_ranks(ranks):
+    """The 1 → 2 resume: one process's `state_dict()` loaded by `load_state_dict` into fresh FSDP2 optimizers (whole
+    tensors, cut to each rank's rows where the class steps its own shards) continues the one-process run: bit for
+    bit, or within the free-running bound where the class steps shards."""
+    for rank, results in enumerate(ranks):
+        assert_bit_identical(results["from_one_process"], 2 * len(CLASSES) * len(COMPATS), rank, True)
+
+
 def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
     """An optimizer step under FSDP2 gathers every parameter and gradient it needs whole in one all_gather per
     mesh and dtype (reference.sharding.gather_whole; it made two per tensor), so the model with 19 tensors costs
