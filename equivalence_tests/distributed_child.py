@@ -57,6 +57,7 @@ FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient s
 # A warm-up window whose early phase (t < W/2) has steps after CAME's seeding step t = 1, within STEPS
 EARLY_WARMUP = 8
 BY_NAME = ("HinaAdamWOptimizer",)
+KEEPS_AVG_LR = tuple(n for n in CLASSES if n not in ("HinaAdamWOptimizer", "Automagic_CameAMP_Improved_8Bit"))
 CONTEXTUAL = (
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
@@ -190,6 +191,19 @@ def state_layout(package, name, rank: int, mesh) -> str:
             elif value.shape == p.shape:
                 kinds.add("whole")
     return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def avg_lr_error(package, name, rank: int, mesh, world: int) -> float:
+    """The largest relative difference of a saved `avg_lr` (the LR mask's mean, T27.8) between an FSDP2 run and
+    the one-process run after STOP steps (in warm-up, where the mask moves)."""
+    model, opt = fsdp_pair(package, name, "fixed", mesh)
+    fsdp_steps(model, opt, range(STOP), 1, rank)
+    single_model = make_model()
+    single = make_optimizer(package, name, single_model, "fixed")
+    single_steps(single_model, single, range(STOP), 1, world)
+    ours, theirs = opt.state_dict()["state"], single.state_dict()["state"]
+    return max(abs(e["avg_lr"] - theirs[pid]["avg_lr"]) / abs(theirs[pid]["avg_lr"])
+               for pid, e in ours.items() if "avg_lr" in e)  # fmt: skip
 
 
 def whole(model) -> list[torch.Tensor]:
@@ -341,11 +355,13 @@ def main(directory: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
-    collectives, layouts, onto_ranks = {}, {}, {}
+    collectives, layouts, onto_ranks, avg_lrs = {}, {}, {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
             layouts[f"{package.__name__}.{name}"] = state_layout(package, name, rank, mesh)
+            if name in KEEPS_AVG_LR:
+                avg_lrs[f"{package.__name__}.{name}"] = avg_lr_error(package, name, rank, mesh, world)
             for compat in COMPATS:
                 for bucket_view, micro in DDP_SETTINGS:
                     compare(ddp, f"{package.__name__}.{name} {compat} bucket_view={bucket_view} micro={micro}",
@@ -403,6 +419,7 @@ def main(directory: str) -> None:
         "from_one_process": onto_ranks,
         "collectives": collectives,
         "state_layout": layouts,
+        "avg_lr": avg_lrs,
     }
     torch.save(results, Path(directory) / f"rank{rank}.pt")
 
