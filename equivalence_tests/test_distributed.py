@@ -130,16 +130,17 @@ def test_fsdp2_state_is_held_per_shard_where_the_class_steps_shards(ranks):
         assert layouts == {case: "shards" if f"{case} ".startswith(SHARDED) else "whole" for case in layouts}
 
 
-# The LR mask's mean of a class that steps its own shards: kernels.tensor_sum adds each row of up to 256 elements in
-# float32, and a shard's rows are cut elsewhere than one process's, so each row sum of n positive terms rounds
-# differently, by at most (n − 1)·2^-24 of itself (the mean's other roundings are float64). Observed 1.2e-7 (one
-# float32 ulp) after 3 steps; a missing rank's rows or a wrong count would be a factor of 2 on 2 ranks.
+# The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:
+# kernels.tensor_sum adds each row of up to 256 elements in float32 before the float64 sums (and the all-reduce),
+# and a row sum of n positive terms is within (n − 1)·2^-24 of its exact value. Observed 1.2e-7 (one float32 ulp)
+# against one process's mean after 3 steps; a missing rank's rows or a wrong count would be a factor of 2.
 AVG_LR_SHARDED = 255 * 2**-24
 
 
 def test_fsdp2_avg_lr_is_the_one_process_mean(ranks):
     """The saved avg_lr (the LR mask's mean) under FSDP2: bit for bit one process's where the class steps whole
-    tensors, within AVG_LR_SHARDED where it steps its own shards (the mean's sums all-reduced)."""
+    tensors, within AVG_LR_SHARDED of its whole mask's mean where it steps its own shards (the mean's sums
+    all-reduced)."""
     for results in ranks:
         errors = results["avg_lr"]
         assert len(errors) == 2 * len(KEEPS_AVG_LR)
