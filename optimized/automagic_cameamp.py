@@ -31,6 +31,7 @@ from . import automagic_step as S
 from .adopting_load import load_adopting
 from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .kernels import allora_table, in_fp32_range, masked_tensor_sum, row_norms
+from .shard_sums import over_ranks
 from .tables import columns, constants
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
@@ -178,7 +179,7 @@ class Automagic_CameAMP(AutomagicBase):
         for b, has in zip(buckets, has_grads, strict=True):
             if has.any():
                 grad = b.gather_grads(has)
-                work.append((b, has, grad, *b.sum_over_ranks(*S.gradient_partials(grad, b.idx))))
+                work.append((b, has, grad, *over_ranks(b.shard_sums, *S.gradient_partials(grad, b.idx))))
         count = sum(n for b, has, *_ in work for n, h in zip(b.numels(), has, strict=True) if h)
         # the group's Σ|g| and Σg² overflow where the reference's float32 sums do (kernels.in_fp32_range)
         abs_total = in_fp32_range(sum(abs_sum.sum() for *_, abs_sum, _ in work))
@@ -292,7 +293,7 @@ class Automagic_CameAMP(AutomagicBase):
             if b.quantized:
                 means = b.avg_lr_dev.cpu().numpy()
             else:
-                (sums,) = b.sum_over_ranks(masked_tensor_sum(b.states["lr_mask"], b.idx))
+                (sums,) = over_ranks(b.shard_sums, masked_tensor_sum(b.states["lr_mask"], b.idx))
                 means = (sums / b.idx.numel_t).cpu().numpy()
             b.avg_lr[b.avg_lr_stale] = means[b.avg_lr_stale]
             b.avg_lr_stale[:] = False

@@ -38,6 +38,7 @@ from . import bitpack
 from . import codec as C
 from . import kernels as K
 from .compile import compiled
+from .shard_sums import over_ranks
 
 
 class PerTensor(NamedTuple):
@@ -414,15 +415,12 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
     per-tensor sum a pass returns is summed over the ranks before it is used.
     """
 
-    def over_ranks(*sums):
-        return list(sums) if shards is None else shards(*sums)
-
     partials = {}
     upstream_tam = f.early and not f.fixed
     u_out = scratch("u") if upstream_tam else None
     if not f.seeding and (f.came or f.early):
         partials = scaled_partials(b, idx, per_tensor, consts, group_sum, f, u_out)
-        partials = dict(zip(partials, over_ranks(*partials.values()), strict=True))
+        partials = dict(zip(partials, over_ranks(shards, *partials.values()), strict=True))
     use_u = b.context.use_u > 0 if f.contextual else None
     coef = coefficients(per_tensor, consts, partials, idx, b.s, abs_sum, mu, sigma, f, use_u)
     if upstream_tam:  # dim-0 normalisation, written over the momentum's input (u, unclipped, or C)
@@ -434,12 +432,12 @@ def fused_step(b: Buffers, layout, idx: K.Idx, per_tensor: PerTensor, consts: Co
     update = scratch("update") if f.early else None
     mask_sums = main_pass(b, idx, coef, consts, group_sum, u_out, f, update)
     if update is not None:
-        proj, nu, keep = K.orthograd_projection_of(*over_ranks(*mask_sums))
-        (perp,) = over_ranks(perp_sumsq(b.theta, update, proj, idx))
+        proj, nu, keep = K.orthograd_projection_of(*over_ranks(shards, *mask_sums))
+        (perp,) = over_ranks(shards, perp_sumsq(b.theta, update, proj, idx))
         scale = K.orthograd_scale(nu, perp, PARALLEL_TOL if f.fixed else 0.0)
         mask_sums = orthograd_apply(b, idx, coef, consts, group_sum, update, proj, scale, keep, f)
     if mask_sums is not None:
-        (mask_sums,) = over_ranks(mask_sums)
+        (mask_sums,) = over_ranks(shards, mask_sums)
     if f.early and f.fixed:
         b.s.copy_(_select(_member(per_tensor, f), coef.tam_s, b.s))
     return mask_sums

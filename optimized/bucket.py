@@ -75,10 +75,6 @@ class Bucket:
         self.published_warm = np.zeros(T, dtype=bool)  # whether each view entry holds the warm-up keys
         self.entries = EntryWatch(self.params)  # the optimizer.state entry built for each tensor (see _publish)
 
-    def sum_over_ranks(self, *sums: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tensor sums of the whole tensors: this rank's all-reduced where the tensors are FSDP2 shards."""
-        return list(sums) if self.shard_sums is None else self.shard_sums(*sums)
-
     def numels(self) -> list[int]:
         """The element count of each whole tensor (of each DTensor, where the bucket holds its shard)."""
         return self.layout.numels if self.shard_sums is None else self.shard_sums.numels.tolist()

@@ -1,8 +1,9 @@
 """The per-tensor sums of a bucket whose tensors are FSDP2 shards, summed across the mesh.
 
-Under FSDP2 the fast Automagic_CameAMP steps each rank's own rows (reference.sharding: local twins). Every
-statistic of its step that is not per element is a sum (AGR's group Σ|g|, adaptive weight decay's Σ|g| and Σg²,
-the RMS clip's Σu², TAM's and OrthoGrad's inner products, upstream TAM's dim-0 column norms, the LR mask's mean),
+Under FSDP2 the fast Automagic_CameAMP and C-Optim step each rank's own rows (reference.sharding: local twins).
+Every statistic of their step that is not per element is a sum (AGR's group Σ|g|, adaptive weight decay's Σ|g| and
+Σg², the RMS clip's Σu², TAM's and OrthoGrad's inner products, upstream TAM's dim-0 column norms, the LR mask's
+mean, C-Optim's gradient signal),
 so each is this rank's partial sum all-reduced over the mesh: one collective per reduction for all of a bucket's
 tensors, never one per tensor. A tensor stepped whole on every rank (one with an empty shard somewhere) keeps
 its own sum. Counts are the whole tensors' (`numel_t`). A total beyond float32's range is ±inf, as the
@@ -18,6 +19,12 @@ import torch
 import torch.distributed as dist
 
 from .kernels import in_fp32_range
+
+
+def over_ranks(shards: ShardSums | None, *sums: torch.Tensor) -> list[torch.Tensor]:
+    """Per-tensor sums of the whole tensors: summed over the ranks by `shards`, or as they are where it is None
+    (one process, or tensors stepped whole)."""
+    return list(sums) if shards is None else shards(*sums)
 
 
 class ShardSums:
