@@ -62,16 +62,32 @@ CONTEXTUAL = (
     "Automagic_CameAMP_COptim",
     "Automagic_CameAMP_COptim8bit",
 )  # C-Optim: step(loss=...) feeds Λ  # given named parameters: its LoRA pairs and factors come from the names
+# The flat 8-bit classes step a tensor's shards only where its 4096-element blocks each lie within one rank's rows:
+# their models get the wide branch (`Blocks`), and full_finetune=True, as ALLoRA's ρ is blocked over 4096 rows
+BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit")
+BLOCKS_FIT = ("wide.weight",)  # on 2 ranks; the wide bias's blocks straddle them
 
 
-class LoraNet(torch.nn.Module):
+class Blocks(torch.nn.Module):
+    """The wide branch a model adds for the 8-bit classes (`BLOCKED`): a [2048, 4] weight, whose 4096-element
+    blocks fall one to each of 2 ranks, and a [2048] bias, whose one block straddles them."""
+
+    def __init__(self, wide: bool):
+        super().__init__()
+        self.wide = torch.nn.Linear(4, 2048) if wide else None
+
+    def branch(self, x):
+        return 0.0 if self.wide is None else self.wide(x[:, :4]).tanh().mean(-1, keepdim=True)
+
+
+class LoraNet(Blocks):
     """A layer with a LoRA pair beside it (kohya's names), an odd-sized head (an uneven FSDP2 shard) and a
     one-element gain (no rows on rank 1: an empty shard). `gain=False` leaves the gain out: in upstream mode's early
     phase a one-element tensor's OrthoGrad turns rounding into a full step (U ∥ θ), so one rounding of the inputs
     moves it by ~0.2 and a bound from that would say nothing about the other tensors."""
 
-    def __init__(self, gain: bool = True):
-        super().__init__()
+    def __init__(self, gain: bool = True, wide: bool = False):
+        super().__init__(wide)
         self.base = torch.nn.Linear(6, 8)
         self.lora_down = torch.nn.Linear(6, 2, bias=False)
         self.lora_up = torch.nn.Linear(2, 8, bias=False)
@@ -79,31 +95,32 @@ class LoraNet(torch.nn.Module):
         self.gain = torch.nn.Parameter(torch.full((1,), 1.5)) if gain else None
 
     def forward(self, x):
-        out = self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x))))
+        out = self.head(torch.tanh(self.base(x) + self.lora_up(self.lora_down(x)))) + self.branch(x)
         return out if self.gain is None else out * self.gain
 
 
-class WideNet(torch.nn.Module):
+class WideNet(Blocks):
     """More tensors than LoraNet (19 against 7), for counting the collectives of a step."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, wide: bool = False):
+        super().__init__(wide)
         layers = (torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh()) for _ in range(8))
         self.body = torch.nn.Sequential(*layers)
         self.head = torch.nn.Linear(6, 3)
         self.gain = torch.nn.Parameter(torch.full((1,), 1.5))
 
     def forward(self, x):
-        return self.head(self.body(x)) * self.gain
+        return (self.head(self.body(x)) + self.branch(x)) * self.gain
 
 
 MODELS = (LoraNet, WideNet)
 NO_GAIN = functools.partial(LoraNet, gain=False)
 
 
-def make_model(kind=LoraNet) -> torch.nn.Module:
+def make_model(name: str, kind=LoraNet) -> torch.nn.Module:
+    """The model class `name`'s runs train (with the wide branch for the 8-bit classes: `BLOCKED`)."""
     torch.manual_seed(0)
-    return kind()
+    return kind(wide=name in BLOCKED)
 
 
 def batch(step: int, rank: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,12 +136,13 @@ def loss_of(model, data) -> torch.Tensor:
 def make_optimizer(package, name, model, compat, warmup=None):
     params = model.named_parameters() if name in BY_NAME else model.parameters()
     settings = WARMED[name] if warmup is None or not WARMED[name] else {"warmup_steps": warmup}
+    settings = {**settings, "full_finetune": True} if name in BLOCKED else settings
     return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
 
 
 def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int, with_loss=False) -> list[torch.Tensor]:
     """`with_loss`: each step is given the rank's loss (`step(loss=...)`, C-Optim's context)."""
-    model = DistributedDataParallel(make_model(), gradient_as_bucket_view=bucket_view)
+    model = DistributedDataParallel(make_model(name), gradient_as_bucket_view=bucket_view)
     opt = make_optimizer(package, name, model, compat)
     for step in range(STEPS):
         opt.zero_grad()
@@ -138,7 +156,7 @@ def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int, w
 
 
 def fsdp_pair(package, name, compat, mesh, kind=LoraNet, warmup=None):
-    model = make_model(kind)
+    model = make_model(name, kind)
     fully_shard(model, mesh=mesh)
     return model, make_optimizer(package, name, model, compat, warmup)
 
@@ -171,42 +189,45 @@ def collectives_per_step(package, name, rank: int, mesh) -> list[int]:
     return [max(fsdp_steps(*pair(kind), range(STEPS), 1, rank, count=True)) for kind in MODELS]
 
 
-def state_layout(package, name, rank: int, mesh) -> str:
-    """How an FSDP2 optimizer holds its parameter-shaped states after a step: "shards" where each is this rank's
-    rows in `optimizer.state` and a DTensor sharded like θ in `state_dict()`, "whole" where each is the whole
-    tensor, else "mixed"."""
+def state_layout(package, name, rank: int, mesh) -> dict[str, str]:
+    """How an FSDP2 optimizer holds each parameter's states after a step, by parameter name: "shards" where its
+    parameter-shaped states are this rank's rows in `optimizer.state` and every state with a dimension is a DTensor
+    sharded like θ in `state_dict()` (an 8-bit state's block scales too), "whole" where they are the whole tensor,
+    else "mixed". Left out: tensors with an empty shard somewhere (every class steps them whole) or a one-element
+    shard (not told apart from an 8-bit block's scale)."""
     model, opt = fsdp_pair(package, name, "fixed", mesh)
     fsdp_steps(model, opt, range(1), 1, rank)
     saved = opt.state_dict()["state"]
-    kinds = set()
-    for pid, p in enumerate(model.parameters()):
-        for key, value in opt.state[p].items():
-            # (a shard of one element is not told apart from an 8-bit block's scale; a tensor with an empty shard
-            # somewhere is stepped whole by every class)
-            if not torch.is_tensor(value) or p.to_local().numel() <= 1 or p.shape[0] < p.device_mesh.size():
-                continue
-            if value.shape == p.to_local().shape:
-                sharded = saved[pid][key]
-                kinds.add("shards" if isinstance(sharded, DTensor) and sharded.placements == p.placements else "mixed")
-            elif value.shape == p.shape:
-                kinds.add("whole")
-    return kinds.pop() if len(kinds) == 1 else "mixed"
+    world, layouts = mesh.size(), {}
+    for pid, (param_name, p) in enumerate(model.named_parameters()):
+        chunk = -(-p.shape[0] // world)
+        if min(chunk, p.shape[0] - (world - 1) * chunk) * (p.numel() // p.shape[0]) <= 1:
+            continue
+        values = [v for v in opt.state[p].values() if torch.is_tensor(v)]
+        if any(v.shape == p.to_local().shape for v in values):
+            dims = [v for v in saved[pid].values() if torch.is_tensor(v) and v.dim()]
+            sharded = all(isinstance(v, DTensor) and v.placements == p.placements for v in dims)
+            layouts[param_name] = "shards" if sharded else "mixed"
+        elif any(v.shape == p.shape for v in values):
+            layouts[param_name] = "whole"
+    return layouts
 
 
 def avg_lr_error(package, name, rank: int, mesh, world: int) -> float:
     """The largest relative error of a saved `avg_lr` (the LR mask's mean, T27.8) of an FSDP2 run after STOP steps
-    (in warm-up, where the mask moves): against the one-process run's where the class steps whole tensors (the
-    same step bit for bit), and against the float64 mean of the run's own whole mask where it steps its own shards
-    (whose θ, and so mask, may part from one process's by round-off: this isolates the mean's sums)."""
+    (in warm-up, where the mask moves): against the float64 mean of the run's own whole mask where the class steps
+    its own shards (whose θ, and so mask, may part from one process's by round-off: this isolates the mean's sums),
+    else against the one-process run's (the same step bit for bit where the class steps whole tensors). An 8-bit
+    class's saved mask is the quantised one, not the one its mean is taken of: it is held to the one-process run's."""
     model, opt = fsdp_pair(package, name, "fixed", mesh)
     fsdp_steps(model, opt, range(STOP), 1, rank)
     ours = opt.state_dict()["state"]
-    if steps_shards(package, name):
+    if steps_shards(package, name) and name not in BLOCKED:
         masks = {pid: e["lr_mask"] for pid, e in ours.items() if "avg_lr" in e}
         expected = {pid: (m.full_tensor() if isinstance(m, DTensor) else m).double().mean().item()
                     for pid, m in masks.items()}  # fmt: skip
     else:
-        single_model = make_model()
+        single_model = make_model(name)
         single = make_optimizer(package, name, single_model, "fixed")
         single_steps(single_model, single, range(STOP), 1, world)
         expected = {pid: e["avg_lr"] for pid, e in single.state_dict()["state"].items() if "avg_lr" in e}
@@ -277,7 +298,7 @@ def single_steps(model, opt, steps: range, micro: int, world: int, with_loss=Fal
 def train_single(package, name, compat, micro: int, world: int, warmup=None, perturbed=False,
                  kind=LoraNet, with_loss=False) -> list[torch.Tensor]:  # fmt: skip
     """`perturbed`: the optimizer in harness.RoundingPerturbed (one rounding error on its inputs each step)."""
-    model = make_model(kind)
+    model = make_model(name, kind)
     opt = make_optimizer(package, name, model, compat, warmup)
     opt = RoundingPerturbed(opt) if perturbed else opt
     single_steps(model, opt, range(STEPS), micro, world, with_loss)
@@ -288,7 +309,7 @@ def single_resumed(package, name, compat, path: Path, world: int) -> list[torch.
     """The 2 → 1 resume: one process, without torch.distributed, loads the full checkpoint that 2 FSDP2 ranks
     saved (fsdp_resumed) and takes the other steps on the same global batches."""
     saved = torch.load(path, weights_only=True)
-    model = make_model()
+    model = make_model(name)
     opt = make_optimizer(package, name, model, compat)
     model.load_state_dict(saved["model"])
     set_optimizer_state_dict(model, opt, saved["optim"])
@@ -301,7 +322,7 @@ def from_one_process(package, name, compat, rank: int, mesh, path: Path, world: 
     loaded weights_only); fresh FSDP2 ranks load it with `load_state_dict` (whole tensors, not DTensors) and take
     the other steps."""
     if rank == 0:
-        model = make_model()
+        model = make_model(name)
         opt = make_optimizer(package, name, model, compat)
         single_steps(model, opt, range(STOP), 1, world)
         torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, path)

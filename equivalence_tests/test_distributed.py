@@ -25,7 +25,16 @@ import torch
 import optimized
 
 from .differential import CLASSES, COMPATS
-from .distributed_child import CONTEXTUAL, DDP_SETTINGS, FSDP_MICRO, KEEPS_AVG_LR, STEPS, steps_shards
+from .distributed_child import (
+    BLOCKED,
+    BLOCKS_FIT,
+    CONTEXTUAL,
+    DDP_SETTINGS,
+    FSDP_MICRO,
+    KEEPS_AVG_LR,
+    STEPS,
+    steps_shards,
+)
 
 WORLD = 2
 
@@ -122,12 +131,17 @@ def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
 
 
 def test_fsdp2_state_is_held_per_shard_where_the_class_steps_shards(ranks):
-    """The fast Automagic_CameAMP and C-Optim hold each state as this rank's rows (and `state_dict()` gives
-    DTensors sharded like θ); every other class holds it whole on every rank (reference.sharding), as the README
-    says."""
+    """The fast Automagic_CameAMP, C-Optim and their 8-bit classes hold each state as this rank's rows (and
+    `state_dict()` gives DTensors sharded like θ); the 8-bit ones only for a tensor whose 8-bit blocks lie within
+    one rank's rows (BLOCKS_FIT). Every other class holds it whole on every rank (reference.sharding), as the
+    README says."""
     for results in ranks:
-        layouts = results["state_layout"]
-        assert layouts == {case: "shards" if f"{case} ".startswith(SHARDED) else "whole" for case in layouts}
+        for case, layouts in results["state_layout"].items():
+            shards = f"{case} ".startswith(SHARDED)
+            blocked = case.split(".")[-1] in BLOCKED
+            assert layouts == {name: "shards" if shards and (not blocked or name in BLOCKS_FIT) else "whole"
+                               for name in layouts}, case  # fmt: skip
+            assert not blocked or set(BLOCKS_FIT) <= set(layouts), case
 
 
 # The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:
@@ -140,7 +154,7 @@ AVG_LR_SHARDED = 255 * 2**-24
 def test_fsdp2_avg_lr_is_the_one_process_mean(ranks):
     """The saved avg_lr (the LR mask's mean) under FSDP2: bit for bit one process's where the class steps whole
     tensors, within AVG_LR_SHARDED of its whole mask's mean where it steps its own shards (the mean's sums
-    all-reduced)."""
+    all-reduced), or of one process's for the 8-bit ones (distributed_child.avg_lr_error)."""
     for results in ranks:
         errors = results["avg_lr"]
         assert len(errors) == 2 * len(KEEPS_AVG_LR)

@@ -23,7 +23,6 @@ class Automagic_CameAMP8bit(Blockwise8bitStates, Automagic_CameAMP):
     """Fused Automagic_CameAMP8bit. See reference.Automagic_CameAMP8bit for the algorithm."""
 
     quantized_states = True
-    steps_local_shards = False  # its blocks are the whole tensor's (issue 26: blocks per shard are not done)
 
     @property
     def _variant(self) -> dict:

@@ -127,4 +127,3 @@ class Automagic_CameAMP_COptim8bit(Blockwise8bitStates, Automagic_CameAMP_COptim
     μ_k and ALLoRA's ρ stored as blockwise 8-bit codes."""
 
     quantized_states = True
-    steps_local_shards = False  # its blocks are the whole tensor's (issue 26: blocks per shard are not done)

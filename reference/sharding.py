@@ -74,7 +74,7 @@ def _held_states(optimizer, state_dict):
     state = {}
     for pid, e in entries:
         if isinstance(e, dict) and pid in owners:
-            e = {k: _local_value(owners[pid], v) for k, v in e.items()}
+            e = {k: _local_value(optimizer, owners[pid], k, v) for k, v in e.items()}
         elif isinstance(e, dict):
             e = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in e.items()}
         state[pid] = e
@@ -97,29 +97,49 @@ def _own_rows(p: DTensor) -> tuple[int, int]:
     return sum(rows[:rank]), rows[rank]
 
 
-def _local_value(p: DTensor, value):
-    """A state value of `p` as its local twin holds it: a DTensor's local rows, this rank's rows of a whole tensor
-    whose dim 0 is p's, any other value (a scalar, a per-tensor 0-d state) as it is."""
+def _state_span(optimizer, p: DTensor, key: str) -> tuple[int, int, int]:
+    """(whole length, first, count) of dim 0 of state `key` of `p` on this rank: p's rows, or what the optimizer's
+    `_block_span(p, key, first, count)` gives for a state indexed otherwise (an 8-bit state's block scales)."""
+    first, count = _own_rows(p)
+    span = getattr(optimizer, "_block_span", None)
+    return (span and span(p, key, first, count)) or (p.shape[0], first, count)
+
+
+def _local_value(optimizer, p: DTensor, key: str, value):
+    """State `key` of `p` as its local twin holds it: this rank's part (`_state_span`) of a DTensor or of a whole
+    tensor, any other value (a scalar, a per-tensor 0-d state) as it is."""
+    whole, first, count = _state_span(optimizer, p, key)
     if isinstance(value, DTensor):
-        if value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),):
-            return value.to_local()
+        if value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),) and value.shape[0] == whole:
+            local = value.to_local()
+            if local.shape[0] == count:
+                return local
         value = value.full_tensor()
-    if torch.is_tensor(value) and value.dim() and value.shape[0] == p.shape[0]:
-        start, count = _own_rows(p)
-        return value.narrow(0, start, count)
+    if torch.is_tensor(value) and value.dim() and value.shape[0] == whole:
+        return value.narrow(0, first, count)
     return value
 
 
-def _sharded_value(p: DTensor, value):
-    """A local twin's state value as `state_dict()` gives it: one with p's local rows as a DTensor sharded like p
-    (no collective), any other as it is."""
+def _sharded_value(optimizer, p: DTensor, key: str, value):
+    """A local twin's state `key` as `state_dict()` gives it: one with this rank's part (`_state_span`) as a
+    DTensor sharded like p (no collective), any other as it is."""
     if not torch.is_tensor(value) or isinstance(value, DTensor) or not value.dim():
         return value
-    if value.shape[0] != _own_rows(p)[1]:
+    whole, _, count = _state_span(optimizer, p, key)
+    if value.shape[0] != count:
         return value
-    shape = (p.shape[0], *value.shape[1:])
+    shape = (whole, *value.shape[1:])
     stride = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
     return DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
+
+
+def blocks_fit_shards(rows: list[int], width: int, blocksize: int) -> bool:
+    """Whether blocks of `blocksize` consecutive elements of a tensor whose dim 0 is split in `rows` (ranks' row
+    counts, `width` elements a row) each lie within one rank's rows, and fall to the ranks as torch.chunk splits
+    their count, so a rank's blocks are the whole tensor's and their scales shard as a DTensor shards."""
+    starts = [sum(rows[:r]) * width for r in range(len(rows))]
+    counts = [-(-n * width // blocksize) for n in rows]
+    return all(s % blocksize == 0 for s in starts) and counts == _chunked(sum(counts), len(rows))
 
 
 def whole_tensor_save(method):
@@ -134,7 +154,7 @@ def whole_tensor_save(method):
             owners = _local_owners(self, sd)
         for pid, p in owners.items():
             if isinstance(sd["state"].get(pid), dict):  # a new dict: torch's holds optimizer.state's own
-                sd["state"][pid] = {k: _sharded_value(p, v) for k, v in sd["state"][pid].items()}
+                sd["state"][pid] = {k: _sharded_value(self, p, k, v) for k, v in sd["state"][pid].items()}
         return sd
 
     return wrapper
@@ -146,10 +166,14 @@ def _dim0_rows(t: DTensor) -> list[int] | None:
     mesh = t.device_mesh
     if mesh.ndim != 1 or tuple(t.placements) != (Shard(0),):
         return None
-    world, n = mesh.size(), t.shape[0]
-    chunk = -(-n // world)
-    rows = [max(0, min(chunk, n - r * chunk)) for r in range(world)]
+    rows = _chunked(t.shape[0], mesh.size())
     return rows if rows[mesh.get_local_rank()] == t.to_local().shape[0] else None
+
+
+def _chunked(n: int, world: int) -> list[int]:
+    """How torch.chunk splits n rows over `world` ranks."""
+    chunk = -(-n // world)
+    return [max(0, min(chunk, n - r * chunk)) for r in range(world)]
 
 
 def gather_whole(tensors: list[DTensor]) -> list[torch.Tensor]:
@@ -189,7 +213,8 @@ def _steps_shard(optimizer, p: DTensor) -> bool:
     """Whether `p` steps as its local shard (`steps_local_shards`): sharded on dim 0 of a 1-D mesh with rows on
     every rank."""
     rows = _dim0_rows(p) if getattr(optimizer, "steps_local_shards", False) else None
-    return rows is not None and min(rows) > 0
+    fits = getattr(optimizer, "_shard_fits", None)
+    return rows is not None and min(rows) > 0 and (fits is None or fits(p, rows))
 
 
 def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created: dict) -> dict:
@@ -201,7 +226,7 @@ def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created
     one `gather_whole`."""
     twins = optimizer.__dict__.setdefault("_whole_params", {})
     chosen = [p for p in params if p in twins or make]
-    local = {p for p in chosen if _steps_shard(optimizer, p)}
+    local = {p for p in chosen if (hasattr(twins[p], "_local_shard_of") if p in twins else _steps_shard(optimizer, p))}
     whole = [p for p in chosen if p not in local]
     values = [p for p in whole if stepping or p not in twins]
     grads = [p for p in whole if stepping and p.grad is not None]
@@ -235,7 +260,7 @@ def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created
     for p in local:
         if make and p in optimizer.state:
             entry = optimizer.state[p]
-            entry.update({k: _local_value(p, v) for k, v in entry.items() if isinstance(v, DTensor)})
+            entry.update({k: _local_value(optimizer, p, k, v) for k, v in entry.items() if isinstance(v, DTensor)})
     return {p: twins[p] for p in chosen}
 
 
