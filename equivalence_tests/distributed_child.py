@@ -63,9 +63,9 @@ CONTEXTUAL = (
     "Automagic_CameAMP_COptim8bit",
 )  # C-Optim: step(loss=...) feeds Λ  # given named parameters: its LoRA pairs and factors come from the names
 # The flat 8-bit classes step a tensor's shards only where its 4096-element blocks each lie within one rank's rows:
-# their models get the wide branch (`Blocks`), and full_finetune=True, as ALLoRA's ρ is blocked over 4096 rows
+# their models get the wide branch (`Blocks`)
 BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit")
-BLOCKS_FIT = ("wide.weight",)  # on 2 ranks; the wide bias's blocks straddle them
+BLOCKS_FIT = ("wide.weight",)  # on 2 ranks (its ALLoRA ρ, one block of 2048 rows, shared); the bias's block straddles
 
 
 class Blocks(torch.nn.Module):
@@ -136,7 +136,6 @@ def loss_of(model, data) -> torch.Tensor:
 def make_optimizer(package, name, model, compat, warmup=None):
     params = model.named_parameters() if name in BY_NAME else model.parameters()
     settings = WARMED[name] if warmup is None or not WARMED[name] else {"warmup_steps": warmup}
-    settings = {**settings, "full_finetune": True} if name in BLOCKED else settings
     return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
 
 

@@ -10,6 +10,15 @@ tensors with a dimension).
 
 What differs from the reference, beyond round-off: upstream mode keeps no fp32 copy of v [I-11b] (it
 is never read, and not saved), so its state is 4 bytes/param smaller.
+
+Under FSDP2 a tensor steps as this rank's rows where its blocks of 4096 elements each lie within one rank's rows
+and fall to the ranks as torch.chunk splits their count (`Blockwise8bitStates._shard_fits`); others are stepped
+whole. `optimizer.state[p]` then holds this rank's codes (`<key>_q`, p's local rows) and the scales of its blocks
+(`<key>_q_scale`), and `state_dict()` gives both as DTensors sharded on dim 0: the codes like θ, the scales over the
+whole tensor's block count, so the saved layout is the one-process layout on any world size. ALLoRA's ρ codes
+(`row_scaling_q`, [rows, 1]) are held per row; a 4096-row block of ρ that two ranks share has one scale, reduced
+across them (`ShardSums.block_max`), which each holds, and the DTensor gives each block's scale from the rank
+torch.chunk assigns it.
 """
 
 from __future__ import annotations

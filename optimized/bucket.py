@@ -45,7 +45,11 @@ class Bucket:
             self.idx = self.idx._replace(numel_t=self.shard_sums.numel_t)
         self.quantized = quantized
         self.blocks = C.build_blocks(self.layout, self.device, exact_zero) if quantized else None
-        self.row_blocks = C.build_row_blocks(self.layout, self.device, exact_zero) if quantized else None
+        first_rows = None if self.shard_sums is None else self.shard_sums.first_rows
+        self.row_blocks = C.build_row_blocks(self.layout, self.device, exact_zero, first_rows) if quantized else None
+        # ALLoRA's ρ of a shard: a block shared with another rank has one absmax (ShardSums.block_max)
+        shared_rho = quantized and self.shard_sums is not None
+        self.rho_over_ranks = self.shard_sums.block_max(self.row_blocks, self.layout.is_matrix) if shared_rho else None
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])
@@ -253,7 +257,7 @@ class Bucket:
         table = self.states["row_scaling"]
         if isinstance(table, C.QState):
             matrices = torch.from_numpy(tensors & np.array(self.layout.is_matrix)).to(self.device)
-            C.fill(table, fresh.view(-1, 1), self.row_blocks.blocks, None, matrices)
+            C.fill(table, fresh.view(-1, 1), self.row_blocks.blocks, None, matrices, self.rho_over_ranks)
         elif tensors.all():
             table.copy_(fresh.to(table.dtype))
         else:

@@ -46,26 +46,31 @@ class Blocks(NamedTuple):
 class BlockLayout(NamedTuple):
     blocks: Blocks
     block_start: list  # first block of each tensor (None: the tensor has no rows here)
+    skipped: list  # rows of each tensor's first block that precede its own (a shard's: held by another rank)
 
 
-def _blocks(row_counts, device, rows_per_block, exact_zero: bool) -> BlockLayout:
-    """Blocks of `rows_per_block` rows, cut per tensor; `row_counts[i]` rows of tensor i (None: none)."""
-    row_block, row_tensor, block_tensor, block_start = [], [], [], []
+def _blocks(row_counts, device, rows_per_block, exact_zero: bool, first_rows=None) -> BlockLayout:
+    """Blocks of `rows_per_block` rows, cut per tensor; `row_counts[i]` rows of tensor i (None: none).
+    `first_rows[i]`: where tensor i is an FSDP2 shard, the whole tensor's row it starts at, so its blocks are
+    the whole tensor's, cut at the shard's ends."""
+    row_block, row_tensor, block_tensor, block_start, skipped = [], [], [], [], []
     for i, rows in enumerate(row_counts):
+        skip = 0 if first_rows is None or i >= len(first_rows) else first_rows[i] % rows_per_block
+        skipped.append(skip)
         if rows is None:
             block_start.append(None)
             continue
         block_start.append(len(block_tensor))
-        row_block += [len(block_tensor) + r // rows_per_block for r in range(rows)]
+        row_block += [len(block_tensor) + (skip + r) // rows_per_block for r in range(rows)]
         row_tensor += [i] * rows
-        block_tensor += [i] * max(1, math.ceil(rows / rows_per_block))
+        block_tensor += [i] * max(1, math.ceil((skip + rows) / rows_per_block))
     blocks = Blocks(
         *(torch.tensor(x, dtype=torch.int64, device=device) for x in (row_block, row_tensor, block_tensor)),
         code=readable.code_table(device),
         table=readable.code_lookup_table(device),
         zero=zero_code(exact_zero, device),
     )
-    return BlockLayout(blocks, block_start)
+    return BlockLayout(blocks, block_start, skipped)
 
 
 def zero_code(exact_zero: bool, device) -> torch.Tensor:
@@ -81,11 +86,12 @@ def build_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayou
     return _blocks(rows, device, rows_per_block, exact_zero)
 
 
-def build_row_blocks(layout: Layout, device, exact_zero: bool = False) -> BlockLayout:
+def build_row_blocks(layout: Layout, device, exact_zero: bool = False, first_rows=None) -> BlockLayout:
     """Blocks of ALLoRA's ρ table ([nrows + 1], one entry per row of each 2-D tensor, as the reference's
-    [rows, 1] state): B = 4096 entries per tensor; the last (dummy, ρ = 1) entry is a block of its own."""
+    [rows, 1] state): B = 4096 entries per tensor; the last (dummy, ρ = 1) entry is a block of its own.
+    `first_rows`: each tensor's first row in its whole tensor (FSDP2 shards; see `_blocks`)."""
     rows = [shape[0] if matrix else None for shape, matrix in zip(layout.shapes, layout.is_matrix, strict=True)]
-    return _blocks([*rows, 1], device, readable.BLOCKSIZE, exact_zero)
+    return _blocks([*rows, 1], device, readable.BLOCKSIZE, exact_zero, first_rows)
 
 
 def empty_state(layout: Layout, blocks: BlockLayout, device) -> QState:
@@ -99,10 +105,12 @@ def dequantize(q: QState, blocks: Blocks) -> torch.Tensor:
     return blocks.code[q.codes.int()] * q.absmax[blocks.row_block].view(-1, 1)
 
 
-def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor):
-    """x (float32 [N, C], zero on padding) → (codes, absmax)."""
+def quantize(x: torch.Tensor, blocks: Blocks, like_absmax: torch.Tensor, over_ranks=None):
+    """x (float32 [N, C], zero on padding) → (codes, absmax). `over_ranks`: absmax → each block's absmax over
+    the ranks that hold part of it (FSDP2 shards of ALLoRA's ρ)."""
     # N_b = max |x| over the block's rows
     absmax = segment_amax(x.abs().amax(dim=1), blocks.row_block, like_absmax)
+    absmax = absmax if over_ranks is None else over_ranks(absmax)
     return encode(x, absmax[blocks.row_block].view(-1, 1), blocks.table, blocks.zero), absmax
 
 
@@ -132,17 +140,19 @@ def load(buf, blocks: Blocks | None) -> torch.Tensor:
     return dequantize(buf, blocks) if isinstance(buf, QState) else buf
 
 
-def store(buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=None, valid=None) -> None:
+def store(
+    buf, value: torch.Tensor, blocks: Blocks | None, rows=None, tensors=None, valid=None, over_ranks=None
+) -> None:
     """The codec interface's write: a QState re-quantised, a plain state copied into. A bucket's extras: only
     where `rows` ([N, 1] bool, None = everywhere); blocks of tensors not in `tensors` ([T] bool) keep their
     absmax, rows outside `rows` keep their codes. `valid` ([N, C] bool) zeroes the padding first, so it never
-    enters an absmax."""
+    enters an absmax. `over_ranks`: see `quantize`."""
     if not isinstance(buf, QState):
         buf.copy_(value if rows is None else torch.where(rows, value, buf.float()))
         return
     if valid is not None:
         value = torch.where(valid, value, 0.0)
-    codes, absmax = quantize(value, blocks, buf.absmax)
+    codes, absmax = quantize(value, blocks, buf.absmax, over_ranks)
     if rows is not None:
         codes = select_bytes(rows, codes, buf.codes)
         absmax = torch.where(tensors[blocks.block_tensor], absmax, buf.absmax)
@@ -157,10 +167,10 @@ def empty_row_state(layout: Layout, rows: BlockLayout, device) -> QState:
     return QState(codes, torch.ones(rows.blocks.block_tensor.numel(), dtype=torch.float32, device=device))
 
 
-def fill(q: QState, value: torch.Tensor, blocks: Blocks, valid, tensors: torch.Tensor) -> None:
+def fill(q: QState, value: torch.Tensor, blocks: Blocks, valid, tensors: torch.Tensor, over_ranks=None) -> None:
     """Quantise `value` into the rows and blocks of the tensors in `tensors` ([T] bool)."""
     ext = torch.cat([tensors, tensors.new_zeros(1)])  # index T: ALLoRA's dummy row, never written
-    store(q, value, blocks, ext[blocks.row_tensor].view(-1, 1), ext, valid)
+    store(q, value, blocks, ext[blocks.row_tensor].view(-1, 1), ext, valid, over_ranks)
 
 
 def fill_constant(q: QState, value: float, blocks: Blocks, valid, tensors: torch.Tensor) -> None:
@@ -187,7 +197,7 @@ def padding_code(absmax: float, blocks: Blocks) -> int:
 
 def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
     start = blocks.block_start[i]
-    return slice(start, start + math.ceil(n / readable.BLOCKSIZE))
+    return slice(start, start + math.ceil((blocks.skipped[i] + n) / readable.BLOCKSIZE))
 
 
 def tensor_views(q: QState, layout: Layout, blocks: BlockLayout, i: int):

@@ -13,11 +13,16 @@ single-process float32 sum is (kernels.tensor_sum), except in a float64 bucket.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from reference.blockwise_8bit import BLOCKSIZE
+from reference.sharding import own_rows
+
+from .codec import BlockLayout
 from .kernels import in_fp32_range
 
 
@@ -34,8 +39,13 @@ class ShardSums:
         if len(groups) != 1:
             raise ValueError("the FSDP2 parameters of one param group and dtype must share one device mesh")
         self.group = next(iter(groups.values()))
-        self.sharded = torch.tensor([o is not None for o in owners], device=device)
-        self.numels = np.array([math.prod((p if o is None else o).shape) for p, o in zip(params, owners, strict=True)])
+        self.is_shard = [o is not None for o in owners]
+        self.sharded = torch.tensor(self.is_shard, device=device)
+        wholes = [p if o is None else o for p, o in zip(params, owners, strict=True)]
+        self.numels = np.array([math.prod(w.shape) for w in wholes])
+        self.local_rows = [p.shape[0] if p.dim() else 1 for p in params]
+        self.first_rows = [0 if o is None else own_rows(o)[0] for o in owners]  # in the whole tensor
+        self.whole_rows = [w.shape[0] if w.dim() else 1 for w in wholes]
         self.numel_t = torch.tensor(self.numels, dtype=torch.float64, device=device)
         self.fp32_sums = params[0].dtype != torch.float64
 
@@ -62,6 +72,31 @@ class ShardSums:
             out.append(total[start : start + x.numel()].view(x.shape).to(x.dtype))
             start += x.numel()
         return out
+
+    def block_max(self, blocks: BlockLayout, is_matrix) -> Callable | None:
+        """For ALLoRA's ρ table of an 8-bit bucket (blocks of 4096 rows, `codec.build_row_blocks` given
+        `first_rows`): a function absmax → each block's absmax over every rank that holds rows of it, in one
+        all_reduce (MAX), so ρ is quantised as one process quantises it; None where no matrix is a shard."""
+        place, total = torch.full_like(blocks.blocks.block_tensor, -1), 0  # each block's among the whole tensors'
+        for i, matrix in enumerate(is_matrix):
+            if not (matrix and self.is_shard[i]):
+                continue
+            start = blocks.block_start[i]
+            count = -(-(blocks.skipped[i] + self.local_rows[i]) // BLOCKSIZE)
+            first = total + self.first_rows[i] // BLOCKSIZE
+            place[start : start + count] = torch.arange(first, first + count, device=place.device)
+            total += -(-self.whole_rows[i] // BLOCKSIZE)
+        if not total:
+            return None
+        shared = place >= 0
+        place = torch.where(shared, place, total)  # the others to a slot of their own, never read
+
+        def over_ranks(absmax: torch.Tensor) -> torch.Tensor:
+            whole = absmax.new_zeros(total + 1).scatter_reduce_(0, place, absmax, "amax")
+            dist.all_reduce(whole, op=dist.ReduceOp.MAX, group=self.group)
+            return torch.where(shared, whole[place], absmax)
+
+        return over_ranks
 
     def all(self, flag: bool) -> bool:
         """Whether `flag` holds on every rank."""

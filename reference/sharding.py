@@ -8,12 +8,15 @@ reduced) gradient, in one all_gather per mesh and dtype for all of them (`gather
 runs on the whole tensors, and each rank keeps its own shard of the result. The state is then held whole, and
 identical, on every rank: what one process computes, at the memory of one process.
 
-A class that reduces across the mesh itself (`steps_local_shards`: the fast Automagic_CameAMP and C-Optim, whose
-statistics are all sums) steps each rank's own rows instead: the twin is the local shard (`_local_shard_of` names its
-DTensor), nothing is gathered, and the state is held per shard. Its `state_dict()` gives those states as DTensors
-sharded like θ (so torch.distributed.checkpoint saves, gathers and re-shards them as any FSDP2 optimizer's), and
-`load_state_dict` takes this rank's rows of a DTensor or of a whole tensor. A tensor with fewer rows than ranks
-(an empty shard somewhere) is stepped whole as above, as the class's reductions need every rank to hold rows.
+A class that reduces across the mesh itself (`steps_local_shards`: the fast Automagic_CameAMP, C-Optim and their
+8-bit classes, whose statistics are all sums) steps each rank's own rows instead: the twin is the local shard
+(`_local_shard_of` names its DTensor), nothing is gathered, and the state is held per shard. Its `state_dict()`
+gives those states as DTensors sharded like θ (so torch.distributed.checkpoint saves, gathers and re-shards them as
+any FSDP2 optimizer's), and `load_state_dict` takes this rank's rows of a DTensor or of a whole tensor. A tensor
+with fewer rows than ranks (an empty shard somewhere) is stepped whole as above, as the class's reductions need
+every rank to hold rows. A class may step fewer tensors as shards (`_shard_fits(p, rows)`: the 8-bit classes, whose
+blocks must not straddle ranks) and index some states otherwise than by p's rows (`_block_span`: an 8-bit state's
+block scales).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _local_owners(optimizer, state_dict) -> dict:
     return {pid: p._local_shard_of for pid, p in id_map.items() if hasattr(p, "_local_shard_of")}
 
 
-def _own_rows(p: DTensor) -> tuple[int, int]:
+def own_rows(p: DTensor) -> tuple[int, int]:
     """(first row, row count) of dim 0 that this rank holds of `p` (sharded as `_dim0_rows` requires)."""
     rows = _dim0_rows(p)
     rank = p.device_mesh.get_local_rank()
@@ -100,9 +103,16 @@ def _own_rows(p: DTensor) -> tuple[int, int]:
 def _state_span(optimizer, p: DTensor, key: str) -> tuple[int, int, int]:
     """(whole length, first, count) of dim 0 of state `key` of `p` on this rank: p's rows, or what the optimizer's
     `_block_span(p, key, first, count)` gives for a state indexed otherwise (an 8-bit state's block scales)."""
-    first, count = _own_rows(p)
+    first, count = own_rows(p)
     span = getattr(optimizer, "_block_span", None)
     return (span and span(p, key, first, count)) or (p.shape[0], first, count)
+
+
+def _chunk_span(p: DTensor, whole: int) -> tuple[int, int]:
+    """(first, count) of the `whole` entries of dim 0 that a DTensor sharded like `p` holds on this rank."""
+    counts = _chunked(whole, p.device_mesh.size())
+    rank = p.device_mesh.get_local_rank()
+    return sum(counts[:rank]), counts[rank]
 
 
 def _local_value(optimizer, p: DTensor, key: str, value):
@@ -110,10 +120,9 @@ def _local_value(optimizer, p: DTensor, key: str, value):
     tensor, any other value (a scalar, a per-tensor 0-d state) as it is."""
     whole, first, count = _state_span(optimizer, p, key)
     if isinstance(value, DTensor):
-        if value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),) and value.shape[0] == whole:
-            local = value.to_local()
-            if local.shape[0] == count:
-                return local
+        same = value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),)
+        if same and value.shape[0] == whole and _chunk_span(p, whole) == (first, count):
+            return value.to_local()
         value = value.full_tensor()
     if torch.is_tensor(value) and value.dim() and value.shape[0] == whole:
         return value.narrow(0, first, count)
@@ -122,15 +131,18 @@ def _local_value(optimizer, p: DTensor, key: str, value):
 
 def _sharded_value(optimizer, p: DTensor, key: str, value):
     """A local twin's state `key` as `state_dict()` gives it: one with this rank's part (`_state_span`) as a
-    DTensor sharded like p (no collective), any other as it is."""
+    DTensor sharded like p (no collective; of a part that shares an 8-bit block with another rank's, as torch.chunk
+    assigns the entries: `_shard_fits` checks it is held), any other as it is."""
     if not torch.is_tensor(value) or isinstance(value, DTensor) or not value.dim():
         return value
-    whole, _, count = _state_span(optimizer, p, key)
+    whole, first, count = _state_span(optimizer, p, key)
     if value.shape[0] != count:
         return value
+    chunk_first, chunk_count = _chunk_span(p, whole)
     shape = (whole, *value.shape[1:])
     stride = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
-    return DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
+    local = value.narrow(0, chunk_first - first, chunk_count) if chunk_count else value[:0]
+    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
 
 
 def blocks_fit_shards(rows: list[int], width: int, blocksize: int) -> bool:
@@ -140,6 +152,20 @@ def blocks_fit_shards(rows: list[int], width: int, blocksize: int) -> bool:
     starts = [sum(rows[:r]) * width for r in range(len(rows))]
     counts = [-(-n * width // blocksize) for n in rows]
     return all(s % blocksize == 0 for s in starts) and counts == _chunked(sum(counts), len(rows))
+
+
+def blocks_cover_chunks(rows: list[int], blocksize: int) -> bool:
+    """Whether, for blocks of `blocksize` rows (ALLoRA's ρ: one entry a row) with dim 0 split in `rows`, every rank
+    holds rows of each block torch.chunk assigns it of the block count, so its scales shard as a DTensor shards
+    (a block two ranks share has one scale, reduced across them)."""
+    starts = [sum(rows[:r]) for r in range(len(rows))]
+    chunks = _chunked(-(-sum(rows) // blocksize), len(rows))
+    for r, (start, n) in enumerate(zip(starts, rows, strict=True)):
+        held_first, held_end = start // blocksize, -(-(start + n) // blocksize)
+        chunk_first = sum(chunks[:r])
+        if chunks[r] and not (held_first <= chunk_first and chunk_first + chunks[r] <= held_end):
+            return False
+    return True
 
 
 def whole_tensor_save(method):

@@ -17,7 +17,7 @@ import torch
 from . import blockwise_8bit
 from .checkpoint import check_state_dict
 from .checkpoint_layout import as_held
-from .sharding import blocks_fit_shards, whole_tensor_load, whole_tensor_save
+from .sharding import blocks_cover_chunks, blocks_fit_shards, whole_tensor_load, whole_tensor_save
 
 MAGIC8_VERSION = 2
 
@@ -50,23 +50,24 @@ class Blockwise8bitStates:
     def _shard_fits(self, p, rows: list[int]) -> bool:
         """Under FSDP2 (`reference.sharding`, where a class steps its own shards): whether `p`, whose dim 0 the ranks
         hold in `rows`, may be stepped as this rank's rows. Its blocks must be the whole tensor's (none straddles
-        two ranks), as must those of ALLoRA's ρ, blocked over the rows, where it is kept; a tensor else is
-        stepped whole."""
+        two ranks); ALLoRA's ρ, blocked over the rows, where it is kept, may share a block between ranks, whose
+        scale the fast step reduces across them; a tensor else is stepped whole."""
         full_finetune = next(g["full_finetune"] for g in self.param_groups if any(q is p for q in g["params"]))
         keeps_rho = p.dim() == 2 and not full_finetune
         width = math.prod(p.shape[1:])
         return blocks_fit_shards(rows, width, blockwise_8bit.BLOCKSIZE) and (
-            not keeps_rho or blocks_fit_shards(rows, 1, blockwise_8bit.BLOCKSIZE)
+            not keeps_rho or blocks_cover_chunks(rows, blockwise_8bit.BLOCKSIZE)
         )
 
     def _block_span(self, p, key: str, first: int, count: int):
-        """(whole length, first, count) of a block-scale state `key` of `p` whose rows [first, first + count) this
-        rank holds (the blocks fit the shards: `_shard_fits`); None for a state indexed by p's rows."""
+        """(whole length, first, count) of the block scales `key` of `p` that this rank holds, whose rows
+        [first, first + count) it holds (the blocks it holds rows of); None for a state indexed by p's rows."""
         if not key.endswith("_q_scale"):
             return None
         width = 1 if key == "row_scaling_q_scale" else math.prod(p.shape[1:])
         size = blockwise_8bit.BLOCKSIZE
-        return -(-p.shape[0] * width // size), first * width // size, -(-count * width // size)
+        held = first * width // size
+        return -(-p.shape[0] * width // size), held, -(-(first + count) * width // size) - held
 
     @whole_tensor_save
     def state_dict(self):
