@@ -57,6 +57,7 @@ FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient s
 # A warm-up window whose early phase (t < W/2) has steps after CAME's seeding step t = 1, within STEPS
 EARLY_WARMUP = 8
 BY_NAME = ("HinaAdamWOptimizer",)
+LORA_PAIR = ("lora_down.weight", "lora_up.weight")  # LoraNet's (kohya's names): HinaAdamW steps the pair whole
 KEEPS_AVG_LR = tuple(n for n in CLASSES if n not in ("HinaAdamWOptimizer", "Automagic_CameAMP_Improved_8Bit"))
 CONTEXTUAL = (
     "Automagic_CameAMP_COptim",
@@ -134,8 +135,11 @@ def loss_of(model, data) -> torch.Tensor:
 
 
 def make_optimizer(package, name, model, compat, warmup=None):
+    """`warmup`: the warm-up window W; for HinaAdamW, which has none, OrthoGrad on (off by default) instead: the
+    case that adds the statistics a default step does not take."""
     params = model.named_parameters() if name in BY_NAME else model.parameters()
     settings = WARMED[name] if warmup is None or not WARMED[name] else {"warmup_steps": warmup}
+    settings = {"use_orthogonal_grad": True} if warmup is not None and not WARMED[name] else settings
     return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
 
 
@@ -408,7 +412,8 @@ def main(directory: str) -> None:
                             train_single(package, name, compat, 1, world, with_loss=True),
                             limit_of(package, name, compat, 1, world, with_loss=True))  # fmt: skip
                 if steps_shards(package, name):  # its early phase (TAM, OrthoGrad, upstream's column norms) too
-                    compare(fsdp_early, f"{package.__name__}.{name} {compat} warmup_steps={EARLY_WARMUP}",
+                    setting = f"warmup_steps={EARLY_WARMUP}" if WARMED[name] else "use_orthogonal_grad=True"
+                    compare(fsdp_early, f"{package.__name__}.{name} {compat} {setting}",
                             train_fsdp(package, name, compat, 1, rank, mesh, EARLY_WARMUP, NO_GAIN),
                             train_single(package, name, compat, 1, world, EARLY_WARMUP, kind=NO_GAIN),
                             limit_of(package, name, compat, 1, world, EARLY_WARMUP, NO_GAIN))  # fmt: skip

@@ -11,7 +11,7 @@
   held per shard, their sums are all-reduced, and they are the single-process run within the free-running bound;
   their resumes through DCP are bit for bit the FSDP2 run that was not interrupted. So are their 8-bit classes for
   a tensor whose 8-bit blocks each lie within one rank's rows (their models' wide weight, whose ALLoRA ρ block the
-  ranks share), and step the others whole.
+  ranks share), and step the others whole; and HinaAdamW, but for its LoRA pair (its factor reads the pair).
 * C-Optim given each rank's loss learns their mean, under DDP and FSDP2.
 * An FSDP2 step's collectives do not grow with the number of tensors."""
 
@@ -30,10 +30,12 @@ from .differential import CLASSES, COMPATS
 from .distributed_child import (
     BLOCKED,
     BLOCKS_FIT,
+    BY_NAME,
     CONTEXTUAL,
     DDP_SETTINGS,
     FSDP_MICRO,
     KEEPS_AVG_LR,
+    LORA_PAIR,
     STEPS,
     steps_shards,
 )
@@ -105,14 +107,19 @@ def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind, rout
         assert_bit_identical(results[kind], routes * 2 * len(CLASSES) * len(COMPATS), rank, kind == "to_one_process")
 
 
-# The collectives of a class that steps its own shards, in its busiest step (t < W/2, corrected mode): five
-# all-reduces (the gradient sums, the scaled gradient's sums, OrthoGrad's two: its projection, then the norm of
-# U⊥; the LR mask's mean) and the all_gather of the tensors it steps whole (the models' one-element gain has an
-# empty shard).
-SHARDED_COLLECTIVES = 6
-# The 8-bit classes' ALLoRA ρ of a shard shares a block with the other rank: one all_reduce (MAX) of the shared blocks'
-# scales where ρ is quantised, twice at a tensor's first step (at its start, and refreshed by the step in fixed mode)
-RHO_SCALES_AT_THE_FIRST_STEP = 2
+# The collectives of a class that steps its own shards, in its busiest step (corrected mode), with the all_gather of
+# the tensors it steps whole (the models' one-element gain has an empty shard): the Automagic classes at t < W/2 make
+# five all-reduces (the gradient sums, the scaled gradient's sums, OrthoGrad's two: its projection, then the norm
+# of U⊥; the LR mask's mean); their 8-bit classes' ALLoRA ρ of a shard shares a block with the other rank, so two
+# all-reduces (MAX) of its scales at a tensor's first step (at its start, and refreshed by the step); HinaAdamW
+# with OrthoGrad makes five (the gradient sums, the floored gradient's, the projected gradient's, TAM's, SPD's).
+SHARDED_COLLECTIVES = {
+    "Automagic_CameAMP": 6,
+    "Automagic_CameAMP_COptim": 6,
+    "Automagic_CameAMP8bit": 8,
+    "Automagic_CameAMP_COptim8bit": 8,
+    "HinaAdamWOptimizer": 6,
+}
 
 
 def test_a_one_process_checkpoint_resumes_on_fsdp2_ranks(ranks):
@@ -131,24 +138,29 @@ def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
     for results in ranks:
         counts = results["collectives"]
         assert len(counts) == 2 * len(CLASSES)
-        sharded = {case: SHARDED_COLLECTIVES + (RHO_SCALES_AT_THE_FIRST_STEP if case.split(".")[-1] in BLOCKED else 0)
-                   for case in counts}  # fmt: skip
+        sharded = {case: SHARDED_COLLECTIVES.get(case.split(".")[-1]) for case in counts}
         expected = {case: [sharded[case]] * 2 if f"{case} ".startswith(SHARDED) else [1, 1] for case in counts}
         assert counts == expected
 
 
+def fits(name: str, param: str) -> bool:
+    """Whether class `name`, where it steps its own shards, steps parameter `param` of its test model so."""
+    if name in BLOCKED:
+        return param in BLOCKS_FIT
+    return name not in BY_NAME or param not in LORA_PAIR
+
+
 def test_fsdp2_state_is_held_per_shard_where_the_class_steps_shards(ranks):
-    """The fast Automagic_CameAMP, C-Optim and their 8-bit classes hold each state as this rank's rows (and
-    `state_dict()` gives DTensors sharded like θ); the 8-bit ones only for a tensor whose 8-bit blocks lie within
-    one rank's rows (BLOCKS_FIT). Every other class holds it whole on every rank (reference.sharding), as the
-    README says."""
+    """The fast Automagic_CameAMP, C-Optim, their 8-bit classes and HinaAdamW hold each state as this rank's rows
+    (and `state_dict()` gives DTensors sharded like θ); the 8-bit ones only for a tensor whose 8-bit blocks lie
+    within one rank's rows (BLOCKS_FIT), HinaAdamW not for its LoRA pair (whose factor reads the pair). Every other
+    class holds it whole on every rank (reference.sharding), as the README says."""
     for results in ranks:
         for case, layouts in results["state_layout"].items():
-            shards = f"{case} ".startswith(SHARDED)
-            blocked = case.split(".")[-1] in BLOCKED
-            assert layouts == {name: "shards" if shards and (not blocked or name in BLOCKS_FIT) else "whole"
-                               for name in layouts}, case  # fmt: skip
-            assert not blocked or set(BLOCKS_FIT) <= set(layouts), case
+            shards, name = f"{case} ".startswith(SHARDED), case.split(".")[-1]
+            assert layouts == {param: "shards" if shards and fits(name, param) else "whole"
+                               for param in layouts}, case  # fmt: skip
+            assert not shards or any(fits(name, param) for param in layouts), case
 
 
 # The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:

@@ -31,7 +31,7 @@ from . import automagic_step as S
 from .adopting_load import load_adopting
 from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .kernels import allora_table, in_fp32_range, masked_tensor_sum, row_norms
-from .shard_sums import over_ranks
+from .shard_sums import on_every_rank, over_ranks
 from .tables import columns, constants
 
 assert FIXED_EPS == 1e-12  # the kernels hard-code the same guard
@@ -137,9 +137,7 @@ class Automagic_CameAMP(AutomagicBase):
     def _finite_on_every_rank(self) -> bool:
         """Every gradient finite (its group's Σ|g| overflowed, or one holds NaN or Inf): on every rank, where the
         buckets hold FSDP2 shards, so that all ranks take the same decision."""
-        finite = gradients_are_finite(self.param_groups)
-        shards = next((b.shard_sums for bs in self._buckets.values() for b in bs if b.shard_sums is not None), None)
-        return finite if shards is None else shards.all(finite)
+        return on_every_rank([b for bs in self._buckets.values() for b in bs], gradients_are_finite(self.param_groups))
 
     def _step_groups(self):
         prepared = [self._gather_group(gi, group) for gi, group in enumerate(self.param_groups)]

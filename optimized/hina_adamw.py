@@ -7,7 +7,9 @@ the partner came first; such tensors go to a second bucket ("wave") stepped afte
 factors computed just before each bucket steps (lora_factors.py). As in optimized.Automagic_CameAMP,
 parameters become views of the bucket buffers, `optimizer.state[p]` holds the reference's keys as views of
 the buffers (`state_dict()` is torch's own), and bf16 arithmetic is done in fp32 with one rounding per stored
-value.
+value. Under FSDP2 each rank steps and holds its own rows of a tensor, as optimized.Automagic_CameAMP does
+(`steps_local_shards`; `state_dict()` gives the moments and SPD anchor as DTensors sharded like p), but for the
+LoRA/LoKr factors and 8-bit tensors, stepped whole.
 """
 
 from __future__ import annotations
@@ -28,12 +30,24 @@ from . import hina_step as H
 from .adopting_load import load_adopting
 from .bucket import Bucket, detached, release_if_changed, trainable_params
 from .lora_factors import BucketFactors, dependencies
+from .shard_sums import on_every_rank, over_ranks
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     """Fused, flat-buffer HinaAdamW. See reference.HinaAdamWOptimizer for the algorithm."""
+
+    # Under FSDP2 each rank steps its own rows of a tensor (reference.sharding): every per-tensor statistic is a sum
+    # (Σ|g|, Σg, Σg², OrthoGrad's ⟨θ,g⟩, ⟨θ,θ⟩ and the projected Σg⊥, Σg⊥², TAM's inner products, SPD's ‖θ − θ0‖²,
+    # ‖θ‖²), all-reduced (optimized.shard_sums). LoRA and LoKr factors, whose step-size factor reads the whole pair,
+    # and 8-bit tensors are stepped whole (`_shard_fits`).
+    steps_local_shards = True
+
+    def _shard_fits(self, p, rows) -> bool:
+        """A tensor whose factor reads no partner and whose state is not 8-bit steps as this rank's rows."""
+        kind = self.layout.kinds.get(p, "regular")
+        return kind not in ("lora_a", "lora_b") and not kind.startswith("lokr_") and not self._eight_bit("exp_avg", p)
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)
@@ -131,11 +145,12 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
                 has = np.array([p.grad is not None for p in b.params], dtype=bool)
                 if has.any():
                     grad = b.gather_grads(has)
-                    work.append((gi, b, has, H.gradient_sums(b.theta, grad, b.idx, self.use_orthogonal_grad)))
+                    sums = H.gradient_sums(b.theta, grad, b.idx, self.use_orthogonal_grad)
+                    work.append((gi, b, has, self._sums(b, sums)))
         # Σ|g| of a tensor is finite unless its gradient holds NaN or Inf, or the sum overflows (checked
         # exactly): one sync per step
         finite = (not work or bool(torch.isfinite(torch.cat([sums["abs"] for *_, sums in work])).all())
-                  or gradients_are_finite(self.param_groups))  # fmt: skip
+                  or on_every_rank([b for _, b, _, _ in work], gradients_are_finite(self.param_groups)))  # fmt: skip
         if not nonfinite_step_allowed(finite, self.nonfinite, type(self).__name__):
             return loss
         # per group, the first wave then the second; a wave's factors are computed before any of its
@@ -149,12 +164,17 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
                     self._step_bucket(b, group, has, sums, factor, floor)
         return loss
 
+    @staticmethod
+    def _sums(b: Bucket, sums: dict) -> dict:
+        """A pass's per-tensor sums of the whole tensors (over the ranks where `b` holds FSDP2 shards)."""
+        return dict(zip(sums, over_ranks(b.shard_sums, *sums.values()), strict=True))
+
     def _group_floor(self, work):
         """The group's round-off floor from its buckets' Σ|g| (fixed mode; reference.roundoff_floor), or None."""
         if not self.fixed or not work:
             return None
         total = sum(sums["abs"][torch.from_numpy(has).to(b.device)].sum() for _, b, has, sums in work)
-        count = sum(n for _, b, has, _ in work for n, h in zip(b.layout.numels, has, strict=True) if h)
+        count = sum(n for _, b, has, _ in work for n, h in zip(b.numels(), has, strict=True) if h)
         return group_floor(total.float(), count)
 
     def _step_bucket(self, b: Bucket, group, active, sums, lora_factor, floor=None):
@@ -200,7 +220,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         if lora_factor is not None:
             cols.step.mul_(lora_factor)
         if floor is not None:
-            sums = H.floored_sums(b.theta, b.grad, floor.float(), b.idx, self.use_orthogonal_grad)
+            sums = self._sums(b, H.floored_sums(b.theta, b.grad, floor.float(), b.idx, self.use_orthogonal_grad))
         member_t = torch.from_numpy(member).to(dev)
 
         def passed() -> H.PerTensor:
@@ -212,7 +232,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             ww = sums["ww"].to(dt)
             keep = torch.from_numpy(b.host["projectable"]).to(dev) & (ww > 0)
             cols.proj.copy_(torch.where(keep, sums["wg"].to(dt) / ww, 0))
-            g_sum, g_sq = H.projected_sums(b.theta, b.grad, passed(), consts, b.idx, flags)
+            g_sum, g_sq = over_ranks(b.shard_sums, *H.projected_sums(b.theta, b.grad, passed(), consts, b.idx, flags))
         # T1b: 1 + |Σg|/‖g‖ in the parameter dtype; 1 for 0-d tensors and g = 0
         cols.agr.fill_(1.0)
         if self.use_agr:
@@ -227,6 +247,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
         spd_sums = H.main_pass(buffers, passed(), b.idx, consts, flags, spd)
         if spd:  # T11d: η·λ·r with r = ‖θ − θ0‖/‖θ‖ in the parameter dtype (0 where ‖θ‖ = 0)
+            spd_sums = over_ranks(b.shard_sums, *spd_sums)
             diff_norm, theta_norm = spd_sums[0].sqrt().to(dt), spd_sums[1].sqrt().to(dt)
             ratio = torch.where(theta_norm > 0, diff_norm / theta_norm, 0)
             on = member_t & torch.from_numpy(b.host["spd_on"]).to(dev)
@@ -250,7 +271,7 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
         """T4e (hina_step.tam_factor) for the tensors in `member_t`; their alignment A is written."""
         buffers = H.Buffers(b.theta, b.grad, b.states["exp_avg"], b.states["exp_avg_sq"], None,
                             b.blocks.blocks if b.quantized else None)  # fmt: skip
-        dot, mm, gg = H.tam_sums(buffers, tab, b.idx, consts, flags)
+        dot, mm, gg = over_ranks(b.shard_sums, *H.tam_sums(buffers, tab, b.idx, consts, flags))
         correction = None
         if self.fixed:  # 1 − τβ^t
             tf = torch.from_numpy(np.maximum(t, 1).astype(np.float64)).to(b.device)

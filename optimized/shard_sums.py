@@ -32,6 +32,14 @@ def over_ranks(shards: ShardSums | None, *sums: torch.Tensor) -> list[torch.Tens
     return list(sums) if shards is None else shards(*sums)
 
 
+def on_every_rank(buckets, flag: bool) -> bool:
+    """`flag` held on every rank, where a bucket of `buckets` holds FSDP2 shards (one collective), else `flag`: a
+    decision taken from this rank's gradients alone (the non-finite check's exact fallback) is then the same on
+    every rank."""
+    shards = next((b.shard_sums for b in buckets if b.shard_sums is not None), None)
+    return flag if shards is None else shards.all(flag)
+
+
 class ShardSums:
     def __init__(self, params, device):
         owners = [getattr(p, "_local_shard_of", None) for p in params]

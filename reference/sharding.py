@@ -8,15 +8,15 @@ reduced) gradient, in one all_gather per mesh and dtype for all of them (`gather
 runs on the whole tensors, and each rank keeps its own shard of the result. The state is then held whole, and
 identical, on every rank: what one process computes, at the memory of one process.
 
-A class that reduces across the mesh itself (`steps_local_shards`: the fast Automagic_CameAMP, C-Optim and their
-8-bit classes, whose statistics are all sums) steps each rank's own rows instead: the twin is the local shard
-(`_local_shard_of` names its DTensor), nothing is gathered, and the state is held per shard. Its `state_dict()`
-gives those states as DTensors sharded like θ (so torch.distributed.checkpoint saves, gathers and re-shards them as
-any FSDP2 optimizer's), and `load_state_dict` takes this rank's rows of a DTensor or of a whole tensor. A tensor
-with fewer rows than ranks (an empty shard somewhere) is stepped whole as above, as the class's reductions need
-every rank to hold rows. A class may step fewer tensors as shards (`_shard_fits(p, rows)`: the 8-bit classes, whose
-blocks must not straddle ranks) and index some states otherwise than by p's rows (`_block_span`: an 8-bit state's
-block scales).
+A class that reduces across the mesh itself (`steps_local_shards`: the fast Automagic_CameAMP, C-Optim, their 8-bit
+classes and HinaAdamW, whose statistics are all sums) steps each rank's own rows instead: the twin is the local
+shard (`_local_shard_of` names its DTensor), nothing is gathered, and the state is held per shard. Its
+`state_dict()` gives those states as DTensors sharded like θ (so torch.distributed.checkpoint saves, gathers and
+re-shards them as any FSDP2 optimizer's), and `load_state_dict` takes this rank's rows of a DTensor or of a whole
+tensor. A tensor with fewer rows than ranks (an empty shard somewhere) is stepped whole as above, as the class's
+reductions need every rank to hold rows. A class may step fewer tensors as shards (`_shard_fits(p, rows)`: the
+8-bit classes, whose blocks must not straddle ranks; HinaAdamW, whose LoRA factors read the whole pair) and index
+some states otherwise than by p's rows (`_block_span`: an 8-bit state's block scales).
 """
 
 from __future__ import annotations
