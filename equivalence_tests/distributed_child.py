@@ -216,6 +216,16 @@ def state_layout(package, name, rank: int, mesh) -> dict[str, str]:
     return layouts
 
 
+def state_bytes(package, name, rank: int, mesh, world: int) -> list[int]:
+    """[this rank's `state_bytes()` after STOP FSDP2 steps, one process's]."""
+    model, opt = fsdp_pair(package, name, "fixed", mesh)
+    fsdp_steps(model, opt, range(STOP), 1, rank)
+    single_model = make_model(name)
+    single = make_optimizer(package, name, single_model, "fixed")
+    single_steps(single_model, single, range(STOP), 1, world)
+    return [opt.state_bytes(), single.state_bytes()]
+
+
 def avg_lr_error(package, name, rank: int, mesh, world: int) -> float:
     """The largest relative error of a saved `avg_lr` (the LR mask's mean, T27.8) of an FSDP2 run after STOP steps
     (in warm-up, where the mask moves): against the float64 mean of the run's own whole mask where the class steps
@@ -386,11 +396,13 @@ def main(directory: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
-    collectives, layouts, onto_ranks, avg_lrs = {}, {}, {}, {}
+    collectives, layouts, onto_ranks, avg_lrs, held = {}, {}, {}, {}, {}
     for package in (reference, optimized):
         for name in CLASSES:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
             layouts[f"{package.__name__}.{name}"] = state_layout(package, name, rank, mesh)
+            if steps_shards(package, name):
+                held[f"{package.__name__}.{name}"] = state_bytes(package, name, rank, mesh, world)
             if name in KEEPS_AVG_LR:
                 avg_lrs[f"{package.__name__}.{name}"] = avg_lr_error(package, name, rank, mesh, world)
             for compat in COMPATS:
@@ -451,6 +463,7 @@ def main(directory: str) -> None:
         "from_one_process": onto_ranks,
         "collectives": collectives,
         "state_layout": layouts,
+        "state_bytes": held,
         "avg_lr": avg_lrs,
     }
     torch.save(results, Path(directory) / f"rank{rank}.pt")

@@ -163,6 +163,15 @@ def test_fsdp2_state_is_held_per_shard_where_the_class_steps_shards(ranks):
             assert not shards or any(fits(name, param) for param in layouts), case
 
 
+def test_fsdp2_state_bytes_count_this_ranks_rows(ranks):
+    """`state_bytes()` of a class that steps its own shards, taken outside a step under FSDP2 (when the groups hold
+    the DTensors), counts this rank's state: less than one process holds."""
+    for results in ranks:
+        held = results["state_bytes"]
+        assert set(held) == {f"optimized.{name}" for name in CLASSES if steps_shards(optimized, name)}
+        assert all(0 < fsdp < one for fsdp, one in held.values()), held
+
+
 # The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:
 # kernels.tensor_sum adds each row of up to 256 elements in float32 before the float64 sums (and the all-reduce),
 # and a row sum of n positive terms is within (n − 1)·2^-24 of its exact value. Observed 1.2e-7 (one float32 ulp)

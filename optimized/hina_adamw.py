@@ -369,12 +369,13 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
             self._publish(b)
 
     def state_bytes(self) -> int:
-        """Bytes held by optimizer state (moments, alignments, SPD anchors)."""
-        return sum(b.state_bytes() for _, b in self._all_buckets())
+        """Bytes held by optimizer state (moments, alignments, SPD anchors), in the buckets built so far (without
+        building any: under FSDP2 they are built over the twins a step makes, reference.sharding)."""
+        return sum(b.state_bytes() for bs in self._buckets.values() for b in bs)
 
     def workspace_bytes(self) -> int:
-        """Bytes of the persistent gradient buffers (which `p.grad` then points into)."""
-        return sum(b.workspace_bytes() for _, b in self._all_buckets())
+        """Bytes of the persistent gradient buffers (which `p.grad` then points into), as `state_bytes`."""
+        return sum(b.workspace_bytes() for bs in self._buckets.values() for b in bs)
 
     def update_device(self, device) -> None:
         raise NotImplementedError(
