@@ -56,7 +56,10 @@ DDP_SETTINGS = ((False, 1), (True, 1), (True, 2))
 FSDP_MICRO = (1, 2)  # micro-batches per step, the first ones without gradient sync
 # A warm-up window whose early phase (t < W/2) has steps after CAME's seeding step t = 1, within STEPS
 EARLY_WARMUP = 8
-BY_NAME = ("HinaAdamWOptimizer",)
+# Settings run as classes of their own: HinaAdamW with 8-bit states (every tensor: min_8bit_size=0)
+VARIANTS = {"HinaAdamWOptimizer8bit": ("HinaAdamWOptimizer", {"optim_bits": 8, "min_8bit_size": 0})}
+RUN = (*CLASSES, *VARIANTS)
+BY_NAME = ("HinaAdamWOptimizer", "HinaAdamWOptimizer8bit")
 LORA_PAIR = ("lora_down.weight", "lora_up.weight")  # LoraNet's (kohya's names): HinaAdamW steps the pair whole
 KEEPS_AVG_LR = tuple(n for n in CLASSES if n not in ("HinaAdamWOptimizer", "Automagic_CameAMP_Improved_8Bit"))
 CONTEXTUAL = (
@@ -65,7 +68,7 @@ CONTEXTUAL = (
 )  # C-Optim: step(loss=...) feeds Λ  # given named parameters: its LoRA pairs and factors come from the names
 # The flat 8-bit classes step a tensor's shards only where its 4096-element blocks each lie within one rank's rows:
 # their models get the wide branch (`Blocks`)
-BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit")
+BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit", "HinaAdamWOptimizer8bit")
 BLOCKS_FIT = ("wide.weight",)  # on 2 ranks (its ALLoRA ρ, one block of 2048 rows, shared); the bias's block straddles
 
 
@@ -138,9 +141,10 @@ def make_optimizer(package, name, model, compat, warmup=None):
     """`warmup`: the warm-up window W; for HinaAdamW, which has none, OrthoGrad on (off by default) instead: the
     case that adds the statistics a default step does not take."""
     params = model.named_parameters() if name in BY_NAME else model.parameters()
-    settings = WARMED[name] if warmup is None or not WARMED[name] else {"warmup_steps": warmup}
-    settings = {"use_orthogonal_grad": True} if warmup is not None and not WARMED[name] else settings
-    return getattr(package, name)(params, lr=1e-2, compat=compat, **settings)
+    base, extra = VARIANTS.get(name, (name, {}))
+    settings = WARMED[base] if warmup is None or not WARMED[base] else {"warmup_steps": warmup}
+    settings = {"use_orthogonal_grad": True} if warmup is not None and not WARMED[base] else settings
+    return getattr(package, base)(params, lr=1e-2, compat=compat, **settings, **extra)
 
 
 def train_ddp(package, name, compat, bucket_view: bool, micro: int, rank: int, with_loss=False) -> list[torch.Tensor]:
@@ -370,7 +374,7 @@ def compare(results: dict, case: str, run: list[torch.Tensor], single: list[torc
 
 
 def steps_shards(package, name) -> bool:
-    return getattr(getattr(package, name), "steps_local_shards", False)
+    return getattr(getattr(package, VARIANTS.get(name, (name,))[0]), "steps_local_shards", False)
 
 
 def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=LoraNet, with_loss=False):
@@ -398,7 +402,7 @@ def main(directory: str) -> None:
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
     collectives, layouts, onto_ranks, avg_lrs, held = {}, {}, {}, {}, {}
     for package in (reference, optimized):
-        for name in CLASSES:
+        for name in RUN:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
             layouts[f"{package.__name__}.{name}"] = state_layout(package, name, rank, mesh)
             if steps_shards(package, name):
@@ -424,7 +428,7 @@ def main(directory: str) -> None:
                             train_single(package, name, compat, 1, world, with_loss=True),
                             limit_of(package, name, compat, 1, world, with_loss=True))  # fmt: skip
                 if steps_shards(package, name):  # its early phase (TAM, OrthoGrad, upstream's column norms) too
-                    setting = f"warmup_steps={EARLY_WARMUP}" if WARMED[name] else "use_orthogonal_grad=True"
+                    setting = "use_orthogonal_grad=True" if name in BY_NAME else f"warmup_steps={EARLY_WARMUP}"
                     compare(fsdp_early, f"{package.__name__}.{name} {compat} {setting}",
                             train_fsdp(package, name, compat, 1, rank, mesh, EARLY_WARMUP, NO_GAIN),
                             train_single(package, name, compat, 1, world, EARLY_WARMUP, kind=NO_GAIN),

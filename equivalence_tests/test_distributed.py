@@ -11,7 +11,8 @@
   held per shard, their sums are all-reduced, and they are the single-process run within the free-running bound;
   their resumes through DCP are bit for bit the FSDP2 run that was not interrupted. So are their 8-bit classes for
   a tensor whose 8-bit blocks each lie within one rank's rows (their models' wide weight, whose ALLoRA ρ block the
-  ranks share), and step the others whole; and HinaAdamW, but for its LoRA pair (its factor reads the pair).
+  ranks share), and step the others whole; and HinaAdamW, but for its LoRA pair (its factor reads the pair), with
+  32-bit states and with 8-bit ones (run as a class of its own: distributed_child.VARIANTS).
 * C-Optim given each rank's loss learns their mean, under DDP and FSDP2.
 * An FSDP2 step's collectives do not grow with the number of tensors."""
 
@@ -26,7 +27,7 @@ import torch
 
 import optimized
 
-from .differential import CLASSES, COMPATS
+from .differential import COMPATS
 from .distributed_child import (
     BLOCKED,
     BLOCKS_FIT,
@@ -36,6 +37,7 @@ from .distributed_child import (
     FSDP_MICRO,
     KEEPS_AVG_LR,
     LORA_PAIR,
+    RUN,
     STEPS,
     steps_shards,
 )
@@ -56,7 +58,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
-SHARDED = tuple(f"optimized.{name} " for name in CLASSES if steps_shards(optimized, name))
+SHARDED = tuple(f"optimized.{name} " for name in RUN if steps_shards(optimized, name))
 
 
 def assert_bit_identical(results: dict, count: int, rank: int, shards_against_one_process: bool = False) -> None:
@@ -75,12 +77,12 @@ def assert_bit_identical(results: dict, count: int, rank: int, shards_against_on
 
 def test_ddp_is_the_single_process_run_bit_for_bit(ranks):
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results["ddp"], 2 * len(CLASSES) * len(COMPATS) * len(DDP_SETTINGS), rank)
+        assert_bit_identical(results["ddp"], 2 * len(RUN) * len(COMPATS) * len(DDP_SETTINGS), rank)
 
 
 def test_fsdp2_is_the_single_process_run_bit_for_bit(ranks):
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results["fsdp"], 2 * len(CLASSES) * len(COMPATS) * len(FSDP_MICRO), rank, True)
+        assert_bit_identical(results["fsdp"], 2 * len(RUN) * len(COMPATS) * len(FSDP_MICRO), rank, True)
 
 
 def test_c_optim_given_the_loss_is_the_single_process_run_bit_for_bit(ranks):
@@ -104,7 +106,7 @@ def test_fsdp2_resume_through_dcp_state_dicts_is_bit_identical(ranks, kind, rout
     """Resumed into a fresh FSDP2 optimizer, through the full state dicts (loaded with full_state_dict=True) and
     through dcp.save/dcp.load; and the full checkpoint in one process without torch.distributed."""
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results[kind], routes * 2 * len(CLASSES) * len(COMPATS), rank, kind == "to_one_process")
+        assert_bit_identical(results[kind], routes * 2 * len(RUN) * len(COMPATS), rank, kind == "to_one_process")
 
 
 # The collectives of a class that steps its own shards, in its busiest step (corrected mode), with the all_gather of
@@ -119,6 +121,7 @@ SHARDED_COLLECTIVES = {
     "Automagic_CameAMP8bit": 8,
     "Automagic_CameAMP_COptim8bit": 8,
     "HinaAdamWOptimizer": 6,
+    "HinaAdamWOptimizer8bit": 6,
 }
 
 
@@ -127,7 +130,7 @@ def test_a_one_process_checkpoint_resumes_on_fsdp2_ranks(ranks):
     tensors, cut to each rank's rows where the class steps its own shards) continues the one-process run: bit for
     bit, or within the free-running bound where the class steps shards."""
     for rank, results in enumerate(ranks):
-        assert_bit_identical(results["from_one_process"], 2 * len(CLASSES) * len(COMPATS), rank, True)
+        assert_bit_identical(results["from_one_process"], 2 * len(RUN) * len(COMPATS), rank, True)
 
 
 def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
@@ -137,7 +140,7 @@ def test_fsdp2_step_collectives_do_not_grow_with_the_tensor_count(ranks):
     A class that steps its own shards gathers nothing and all-reduces each kind of sum once for all tensors."""
     for results in ranks:
         counts = results["collectives"]
-        assert len(counts) == 2 * len(CLASSES)
+        assert len(counts) == 2 * len(RUN)
         sharded = {case: SHARDED_COLLECTIVES.get(case.split(".")[-1]) for case in counts}
         expected = {case: [sharded[case]] * 2 if f"{case} ".startswith(SHARDED) else [1, 1] for case in counts}
         assert counts == expected
@@ -168,7 +171,7 @@ def test_fsdp2_state_bytes_count_this_ranks_rows(ranks):
     the DTensors), counts this rank's state: less than one process holds."""
     for results in ranks:
         held = results["state_bytes"]
-        assert set(held) == {f"optimized.{name}" for name in CLASSES if steps_shards(optimized, name)}
+        assert set(held) == {f"optimized.{name}" for name in RUN if steps_shards(optimized, name)}
         assert all(0 < fsdp < one for fsdp, one in held.values()), held
 
 

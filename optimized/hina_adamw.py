@@ -8,22 +8,26 @@ factors computed just before each bucket steps (lora_factors.py). As in optimize
 parameters become views of the bucket buffers, `optimizer.state[p]` holds the reference's keys as views of
 the buffers (`state_dict()` is torch's own), and bf16 arithmetic is done in fp32 with one rounding per stored
 value. Under FSDP2 each rank steps and holds its own rows of a tensor, as optimized.Automagic_CameAMP does
-(`steps_local_shards`; `state_dict()` gives the moments and SPD anchor as DTensors sharded like p), but for the
-LoRA/LoKr factors and 8-bit tensors, stepped whole.
+(`steps_local_shards`; `state_dict()` gives the moments and SPD anchor as DTensors sharded like p, and 8-bit
+block scales as DTensors over the whole block count), but for the LoRA/LoKr factors and 8-bit tensors whose
+blocks straddle the ranks, stepped whole.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from reference import hina_adamw as readable
+from reference.blockwise_8bit import BLOCKSIZE
 from reference.checkpoint import check_entry
 from reference.checkpoint_layout import as_held
 from reference.dynamic_weight_decay import weight_decay_multiplier
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
-from reference.sharding import whole_tensor_load, whole_tensor_step
+from reference.sharding import block_scale_span, blocks_fit_shards, whole_tensor_load, whole_tensor_step
 from reference.validation import check_grads, gradients_are_finite, nonfinite_step_allowed
 
 from . import hina_step as H
@@ -41,13 +45,20 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
     # Under FSDP2 each rank steps its own rows of a tensor (reference.sharding): every per-tensor statistic is a sum
     # (Σ|g|, Σg, Σg², OrthoGrad's ⟨θ,g⟩, ⟨θ,θ⟩ and the projected Σg⊥, Σg⊥², TAM's inner products, SPD's ‖θ − θ0‖²,
     # ‖θ‖²), all-reduced (optimized.shard_sums). LoRA and LoKr factors, whose step-size factor reads the whole pair,
-    # and 8-bit tensors are stepped whole (`_shard_fits`).
+    # and 8-bit tensors whose blocks straddle the ranks are stepped whole (`_shard_fits`).
     steps_local_shards = True
 
     def _shard_fits(self, p, rows) -> bool:
-        """A tensor whose factor reads no partner and whose state is not 8-bit steps as this rank's rows."""
+        """A tensor whose factor reads no partner steps as this rank's rows; an 8-bit one where its 4096-element
+        blocks each lie within one rank's rows (reference.sharding.blocks_fit_shards)."""
         kind = self.layout.kinds.get(p, "regular")
-        return kind not in ("lora_a", "lora_b") and not kind.startswith("lokr_") and not self._eight_bit("exp_avg", p)
+        if kind in ("lora_a", "lora_b") or kind.startswith("lokr_"):
+            return False
+        return not self._eight_bit("exp_avg", p) or blocks_fit_shards(rows, math.prod(p.shape[1:]), BLOCKSIZE)
+
+    def _block_span(self, p, key: str, first: int, count: int):
+        """The span of an 8-bit state's block scales on this rank (reference.sharding._state_span)."""
+        return block_scale_span(p, first, count, BLOCKSIZE) if key.endswith("_q_scale") else None
 
     def __init__(self, params, **kwargs):
         super().__init__(params, **kwargs)

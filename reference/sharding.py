@@ -145,6 +145,15 @@ def _sharded_value(optimizer, p: DTensor, key: str, value):
     return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
 
 
+def block_scale_span(p: DTensor, first: int, count: int, blocksize: int, by_rows: bool = False) -> tuple[int, int, int]:
+    """(whole length, first, count) of the block scales of an 8-bit state of `p` (blocks of `blocksize` elements of
+    the flattened tensor, or of its rows: `by_rows`) that a rank holding rows [first, first + count) holds: those of
+    the blocks it holds elements of."""
+    width = 1 if by_rows else math.prod(p.shape[1:])
+    held = first * width // blocksize
+    return -(-p.shape[0] * width // blocksize), held, -(-(first + count) * width // blocksize) - held
+
+
 def blocks_fit_shards(rows: list[int], width: int, blocksize: int) -> bool:
     """Whether blocks of `blocksize` consecutive elements of a tensor whose dim 0 is split in `rows` (ranks' row
     counts, `width` elements a row) each lie within one rank's rows, and fall to the ranks as torch.chunk splits

@@ -17,7 +17,7 @@ import torch
 from . import blockwise_8bit
 from .checkpoint import check_state_dict
 from .checkpoint_layout import as_held
-from .sharding import blocks_cover_chunks, blocks_fit_shards, whole_tensor_load, whole_tensor_save
+from .sharding import block_scale_span, blocks_cover_chunks, blocks_fit_shards, whole_tensor_load, whole_tensor_save
 
 MAGIC8_VERSION = 2
 
@@ -64,10 +64,7 @@ class Blockwise8bitStates:
         [first, first + count) it holds (the blocks it holds rows of); None for a state indexed by p's rows."""
         if not key.endswith("_q_scale"):
             return None
-        width = 1 if key == "row_scaling_q_scale" else math.prod(p.shape[1:])
-        size = blockwise_8bit.BLOCKSIZE
-        held = first * width // size
-        return -(-p.shape[0] * width // size), held, -(-(first + count) * width // size) - held
+        return block_scale_span(p, first, count, blockwise_8bit.BLOCKSIZE, by_rows=key == "row_scaling_q_scale")
 
     @whole_tensor_save
     def state_dict(self):
