@@ -3,11 +3,13 @@ shards under FSDP2, against their definitions element by element. The element st
 rank, and be the ones torch.chunk gives it of the block count; ALLoRA's ρ blocks (one entry a row) may be shared,
 but each rank must hold rows of the blocks torch.chunk gives it, so their scales shard as a DTensor does."""
 
+from types import SimpleNamespace
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.sharding import _chunked, blocks_cover_chunks, blocks_fit_shards
+from reference.sharding import _chunked, block_scale_span, blocks_cover_chunks, blocks_fit_shards
 
 
 def held_and_chunks(rows: list[int], width: int, blocksize: int) -> tuple[list[set], list[set]]:
@@ -38,6 +40,14 @@ def test_blocks_fit_shards_is_its_element_by_element_definition(n, world, width,
         return
     assert blocks_fit_shards(rows, width, blocksize) == fits_by_elements(rows, width, blocksize)
     assert blocks_cover_chunks(rows, blocksize) == covers_by_elements(rows, blocksize)
+    # the block scales each rank holds: those of the blocks it holds elements (or, by rows, rows) of
+    for by_rows in (False, True):
+        held, _ = held_and_chunks(rows, 1 if by_rows else width, blocksize)
+        for r, count in enumerate(rows):
+            p = SimpleNamespace(shape=(n, width))
+            whole, first, span = block_scale_span(p, sum(rows[:r]), count, blocksize, by_rows)
+            assert set(range(first, first + span)) == held[r]
+            assert whole == -(-n * (1 if by_rows else width) // blocksize)
 
 
 def test_an_aligned_shard_fits_and_a_straddling_one_does_not():
