@@ -42,6 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 import optimized
 import reference
 from optimized.compile import compile_enabled, set_compile
+from reference.blockwise_8bit import BLOCKSIZE
+from reference.sharding import block_scale_span, own_rows
 
 from .cases.contract import WARMED
 from .differential import CLASSES, COMPATS
@@ -218,6 +220,26 @@ def state_layout(package, name, rank: int, mesh) -> dict[str, str]:
         elif any(v.shape == p.shape for v in values):
             layouts[param_name] = "whole"
     return layouts
+
+
+def shared_rho_scales(package, name, rank: int, mesh) -> list:
+    """After one FSDP2 step, [(whole block, [the scale each rank that holds rows of it holds])] for the ALLoRA ρ
+    blocks of parameters stepped as shards (8-bit classes: `row_scaling_q_scale` in optimizer.state), each block
+    a rank holds listed with every rank's value."""
+    model, opt = fsdp_pair(package, name, "fixed", mesh)
+    fsdp_steps(model, opt, range(1), 1, rank)
+    held = {}
+    for pid, p in enumerate(model.parameters()):
+        scales = opt.state[p].get("row_scaling_q_scale")
+        if scales is None or opt.state[p]["row_scaling_q"].shape[0] == p.shape[0]:
+            continue  # no ρ, or stepped whole
+        first, count = own_rows(p)
+        _, start, span = block_scale_span(p, first, count, BLOCKSIZE, by_rows=True)
+        held.update({(pid, start + k): scales[k].item() for k in range(span)})
+    every = [None] * mesh.size()
+    dist.all_gather_object(every, held)
+    blocks = {key for ranks in every for key in ranks}
+    return [(key, [ranks[key] for ranks in every if key in ranks]) for key in sorted(blocks)]
 
 
 def state_bytes(package, name, rank: int, mesh, world: int) -> list[int]:
@@ -400,13 +422,15 @@ def main(directory: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
-    collectives, layouts, onto_ranks, avg_lrs, held = {}, {}, {}, {}, {}
+    collectives, layouts, onto_ranks, avg_lrs, held, rho_scales = {}, {}, {}, {}, {}, {}
     for package in (reference, optimized):
         for name in RUN:
             collectives[f"{package.__name__}.{name}"] = collectives_per_step(package, name, rank, mesh)
             layouts[f"{package.__name__}.{name}"] = state_layout(package, name, rank, mesh)
             if steps_shards(package, name):
                 held[f"{package.__name__}.{name}"] = state_bytes(package, name, rank, mesh, world)
+            if steps_shards(package, name) and name in BLOCKED and name not in BY_NAME:  # (HinaAdamW has no ρ)
+                rho_scales[f"{package.__name__}.{name}"] = shared_rho_scales(package, name, rank, mesh)
             if name in KEEPS_AVG_LR:
                 avg_lrs[f"{package.__name__}.{name}"] = avg_lr_error(package, name, rank, mesh, world)
             for compat in COMPATS:
@@ -468,6 +492,7 @@ def main(directory: str) -> None:
         "collectives": collectives,
         "state_layout": layouts,
         "state_bytes": held,
+        "rho_scales": rho_scales,
         "avg_lr": avg_lrs,
     }
     torch.save(results, Path(directory) / f"rank{rank}.pt")

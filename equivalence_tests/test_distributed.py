@@ -175,6 +175,17 @@ def test_fsdp2_state_bytes_count_this_ranks_rows(ranks):
         assert all(0 < fsdp < one for fsdp, one in held.values()), held
 
 
+def test_fsdp2_a_shared_rho_block_has_one_scale_on_every_rank(ranks):
+    """The 8-bit classes' ALLoRA ρ blocks two ranks share (the wide weight's one block of 2048 rows) hold one scale,
+    the same on every rank that holds rows of them, as one process quantises the block (ShardSums.block_max)."""
+    for results in ranks:
+        blocks = results["rho_scales"]
+        assert set(blocks) == {f"optimized.{name}" for name in BLOCKED if name not in BY_NAME}
+        for case, scales in blocks.items():
+            assert any(len(values) > 1 for _, values in scales), case  # a block is shared
+            assert all(len(set(values)) == 1 for _, values in scales), (case, scales)
+
+
 # The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:
 # kernels.tensor_sum adds each row of up to 256 elements in float32 before the float64 sums (and the all-reduce),
 # and a row sum of n positive terms is within (n − 1)·2^-24 of its exact value. Observed 1.2e-7 (one float32 ulp)
