@@ -71,16 +71,17 @@ CONTEXTUAL = (
 # The flat 8-bit classes step a tensor's shards only where its 4096-element blocks each lie within one rank's rows:
 # their models get the wide branch (`Blocks`)
 BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit", "HinaAdamWOptimizer8bit")
-BLOCKS_FIT = ("wide.weight",)  # on 2 ranks (its ALLoRA ρ, one block of 2048 rows, shared); the bias's block straddles
+BLOCKS_FIT = ("wide.weight",)  # its ALLoRA ρ: one block of 1024·world rows, shared; the bias's block straddles
 
 
 class Blocks(torch.nn.Module):
-    """The wide branch a model adds for the 8-bit classes (`BLOCKED`): a [2048, 4] weight, whose 4096-element
-    blocks fall one to each of 2 ranks, and a [2048] bias, whose one block straddles them."""
+    """The wide branch a model adds for the 8-bit classes (`BLOCKED`): a [1024·world, 4] weight, whose 4096-element
+    blocks fall one to each rank, and a [1024·world] bias, whose one block straddles them (`world`: the ranks the
+    run shards over, `RANKS`)."""
 
     def __init__(self, wide: bool):
         super().__init__()
-        self.wide = torch.nn.Linear(4, 2048) if wide else None
+        self.wide = torch.nn.Linear(4, 1024 * RANKS[0]) if wide else None
 
     def branch(self, x):
         return 0.0 if self.wide is None else self.wide(x[:, :4]).tanh().mean(-1, keepdim=True)
@@ -278,8 +279,11 @@ def whole(model) -> list[torch.Tensor]:
 
 
 def train_fsdp(package, name, compat, micro: int, rank: int, mesh, warmup=None, kind=LoraNet,
-               with_loss=False) -> list[torch.Tensor]:  # fmt: skip
+               with_loss=False, gathered=False) -> list[torch.Tensor]:  # fmt: skip
+    """`gathered`: the optimizer steps whole tensors even where its class steps shards (reference.sharding)."""
     model, opt = fsdp_pair(package, name, compat, mesh, kind, warmup)
+    if gathered:
+        opt.steps_local_shards = False
     fsdp_steps(model, opt, range(STEPS), micro, rank, with_loss=with_loss)
     return whole(model)
 
@@ -415,12 +419,39 @@ def limit_of(package, name, compat, micro: int, world: int, warmup=None, kind=Lo
     return lambda err: free_running_limit(err, FREE_RUNNING_FP32.bound, self_divergence)
 
 
+def three_ranks(directory: str, rank: int, mesh) -> dict:
+    """On 3 ranks (uneven shards, an 8-bit block's scales cut 3 ways, a ρ block shared by 3), for the fast classes
+    that step their own shards: FSDP2 against the same ranks' run stepping whole tensors (one process's step on
+    the same gradients: a third of a gradient sum rounds, and the one-process emulation of `single_steps` adds
+    the thirds in another order, which upstream HinaAdamW's stale ADOPT denominator magnifies past the bound),
+    the DCP resume against the run not interrupted, and the state layout."""
+    fsdp, resumed, layouts = {}, {}, {}
+    for name in (n for n in RUN if steps_shards(optimized, n)):
+        layouts[f"optimized.{name}"] = state_layout(optimized, name, rank, mesh)
+        for compat in COMPATS:
+            case = f"optimized.{name} {compat}"
+            run = train_fsdp(optimized, name, compat, 1, rank, mesh)
+            gathered = train_fsdp(optimized, name, compat, 1, rank, mesh, gathered=True)
+            compare(fsdp, case, run, gathered, limit_of(optimized, name, compat, 1, 3))
+            path = Path(directory) / case
+            compare(resumed, case, fsdp_resumed(optimized, name, compat, rank, mesh, path, "dcp"), run)
+    return {"fsdp": fsdp, "resumed": resumed, "state_layout": layouts}
+
+
+RANKS = [2]  # the world size the models are built for (Blocks), set by `main`
+
+
 def main(directory: str) -> None:
     torch.set_num_threads(1)  # the same kernels, hence the same rounding, in every run
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))  # a collective one rank skips fails here
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     warnings.simplefilter("ignore")  # the family's warm-up and clamp warnings, once per optimizer
+    RANKS[0] = world
+    if world == 3:
+        torch.save(three_ranks(directory, rank, mesh), Path(directory) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+        return
     ddp, fsdp, fsdp_early, ddp_loss, fsdp_loss, resumed, checkpoints = {}, {}, {}, {}, {}, {}, []
     collectives, layouts, onto_ranks, avg_lrs, held, rho_scales = {}, {}, {}, {}, {}, {}
     for package in (reference, optimized):

@@ -45,17 +45,28 @@ from .distributed_child import (
 WORLD = 2
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
-    """One launch for the module. It runs before the per-test `compile_mode` fixture, so the ranks are told
-    here to run the fast path eagerly (compiled only under CAMEAMP_TEST_COMPILE=1), as the tests do."""
+def launch(tmp_path_factory, world: int) -> list[dict]:
+    """The child on `world` ranks. It runs before the per-test `compile_mode` fixture, so the ranks are told here
+    to run the fast path eagerly (compiled only under CAMEAMP_TEST_COMPILE=1), as the tests do."""
     out = tmp_path_factory.mktemp("distributed")
     env = {**os.environ, "CAMEAMP_COMPILE": "1" if os.environ.get("CAMEAMP_TEST_COMPILE") == "1" else "0"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                           "-m", "equivalence_tests.distributed_child", str(out)],
                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, f"torchrun exited {run.returncode}:\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
-    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """One launch on 2 ranks for the module: every case of distributed_child.main."""
+    return launch(tmp_path_factory, WORLD)
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory) -> list[dict]:
+    """One launch on 3 ranks: distributed_child.three_ranks."""
+    return launch(tmp_path_factory, 3)
 
 
 SHARDED = tuple(f"optimized.{name} " for name in RUN if steps_shards(optimized, name))
@@ -184,6 +195,20 @@ def test_fsdp2_a_shared_rho_block_has_one_scale_on_every_rank(ranks):
         for case, scales in blocks.items():
             assert any(len(values) > 1 for _, values in scales), case  # a block is shared
             assert all(len(set(values)) == 1 for _, values in scales), (case, scales)
+
+
+def test_three_fsdp2_ranks_step_their_shards_as_one_process(three):
+    """On 3 ranks (uneven shards; 8-bit block scales cut 3 ways; a ρ block shared by 3), every fast class that steps
+    its own shards is, within the free-running bound, the run of the same ranks stepping whole tensors (one
+    process's step on the same gradients; distributed_child.three_ranks), resumes through DCP bit for bit, and holds
+    the same tensors per shard as on 2."""
+    shards = [name for name in RUN if steps_shards(optimized, name)]
+    for rank, results in enumerate(three):
+        assert_bit_identical(results["fsdp"], len(shards) * len(COMPATS), rank, True)
+        assert_bit_identical(results["resumed"], len(shards) * len(COMPATS), rank)
+        for case, layouts in results["state_layout"].items():
+            name = case.split(".")[-1]
+            assert layouts == {param: "shards" if fits(name, param) else "whole" for param in layouts}, case
 
 
 # The LR mask's mean of a class that steps its own shards, against the float64 mean of its whole mask:
