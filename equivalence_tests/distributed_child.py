@@ -72,6 +72,7 @@ CONTEXTUAL = (
 # their models get the wide branch (`Blocks`)
 BLOCKED = ("Automagic_CameAMP8bit", "Automagic_CameAMP_COptim8bit", "HinaAdamWOptimizer8bit")
 BLOCKS_FIT = ("wide.weight",)  # its ALLoRA ρ: one block of 1024·world rows, shared; the bias's block straddles
+RANKS = [2]  # the world size the models are built for (Blocks), set by `main`
 
 
 class Blocks(torch.nn.Module):
@@ -436,9 +437,6 @@ def three_ranks(directory: str, rank: int, mesh) -> dict:
             path = Path(directory) / case
             compare(resumed, case, fsdp_resumed(optimized, name, compat, rank, mesh, path, "dcp"), run)
     return {"fsdp": fsdp, "resumed": resumed, "state_layout": layouts}
-
-
-RANKS = [2]  # the world size the models are built for (Blocks), set by `main`
 
 
 def main(directory: str) -> None:

@@ -49,7 +49,7 @@ class Bucket:
         self.row_blocks = C.build_row_blocks(self.layout, self.device, exact_zero, first_rows) if quantized else None
         # ALLoRA's ρ of a shard: a block shared with another rank has one absmax (ShardSums.block_max)
         shared_rho = quantized and self.shard_sums is not None
-        self.rho_over_ranks = self.shard_sums.block_max(self.row_blocks, self.layout.is_matrix) if shared_rho else None
+        self.rho_over_ranks = self.shard_sums.block_max(self.row_blocks, self.layout) if shared_rho else None
         self.theta = self.layout.empty(self.dtype, self.device, fill=0)
         self.views = self.layout.views(self.theta)
         torch._foreach_copy_(self.views, [p.detach() for p in self.params])

@@ -195,23 +195,24 @@ def padding_code(absmax: float, blocks: Blocks) -> int:
     return _code_of(-1.0) if absmax == 0 else int(blocks.zero)
 
 
-def _block_range(blocks: BlockLayout, i: int, n: int) -> slice:
+def block_range(blocks: BlockLayout, i: int, n: int) -> slice:
+    """The blocks of tensor i, whose `n` elements (rows, in ALLoRA's ρ table) the layout holds."""
     start = blocks.block_start[i]
     return slice(start, start + math.ceil((blocks.skipped[i] + n) / readable.BLOCKSIZE))
 
 
 def tensor_views(q: QState, layout: Layout, blocks: BlockLayout, i: int):
     """Tensor i's (codes with its shape, absmax) as views: the reference's `<key>_q` and `<key>_q_scale`."""
-    return layout.view(q.codes, i), q.absmax[_block_range(blocks, i, layout.numels[i])]
+    return layout.view(q.codes, i), q.absmax[block_range(blocks, i, layout.numels[i])]
 
 
 def load_tensor(q: QState, layout: Layout, blocks: BlockLayout, i: int, codes, absmax) -> None:
     """Tensor i's saved codes and absmax; its padding gets the code `quantize` writes there, so that a resumed
     run holds the same bytes as one that never stopped."""
-    block_range = _block_range(blocks, i, layout.numels[i])
-    q.absmax[block_range] = absmax.to(q.absmax)
+    held = block_range(blocks, i, layout.numels[i])
+    q.absmax[held] = absmax.to(q.absmax)
     rows = layout.row_slice(i)
-    last = float(q.absmax[block_range.stop - 1])
+    last = float(q.absmax[held.stop - 1])
     q.codes[rows.stop - 1] = padding_code(last, blocks.blocks)  # only the last row is padded
     layout.view(q.codes, i).copy_(codes.reshape(layout.shapes[i]))
 
@@ -222,12 +223,12 @@ def _rows(layout: Layout, i: int) -> slice:
 
 def row_views(q: QState, layout: Layout, rows: BlockLayout, i: int):
     """Matrix i's ρ as the reference stores it, as views: codes [rows, 1] and absmax."""
-    return q.codes[_rows(layout, i)], q.absmax[_block_range(rows, i, layout.shapes[i][0])]
+    return q.codes[_rows(layout, i)], q.absmax[block_range(rows, i, layout.shapes[i][0])]
 
 
 def load_rows(q: QState, layout: Layout, rows: BlockLayout, i: int, codes, absmax) -> None:
     q.codes[_rows(layout, i)] = codes.reshape(-1, 1)
-    q.absmax[_block_range(rows, i, layout.shapes[i][0])] = absmax.to(q.absmax)
+    q.absmax[block_range(rows, i, layout.shapes[i][0])] = absmax.to(q.absmax)
 
 
 def nbytes(buf) -> int:

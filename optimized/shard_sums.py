@@ -1,11 +1,12 @@
 """The per-tensor sums of a bucket whose tensors are FSDP2 shards, summed across the mesh.
 
-Under FSDP2 the fast Automagic_CameAMP and C-Optim step each rank's own rows (reference.sharding: local twins).
-Every statistic of their step that is not per element is a sum (AGR's group Σ|g|, adaptive weight decay's Σ|g| and
-Σg², the RMS clip's Σu², TAM's and OrthoGrad's inner products, upstream TAM's dim-0 column norms, the LR mask's
-mean, C-Optim's gradient signal),
+Under FSDP2 the fast Automagic_CameAMP, C-Optim, their 8-bit classes and HinaAdamW step each rank's own rows
+(reference.sharding: local twins). Every statistic of their step that is not per element is a sum (AGR's group
+Σ|g|, adaptive weight decay's Σ|g| and Σg², the RMS clip's Σu², TAM's and OrthoGrad's inner products, upstream
+TAM's dim-0 column norms, the LR mask's mean, C-Optim's gradient signal, HinaAdamW's gradient, TAM and SPD sums),
 so each is this rank's partial sum all-reduced over the mesh: one collective per reduction for all of a bucket's
-tensors, never one per tensor. A tensor stepped whole on every rank (one with an empty shard somewhere) keeps
+tensors, never one per tensor. The one maximum is the scale of an 8-bit ALLoRA ρ block two ranks share
+(`block_max`). A tensor stepped whole on every rank (one with an empty shard somewhere) keeps
 its own sum. Counts are the whole tensors' (`numel_t`). A total beyond float32's range is ±inf, as the
 single-process float32 sum is (kernels.tensor_sum), except in a float64 bucket.
 """
@@ -22,8 +23,9 @@ import torch.distributed as dist
 from reference.blockwise_8bit import BLOCKSIZE
 from reference.sharding import own_rows
 
-from .codec import BlockLayout
+from .codec import BlockLayout, block_range
 from .kernels import in_fp32_range
+from .layout import Layout
 
 
 def over_ranks(shards: ShardSums | None, *sums: torch.Tensor) -> list[torch.Tensor]:
@@ -51,7 +53,6 @@ class ShardSums:
         self.sharded = torch.tensor(self.is_shard, device=device)
         wholes = [p if o is None else o for p, o in zip(params, owners, strict=True)]
         self.numels = np.array([math.prod(w.shape) for w in wholes])
-        self.local_rows = [p.shape[0] if p.dim() else 1 for p in params]
         self.first_rows = [0 if o is None else own_rows(o)[0] for o in owners]  # in the whole tensor
         self.whole_rows = [w.shape[0] if w.dim() else 1 for w in wholes]
         self.numel_t = torch.tensor(self.numels, dtype=torch.float64, device=device)
@@ -81,18 +82,17 @@ class ShardSums:
             start += x.numel()
         return out
 
-    def block_max(self, blocks: BlockLayout, is_matrix) -> Callable | None:
+    def block_max(self, blocks: BlockLayout, layout: Layout) -> Callable | None:
         """For ALLoRA's ρ table of an 8-bit bucket (blocks of 4096 rows, `codec.build_row_blocks` given
         `first_rows`): a function absmax → each block's absmax over every rank that holds rows of it, in one
         all_reduce (MAX), so ρ is quantised as one process quantises it; None where no matrix is a shard."""
         place, total = torch.full_like(blocks.blocks.block_tensor, -1), 0  # each block's among the whole tensors'
-        for i, matrix in enumerate(is_matrix):
+        for i, matrix in enumerate(layout.is_matrix):
             if not (matrix and self.is_shard[i]):
                 continue
-            start = blocks.block_start[i]
-            count = -(-(blocks.skipped[i] + self.local_rows[i]) // BLOCKSIZE)
+            held = block_range(blocks, i, layout.shapes[i][0])
             first = total + self.first_rows[i] // BLOCKSIZE
-            place[start : start + count] = torch.arange(first, first + count, device=place.device)
+            place[held] = torch.arange(first, first + held.stop - held.start, device=place.device)
             total += -(-self.whole_rows[i] // BLOCKSIZE)
         if not total:
             return None
