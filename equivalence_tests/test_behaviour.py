@@ -154,10 +154,15 @@ def test_fixed_mode_states_are_fp32_for_bf16(compat):
 
 
 def test_importing_the_packages_prints_nothing():
-    """Issue 28: no import-time output (bitsandbytes' CPU backend warns about an optional 4-bit kernel)."""
+    """Issue 28: no import-time output (bitsandbytes' CPU backend warns about an optional 4-bit kernel), neither
+    at import nor where the first 8-bit state imports bitsandbytes. Importing loads none of the modules that take
+    seconds to import (bitsandbytes, inductor, DTensor: ~4 s of each process's start): they load at first use."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "import reference, optimized, papers"], capture_output=True,
-                          text=True, timeout=300, check=True)  # fmt: skip
+    heavy = ("bitsandbytes", "torch._inductor", "torch._dynamo", "torch.distributed.tensor")
+    code = (f"import sys, torch, reference, optimized, papers\n"
+            f"sys.stdout.write(' '.join(m for m in {heavy!r} if m in sys.modules))\n"
+            f"reference.blockwise_8bit.quantize(torch.ones(8))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout == "" and done.stderr == "", (done.stdout, done.stderr)

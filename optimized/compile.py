@@ -69,7 +69,10 @@ def _codegen_classes():
     return kernel, scheduling
 
 
-FAST_BYTE_LOADS = _codegen_classes() is not None  # whether `_scoped` can give 8-bit loads the one-instruction path
+def fast_byte_loads() -> bool:
+    """Whether `_scoped` can give 8-bit loads the one-instruction path (asked when compiling: importing
+    inductor's code generator takes ~1.4 s, which importing `optimized` does not pay)."""
+    return _codegen_classes() is not None
 
 
 @contextlib.contextmanager

@@ -39,10 +39,11 @@ import logging
 import torch
 
 
-def _import_bitsandbytes():
-    """bitsandbytes.functional, imported without its CPU backend's import-time warning: on AVX-512-BF16
-    machines it logs that its optional 4-bit GEMM kernel (the `kernels` package) is missing, which 8-bit
-    optimizer states never use. Importing our package prints nothing."""
+@functools.cache
+def bnb_functional():
+    """bitsandbytes.functional, imported at first use (it takes ~2.5 s: it imports inductor) and without its
+    CPU backend's import-time warning: on AVX-512-BF16 machines it logs that its optional 4-bit GEMM kernel (the
+    `kernels` package) is missing, which 8-bit optimizer states never use. Importing our package prints nothing."""
     quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -53,15 +54,13 @@ def _import_bitsandbytes():
     return functional
 
 
-bnb_functional = _import_bitsandbytes()
-
 BLOCKSIZE = 4096  # upstream `_quantize_tensor(x, blocksize=4096)`
 ZERO_CODE = 127  # the index of 0.0 in the signed dynamic tree code
 
 
 @functools.cache
 def _code_table(device) -> torch.Tensor:
-    return bnb_functional.create_dynamic_map(signed=True).to(device=device, dtype=torch.float32)
+    return bnb_functional().create_dynamic_map(signed=True).to(device=device, dtype=torch.float32)
 
 
 def code_table(device="cpu") -> torch.Tensor:
@@ -75,7 +74,7 @@ def quantize(x: torch.Tensor, blocksize: int = BLOCKSIZE, exact_zero: bool = Fal
     x32 = x.detach().to(torch.float32).contiguous()
     if x32.numel() == 0:
         return torch.zeros(x.shape, dtype=torch.uint8, device=x.device), torch.zeros(0, device=x.device)
-    codes, quant_state = bnb_functional.quantize_blockwise(x32, blocksize=blocksize)
+    codes, quant_state = bnb_functional().quantize_blockwise(x32, blocksize=blocksize)
     absmax = quant_state.absmax.to(torch.float32)
     if exact_zero:
         n_b = absmax.repeat_interleave(blocksize)[: x32.numel()].view(x32.shape)

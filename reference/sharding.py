@@ -23,13 +23,24 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 from .persistence import saved_param_map
+
+
+def is_dtensor(x) -> bool:
+    """Whether x is a DTensor, without importing torch.distributed.tensor (~1 s) in a process that has not: no
+    DTensor exists before its module is imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(x, module.DTensor)
 
 
 def whole_tensor_step(step):
@@ -38,7 +49,7 @@ def whole_tensor_step(step):
 
     @functools.wraps(step)
     def wrapper(self, closure=None, *args, **kwargs):
-        if not any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"]):
+        if not any(is_dtensor(p) for group in self.param_groups for p in group["params"]):
             return step(self, closure, *args, **kwargs)
         if closure is not None:
             with torch.enable_grad():
@@ -72,14 +83,14 @@ def _held_states(optimizer, state_dict):
         return state_dict
     owners = _local_owners(optimizer, state_dict)
     entries = state_dict["state"].items()
-    if not owners and not any(isinstance(v, DTensor) for _, e in entries if isinstance(e, dict) for v in e.values()):
+    if not owners and not any(is_dtensor(v) for _, e in entries if isinstance(e, dict) for v in e.values()):
         return state_dict
     state = {}
     for pid, e in entries:
         if isinstance(e, dict) and pid in owners:
             e = {k: _local_value(optimizer, owners[pid], k, v) for k, v in e.items()}
         elif isinstance(e, dict):
-            e = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in e.items()}
+            e = {k: v.full_tensor() if is_dtensor(v) else v for k, v in e.items()}
         state[pid] = e
     return {**state_dict, "state": state}
 
@@ -119,7 +130,9 @@ def _local_value(optimizer, p: DTensor, key: str, value):
     """State `key` of `p` as its local twin holds it: this rank's part (`_state_span`) of a DTensor or of a whole
     tensor, any other value (a scalar, a per-tensor 0-d state) as it is."""
     whole, first, count = _state_span(optimizer, p, key)
-    if isinstance(value, DTensor):
+    from torch.distributed.tensor import Shard
+
+    if is_dtensor(value):
         same = value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),)
         if same and value.shape[0] == whole and _chunk_span(p, whole) == (first, count):
             return value.to_local()
@@ -133,7 +146,7 @@ def _sharded_value(optimizer, p: DTensor, key: str, value):
     """A local twin's state `key` as `state_dict()` gives it: one with this rank's part (`_state_span`) as a
     DTensor sharded like p (no collective; of a part that shares an 8-bit block with another rank's, as torch.chunk
     assigns the entries: `_shard_fits` checks it is held), any other as it is."""
-    if not torch.is_tensor(value) or isinstance(value, DTensor) or not value.dim():
+    if not torch.is_tensor(value) or is_dtensor(value) or not value.dim():
         return value
     whole, first, count = _state_span(optimizer, p, key)
     if value.shape[0] != count:
@@ -142,6 +155,8 @@ def _sharded_value(optimizer, p: DTensor, key: str, value):
     shape = (whole, *value.shape[1:])
     stride = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
     local = value.narrow(0, chunk_first - first, chunk_count) if chunk_count else value[:0]
+    from torch.distributed.tensor import DTensor
+
     return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=shape, stride=stride)
 
 
@@ -198,6 +213,8 @@ def whole_tensor_save(method):
 def _dim0_rows(t: DTensor) -> list[int] | None:
     """Rows of dim 0 each rank holds, where `t` is sharded on dim 0 of a 1-D mesh as torch.chunk splits it
     (FSDP2's layout); None for any other layout."""
+    from torch.distributed.tensor import Shard
+
     mesh = t.device_mesh
     if mesh.ndim != 1 or tuple(t.placements) != (Shard(0),):
         return None
@@ -266,7 +283,7 @@ def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created
     values = [p for p in whole if stepping or p not in twins]
     grads = [p for p in whole if stepping and p.grad is not None]
     states = [(optimizer.state[p], key) for p in whole if make and p in optimizer.state
-              for key, value in optimizer.state[p].items() if isinstance(value, DTensor)]  # fmt: skip
+              for key, value in optimizer.state[p].items() if is_dtensor(value)]  # fmt: skip
     gathered = iter(gather_whole([p.detach() for p in values] + [p.grad for p in grads] + [e[k] for e, k in states]))
     fresh = set(values)  # (sets of tensors compare by identity)
     for p in chosen:
@@ -295,7 +312,7 @@ def _twins(optimizer, params: list[DTensor], stepping: bool, make: bool, created
     for p in local:
         if make and p in optimizer.state:
             entry = optimizer.state[p]
-            entry.update({k: _local_value(optimizer, p, k, v) for k, v in entry.items() if isinstance(v, DTensor)})
+            entry.update({k: _local_value(optimizer, p, k, v) for k, v in entry.items() if is_dtensor(v)})
     return {p: twins[p] for p in chosen}
 
 
@@ -308,11 +325,11 @@ def whole_tensors(optimizer, stepping: bool = True, make: bool = True):
     `_twins_created(p → twin)`, once they are in the groups. After a step that did not raise, each rank keeps
     its shard of the result; the state, now whole, returns to the DTensor's key either way."""
     swapped, created = [], {}
-    params = [p for group in optimizer.param_groups for p in group["params"] if isinstance(p, DTensor)]
+    params = [p for group in optimizer.param_groups for p in group["params"] if is_dtensor(p)]
     twins = _twins(optimizer, params, stepping, make, created) if params else {}
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
-            whole = twins.get(p) if isinstance(p, DTensor) else None
+            whole = twins.get(p) if is_dtensor(p) else None
             if whole is None:
                 continue
             group["params"][i] = whole
@@ -334,5 +351,7 @@ def whole_tensors(optimizer, stepping: bool = True, make: bool = True):
                 p.detach().to_local().copy_(whole.detach())
             elif stepped:
                 # every rank holds the same whole result: each takes its shard locally, with no collective
+                from torch.distributed.tensor import distribute_tensor
+
                 p.detach().copy_(distribute_tensor(whole.detach(), p.device_mesh, p.placements, src_data_rank=None))
             whole.grad = None
