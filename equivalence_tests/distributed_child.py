@@ -50,7 +50,7 @@ from .differential import CLASSES, COMPATS
 from .harness import RoundingPerturbed, free_running_limit
 from .tolerances import FREE_RUNNING_FP32, scaled_error
 
-STEPS = 10  # ≥ 2·W with the warm-up window W = 4 of cases.contract.WARMED
+STEPS = 8  # 2·W with the warm-up window W = 4 of cases.contract.WARMED; with EARLY_WARMUP, t = 8 is its t ≥ W
 STOP = 3  # the FSDP2 checkpoint is taken in warm-up
 BATCH = 4  # per rank and micro-batch
 # DDP: (gradient_as_bucket_view, micro-batches per step: the first ones under no_sync)
@@ -279,14 +279,16 @@ def whole(model) -> list[torch.Tensor]:
     return [p.detach().full_tensor() for p in model.parameters()]
 
 
+@functools.cache  # every rank makes the same calls, so every rank skips the same collectives
 def train_fsdp(package, name, compat, micro: int, rank: int, mesh, warmup=None, kind=LoraNet,
-               with_loss=False, gathered=False) -> list[torch.Tensor]:  # fmt: skip
-    """`gathered`: the optimizer steps whole tensors even where its class steps shards (reference.sharding)."""
+               with_loss=False, gathered=False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """`gathered`: the optimizer steps whole tensors even where its class steps shards (reference.sharding).
+    Cached, as train_single: a run is a function of its arguments (make_model and batch seed everything)."""
     model, opt = fsdp_pair(package, name, compat, mesh, kind, warmup)
     if gathered:
         opt.steps_local_shards = False
     fsdp_steps(model, opt, range(STEPS), micro, rank, with_loss=with_loss)
-    return whole(model)
+    return tuple(whole(model))
 
 
 def fsdp_resumed(package, name, compat, rank: int, mesh, path: Path, route: str) -> list[torch.Tensor]:
@@ -339,14 +341,16 @@ def single_steps(model, opt, steps: range, micro: int, world: int, with_loss=Fal
         opt.step(loss=sum(losses) / world) if with_loss else opt.step()
 
 
+@functools.cache  # the same run is the partner of several cases
 def train_single(package, name, compat, micro: int, world: int, warmup=None, perturbed=False,
-                 kind=LoraNet, with_loss=False) -> list[torch.Tensor]:  # fmt: skip
-    """`perturbed`: the optimizer in harness.RoundingPerturbed (one rounding error on its inputs each step)."""
+                 kind=LoraNet, with_loss=False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """`perturbed`: the optimizer in harness.RoundingPerturbed (one rounding error on its inputs each step).
+    Cached: a run is a function of its arguments (make_model and batch seed everything)."""
     model = make_model(name, kind)
     opt = make_optimizer(package, name, model, compat, warmup)
     opt = RoundingPerturbed(opt) if perturbed else opt
     single_steps(model, opt, range(STEPS), micro, world, with_loss)
-    return [p.detach().clone() for p in model.parameters()]
+    return tuple(p.detach().clone() for p in model.parameters())
 
 
 def single_resumed(package, name, compat, path: Path, world: int) -> list[torch.Tensor]:
