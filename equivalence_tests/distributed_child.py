@@ -43,7 +43,7 @@ import optimized
 import reference
 from optimized.compile import compile_enabled, set_compile
 from reference.blockwise_8bit import BLOCKSIZE
-from reference.sharding import block_scale_span, own_rows
+from reference.sharding import block_scale_span, chunk_sizes, own_rows
 
 from .cases.contract import WARMED
 from .differential import CLASSES, COMPATS
@@ -211,8 +211,7 @@ def state_layout(package, name, rank: int, mesh) -> dict[str, str]:
     saved = opt.state_dict()["state"]
     world, layouts = mesh.size(), {}
     for pid, (param_name, p) in enumerate(model.named_parameters()):
-        chunk = -(-p.shape[0] // world)
-        if min(chunk, p.shape[0] - (world - 1) * chunk) * (p.numel() // p.shape[0]) <= 1:
+        if min(chunk_sizes(p.shape[0], world)) * (p.numel() // p.shape[0]) <= 1:
             continue
         values = [v for v in opt.state[p].values() if torch.is_tensor(v)]
         if any(v.shape == p.to_local().shape for v in values):

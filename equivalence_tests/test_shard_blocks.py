@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.sharding import _chunked, block_scale_span, blocks_cover_chunks, blocks_fit_shards
+from reference.sharding import block_scale_span, blocks_cover_chunks, blocks_fit_shards, chunk_sizes
 
 
 def held_and_chunks(rows: list[int], width: int, blocksize: int) -> tuple[list[set], list[set]]:
@@ -17,7 +17,7 @@ def held_and_chunks(rows: list[int], width: int, blocksize: int) -> tuple[list[s
     owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows) * width)
     blocks = torch.arange(owner.numel()) // blocksize
     held = [set(blocks[owner == r].tolist()) for r in range(len(rows))]
-    counts = _chunked(-(-owner.numel() // blocksize), len(rows))
+    counts = chunk_sizes(-(-owner.numel() // blocksize), len(rows))
     chunks = [set(range(sum(counts[:r]), sum(counts[: r + 1]))) for r in range(len(rows))]
     return held, chunks
 
@@ -35,7 +35,7 @@ def covers_by_elements(rows: list[int], blocksize: int) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(1, 200), world=st.integers(1, 5), width=st.integers(1, 40), blocksize=st.sampled_from([4, 8, 64]))
 def test_blocks_fit_shards_is_its_element_by_element_definition(n, world, width, blocksize):
-    rows = _chunked(n, world)
+    rows = chunk_sizes(n, world)
     if min(rows) == 0:  # a tensor with an empty shard is stepped whole before this is asked
         return
     assert blocks_fit_shards(rows, width, blocksize) == fits_by_elements(rows, width, blocksize)

@@ -121,7 +121,7 @@ def _state_span(optimizer, p: DTensor, key: str) -> tuple[int, int, int]:
 
 def _chunk_span(p: DTensor, whole: int) -> tuple[int, int]:
     """(first, count) of the `whole` entries of dim 0 that a DTensor sharded like `p` holds on this rank."""
-    counts = _chunked(whole, p.device_mesh.size())
+    counts = chunk_sizes(whole, p.device_mesh.size())
     rank = p.device_mesh.get_local_rank()
     return sum(counts[:rank]), counts[rank]
 
@@ -129,9 +129,9 @@ def _chunk_span(p: DTensor, whole: int) -> tuple[int, int]:
 def _local_value(optimizer, p: DTensor, key: str, value):
     """State `key` of `p` as its local twin holds it: this rank's part (`_state_span`) of a DTensor or of a whole
     tensor, any other value (a scalar, a per-tensor 0-d state) as it is."""
-    whole, first, count = _state_span(optimizer, p, key)
     from torch.distributed.tensor import Shard
 
+    whole, first, count = _state_span(optimizer, p, key)
     if is_dtensor(value):
         same = value.device_mesh == p.device_mesh and tuple(value.placements) == (Shard(0),)
         if same and value.shape[0] == whole and _chunk_span(p, whole) == (first, count):
@@ -175,7 +175,7 @@ def blocks_fit_shards(rows: list[int], width: int, blocksize: int) -> bool:
     their count, so a rank's blocks are the whole tensor's and their scales shard as a DTensor shards."""
     starts = [sum(rows[:r]) * width for r in range(len(rows))]
     counts = [-(-n * width // blocksize) for n in rows]
-    return all(s % blocksize == 0 for s in starts) and counts == _chunked(sum(counts), len(rows))
+    return all(s % blocksize == 0 for s in starts) and counts == chunk_sizes(sum(counts), len(rows))
 
 
 def blocks_cover_chunks(rows: list[int], blocksize: int) -> bool:
@@ -183,7 +183,7 @@ def blocks_cover_chunks(rows: list[int], blocksize: int) -> bool:
     holds rows of each block torch.chunk assigns it of the block count, so its scales shard as a DTensor shards
     (a block two ranks share has one scale, reduced across them)."""
     starts = [sum(rows[:r]) for r in range(len(rows))]
-    chunks = _chunked(-(-sum(rows) // blocksize), len(rows))
+    chunks = chunk_sizes(-(-sum(rows) // blocksize), len(rows))
     for r, (start, n) in enumerate(zip(starts, rows, strict=True)):
         held_first, held_end = start // blocksize, -(-(start + n) // blocksize)
         chunk_first = sum(chunks[:r])
@@ -218,11 +218,11 @@ def _dim0_rows(t: DTensor) -> list[int] | None:
     mesh = t.device_mesh
     if mesh.ndim != 1 or tuple(t.placements) != (Shard(0),):
         return None
-    rows = _chunked(t.shape[0], mesh.size())
+    rows = chunk_sizes(t.shape[0], mesh.size())
     return rows if rows[mesh.get_local_rank()] == t.to_local().shape[0] else None
 
 
-def _chunked(n: int, world: int) -> list[int]:
+def chunk_sizes(n: int, world: int) -> list[int]:
     """How torch.chunk splits n rows over `world` ranks."""
     chunk = -(-n // world)
     return [max(0, min(chunk, n - r * chunk)) for r in range(world)]
