@@ -61,10 +61,14 @@ class Automagic_CameAMP_Improved(StackedSteps, readable.Automagic_CameAMP_Improv
         consts = self._consts(group, early, rank_aware)
         beta1_t = 1.0 if early else max(group["betas"][0] * consts.beta1_decay**t, 0.4)
         decay = rank_aware_decay(group["weight_decay"], theta) if rank_aware else group["weight_decay"]
-        scalars = torch.tensor([beta1_t, 1 - beta1_t, decay], dtype=res_dtype, device=theta.device)
+        scalars = torch.tensor([beta1_t, 1 - beta1_t, decay, consts.beta1, consts.mix], dtype=res_dtype,
+                               device=theta.device)  # fmt: skip
+        uncompiled = self._uncompiled(dtype, early, stack)
+        if not uncompiled:  # the fields a scheduler moves are inputs of the graph (S.Consts)
+            consts = consts._replace(beta1=scalars[S.BETA1], mix=scalars[S.MIX])
         args = (stack.theta, stacked_grad, group_sum, self._floor, step_states(st), scalars, rank_term, res_weight,
                 mask_scale, jumps, flags, consts)  # fmt: skip
-        if self._uncompiled(dtype, early, stack):
+        if uncompiled:
             S.stack_step(*args)
         elif steps_in_passes(stack, early):
             S.in_passes(S.fused_stack_step, *args)

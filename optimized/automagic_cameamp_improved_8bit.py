@@ -19,7 +19,7 @@ from reference.lr_mask import RANDOM_WALK_RANGE
 
 from . import improved8_step as S
 from . import improved_step, stack_codec
-from .shape_stack import ShapeStack, StackedSteps, group_abs_sum, stacked_grad, step_states
+from .shape_stack import ShapeStack, StackedSteps, group_abs_sum, host_scalar_dtype, stacked_grad, step_states
 
 
 class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_Improved_8Bit):
@@ -119,6 +119,7 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
             eps1=group["eps"][0],
             eps2=group["eps"][1],
             beta1=beta1,
+            one_minus_beta1=1 - beta1,
             beta2=beta2,
             beta3=beta3,
             edge_threshold=group["edge_threshold"],
@@ -130,10 +131,11 @@ class Automagic_CameAMP_Improved_8Bit(StackedSteps, readable.Automagic_CameAMP_I
         )
         lr, w = group["lr"], group["warmup_steps"]
         ramp = lr * t / w if t < w else lr  # T8e's warm-up ramp, read only while t < W (W = 0: never)
-        scalars = (ramp, lr * RANDOM_WALK_RANGE[0], lr * RANDOM_WALK_RANGE[1])
+        scalars = (ramp, lr * RANDOM_WALK_RANGE[0], lr * RANDOM_WALK_RANGE[1], consts.beta1, consts.one_minus_beta1)
         uncompiled = self._uncompiled(dtype, early, stack)
-        if not uncompiled:
-            scalars = torch.tensor(scalars, dtype=torch.float32, device=theta.device)
+        if not uncompiled:  # the fields a scheduler moves are inputs of the graph (S.Consts)
+            scalars = torch.tensor(scalars, dtype=host_scalar_dtype(dtype), device=theta.device)
+            consts = consts._replace(beta1=scalars[S.BETA1], one_minus_beta1=scalars[S.ONE_MINUS_BETA1])
         blocks = self._blocks_for(stack) if any(key.endswith("_q") for key in st) else None
         passed = step_states(st)
         step = S.stack_step if uncompiled else S.fused_stack_step

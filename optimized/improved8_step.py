@@ -46,11 +46,15 @@ class Flags(NamedTuple):
 
 
 class Consts(NamedTuple):
-    """The group's hyperparameters: constants of the graph."""
+    """The group's hyperparameters: constants of the graph, but for β1, which a scheduler moves (OneCycleLR and
+    CyclicLR write group["betas"] = (β1, *rest) at every step by default): a compiled step takes `beta1` and
+    `one_minus_beta1` (computed on the host, as the reference computes 1 − β1) as views of its `scalars`
+    tensor, so a new β1 compiles no new graph (it compiled two per step)."""
 
     eps1: float
     eps2: float
     beta1: float
+    one_minus_beta1: float
     beta2: float
     beta3: float
     edge_threshold: float
@@ -61,8 +65,9 @@ class Consts(NamedTuple):
     weight_decay: float
 
 
-# entries of stack_step's `scalars`: the warm-up base η·t/W, the random walk's bounds 0.1·η and 10·η
-BASE, WALK_LOW, WALK_HIGH = range(3)
+# entries of stack_step's `scalars`: the warm-up base η·t/W, the random walk's bounds 0.1·η and 10·η, and
+# β1, 1 − β1 (Consts' scheduled fields, read through `c`)
+BASE, WALK_LOW, WALK_HIGH, BETA1, ONE_MINUS_BETA1 = range(5)
 
 
 def penalised_gradient(grad, rank_term, f: Flags, c: Consts):
@@ -144,7 +149,7 @@ def row_variance_scaling(update):
 def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, stats, rank_term, noise, blocks,
                f: Flags, c: Consts):  # fmt: skip
     """One step of a stack: θ (`theta_store`, the parameters' dtype) and the states `st` are written in place.
-    `scalars`: [η·t/W, 0.1·η, 10·η] (a tensor, or floats uncompiled); `stats`: [μ, σ] of |g| over the group
+    `scalars`: [η·t/W, 0.1·η, 10·η, β1, 1 − β1] (a tensor, or floats uncompiled); `stats`: [μ, σ] of |g| over the group
     (T10; None unless `f.decay`); `rank_term`: T24's L(θ) (upstream U·diag(k·S)·Vh, fixed the tail gradient
     at k = 1; None when off); `noise` [c, *mask]: the random walk's z (after W); `blocks`: stack_codec.Blocks
     (None when no state is quantised); `floor`: the round-off floor (None: upstream)."""
@@ -157,7 +162,7 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, stats
 
     # step 3: m ← β1·m + (1−β1)·g'   (in the state's dtype, as upstream's in-place update)
     m = load(st, "exp_avg", codec, blocks)
-    m = m.mul(c.beta1).add(grad, alpha=1 - c.beta1).to(m.dtype)
+    m = m.mul(c.beta1).add(grad, alpha=c.one_minus_beta1).to(m.dtype)
     # step 4: came: v ← β2·v + (1−β2)·(g'² + ε1), u = g' ⊙ rsqrt(v); else r likewise on (g' − m)², u = m/(√r + ε2)
     v = load(st, "exp_avg_sq", codec, blocks)
     if f.came:

@@ -351,7 +351,11 @@ class Flags(NamedTuple):
 
 
 class Consts(NamedTuple):
-    """The group's hyperparameters: constants of the graph (a change recompiles; see `fused_stack_step`)."""
+    """The group's hyperparameters: constants of the graph (a change recompiles; see `fused_stack_step`), but
+    for the two a scheduler moves: OneCycleLR and CyclicLR write group["betas"] = (β1, *rest) at every step by
+    default, and β1 sets `mix` when alpha_mix_ratio is None. A compiled step takes `beta1` and `mix` as views
+    of its `scalars` tensor (BETA1, MIX), so a new β1 compiles no new graph (it compiled two per step); in
+    fp32 a tensor input gives the same results bit for bit as the constant did."""
 
     eps1: float
     eps2: float
@@ -405,15 +409,16 @@ def lr_mask_step(st: dict, x, condition, mask_scale, jumps, f: Flags, c: Consts,
     return mask
 
 
-# entries of stack_step's `scalars`
-BETA1_T, ONE_MINUS_BETA1_T, DECAY = range(3)
+# entries of stack_step's `scalars` (BETA1, MIX: the Consts fields a scheduler moves, read through `c`)
+BETA1_T, ONE_MINUS_BETA1_T, DECAY, BETA1, MIX = range(5)
 
 
 def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_term, res_weight, mask_scale,
                jumps, f: Flags, c: Consts, given: tuple | None = None):  # fmt: skip
     """One step of a stack: θ (`theta_store`, the parameters' dtype) and the states `st` (the state dtype)
-    are written in place. `scalars`: [β1_t, 1 − β1_t, λ] (the consistency momentum's coefficients, unused
-    while early, and SPD's decay, rank-aware on matrices), tensors so that a new value is no new graph;
+    are written in place. `scalars`: [β1_t, 1 − β1_t, λ, β1, mix] (the consistency momentum's coefficients,
+    unused while early, SPD's decay, rank-aware on matrices, and `c`'s scheduled fields), tensors so that a
+    new value is no new graph;
     `rank_term`: the rank penalty added to g̃ (or None); `res_weight` [c]: the fixed residual's bias
     correction; `mask_scale` [c]: the post-warm-up mask scale (None: all 1); `jumps` [c]: the warm-up
     mask's lr jumps (zeros where the lr did not rise); `floor`: the round-off floor (None: upstream);
