@@ -57,7 +57,10 @@ def test_tensor_lr_is_a_clear_value_error(package, name):
         getattr(package, name)(params, lr=torch.tensor(1e-3))
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSES if n != "HinaAdamWOptimizer"])
+MASK_CLAMPED = [n for n in CLASSES if n not in ("HinaAdamWOptimizer", "Automagic_CameAMP_Improved_8Bit")]
+
+
+@pytest.mark.parametrize("name", MASK_CLAMPED)
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_lr_clamped_by_max_lr_warns_once(package, name):
     """An lr above max_lr trained at max_lr without a word (the LR mask is clamped); now one warning says so, and a
@@ -70,6 +73,24 @@ def test_lr_clamped_by_max_lr_warns_once(package, name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         getattr(package, name)([torch.nn.Parameter(torch.randn(4, 5))], lr=1e-3, max_lr=1e-3, compat="fixed")
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_improved_8bit_ignores_max_lr_without_a_clamp_warning(package):
+    """Improved_8Bit accepts min_lr and max_lr and ignores them [I-17, I-47]: it warned that an lr above max_lr
+    trains at max_lr, which it does not; its steps are the same whatever max_lr is."""
+    runs = []
+    for max_lr in (1e-3, 1.0):
+        params = [torch.nn.Parameter(torch.ones(4, 5))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt = package.Automagic_CameAMP_Improved_8Bit(params, lr=1e-2, max_lr=max_lr, warmup_steps=2)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            params[0].grad = torch.randn(4, 5, generator=gen)
+            opt.step()
+        runs.append(params[0].detach().clone())
+    assert torch.equal(*runs)
 
 
 @pytest.mark.parametrize("name", CLASSES)

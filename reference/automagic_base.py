@@ -18,11 +18,13 @@ from .validation import check_distinct_params, check_grads, gradients_are_finite
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
+MASK_BOUNDS = ("min_lr", "max_lr")  # the LR mask's clamp, per group when fixed [I-25]; OneCycleLR writes them too
 
 
 class AutomagicBase(Copyable, torch.optim.Optimizer):
     config_class = AutomagicConfig
     magic_version = MAGIC_VERSION  # the state_dict's version key (Improved: 2)
+    mask_clamped = True  # the LR mask is clamped to [min_lr, max_lr] (Improved_8Bit accepts and ignores them)
 
     def __init__(self, params, **kwargs):
         """Keyword arguments and defaults: `config_class` (reference.config.AutomagicConfig: upstream's)."""
@@ -36,6 +38,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         self._floor = None  # the round-off floor of the group being stepped (see `_set_floor`)
         for group in self.param_groups:
             self._warn_if_clamped(group)
+        self._record_mask_bounds()
 
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
@@ -46,15 +49,37 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
             self.state[p] = {}
         if hasattr(self, "compat"):  # torch's constructor adds the first groups before compat is set
             self._warn_if_clamped(self.param_groups[-1])
+            self._record_mask_bounds()
 
     def _warn_if_clamped(self, group) -> None:
         """Warn once when a group's lr is above max_lr: the LR mask (T8) is clamped to max_lr at its first update,
         so the group trains at max_lr, not at the lr asked for."""
         lr, max_lr = group["lr"], self._mask_setting(group, "max_lr")
-        if lr > max_lr and not self._warned_max_lr:
+        if self.mask_clamped and lr > max_lr and not self._warned_max_lr:
             self._warned_max_lr = True
             warnings.warn(f"lr={lr:g} is above max_lr={max_lr:g}: the LR mask is clamped to max_lr, so the group "
                           "trains at max_lr; pass max_lr >= lr to train at lr", UserWarning, stacklevel=3)  # fmt: skip
+
+    def _record_mask_bounds(self) -> None:
+        """The groups' LR-mask bounds as built or loaded: `_warn_if_bounds_moved` compares against them."""
+        self._mask_bounds = [tuple(group[key] for key in MASK_BOUNDS) for group in self.param_groups]
+
+    def _warn_if_bounds_moved(self) -> None:
+        """Warn when a group's min_lr/max_lr changed since it was built or loaded, once per change. The corrected
+        mode clamps the LR mask to the group's values, and torch's OneCycleLR writes its own schedule's bounds
+        into the same keys (max_lr, and min_lr = initial_lr / final_div_factor), so the mask's clamp moves
+        silently; upstream reads the constructor's values and is not affected."""
+        if not (self.fixed and self.mask_clamped):
+            return
+        for index, (group, was) in enumerate(zip(self.param_groups, self._mask_bounds, strict=True)):
+            now = tuple(group[key] for key in MASK_BOUNDS)
+            if now != was:  # stacklevel 7: the caller of step() under an LR scheduler's wrapper
+                warnings.warn(f"param group {index}: the LR mask's bounds (min_lr, max_lr) changed from {was} to "
+                              f"{now} after the optimizer was built; torch's OneCycleLR writes its schedule's "
+                              "max_lr and min_lr into these keys. The mask now clamps to the new values; to keep "
+                              "the old ones, give OneCycleLR max_lr and final_div_factor that reproduce them",
+                              UserWarning, stacklevel=7)  # fmt: skip
+        self._record_mask_bounds()
 
     @property
     def fixed(self) -> bool:
@@ -86,6 +111,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
                 loss = closure()
         if not self._gradients_ok():
             return loss
+        self._warn_if_bounds_moved()
         self._step_groups()
         if self.verbose:
             self._report()
@@ -216,3 +242,4 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
 
     def _load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self._record_mask_bounds()

@@ -80,6 +80,7 @@ class ContextualOptimization:
                 loss = closure()
         if not self._gradients_ok():  # a skipped step observes no loss either
             return loss if closure is not None else None
+        self._warn_if_bounds_moved()
         if loss is None:
             loss, self._pending_loss = self._pending_loss, None
         if loss is not None:

@@ -99,6 +99,7 @@ class Automagic_CameAMP_Improved_8Bit(Blockwise8bitStates, AutomagicBase):
     `Improved8BitOptimizerConfig` (reference.config.Improved8BitConfig), `profile`, `compat` and `seed`."""
 
     config_class = Improved8BitConfig
+    mask_clamped = False  # min_lr and max_lr are accepted and ignored [I-17, I-47]
 
     def __init__(self, params, **kwargs):
         profile = kwargs.pop("profile", None)
