@@ -183,6 +183,44 @@ def test_add_param_group_after_steps(package, name):
     assert not torch.equal(extra.detach(), before) and opt.state[extra]["step"] == 2
 
 
+def bad_group_settings(defaults: dict) -> list[tuple[str, object]]:
+    """One out-of-range or mistyped value per setting the class's groups hold: (key, value)."""
+    bad = [("lr", -1e-3), ("lr", "1e-3"), ("weight_decay", -0.1), ("betas", (1.5, *defaults["betas"][1:]))]
+    bad.append(("eps", (0.0, *defaults["eps"][1:]) if isinstance(defaults["eps"], tuple) else 0.0))
+    if "warmup_steps" in defaults:
+        bad.append(("warmup_steps", -3))
+    if "min_lr" in defaults:
+        bad.append(("min_lr", 10 * defaults["max_lr"]))
+    return bad
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_a_groups_own_settings_are_checked_as_the_constructors_are(package, name):
+    """A param group's own lr, betas, … (a LoRA+ group, a loaded checkpoint's) were taken unchecked: lr=-1 or
+    betas[0]=1.5 stepped. Each is now a ValueError or TypeError naming the group and the setting, from
+    add_param_group, the constructor's list of groups and load_state_dict, before anything changes."""
+    opt = build(package, name, "fixed")
+    run(opt, 1, seed=1)
+    saved = copy.deepcopy(opt.state_dict())
+    for key, value in bad_group_settings(opt.defaults):
+        extra = torch.nn.Parameter(torch.randn(3))
+        with pytest.raises((ValueError, TypeError), match=rf"param group 1: {key}"):
+            opt.add_param_group({"params": [extra], key: value})
+        assert len(opt.param_groups) == 1 and extra not in opt.state
+        with pytest.raises((ValueError, TypeError), match=rf"param group 0: {key}"):
+            getattr(package, name)([{"params": [extra], key: value}])
+        corrupt = copy.deepcopy(saved)
+        corrupt["param_groups"][0][key] = value
+        with pytest.raises((ValueError, TypeError), match=rf"param group 0: {key}"):
+            opt.load_state_dict(corrupt)
+        assert opt.param_groups[0][key] == saved["param_groups"][0][key]
+    opt.add_param_group(
+        {"params": [torch.nn.Parameter(torch.randn(3))], "lr": 1e-4, "param_names": ["te.w"], "name": "te"}
+    )
+    run(opt, 1, seed=2)
+
+
 @pytest.mark.parametrize("name", CLASSES)
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_entries_that_are_not_a_parameters_are_kept(package, name):

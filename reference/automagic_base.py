@@ -3,6 +3,7 @@ that depend on `compat`, and the `magic_version` of the state_dict (spec optimiz
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -14,7 +15,7 @@ from .lr_mask import LR_MAX_INIT
 from .persistence import Copyable
 from .roundoff_floor import floor_roundoff, group_floor
 from .sharding import whole_tensor_load, whole_tensor_save, whole_tensor_step
-from .validation import check_distinct_params, check_grads, gradients_are_finite, nonfinite_step_allowed
+from .validation import check_distinct_params, check_grads, gradients_are_finite, naming_group, nonfinite_step_allowed
 
 MAGIC_VERSION = 1
 FIXED_EPS = 1e-12  # [I-05] denominator guard of the corrected mode (as upstream's AdamS uses)
@@ -29,8 +30,8 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
     def __init__(self, params, **kwargs):
         """Keyword arguments and defaults: `config_class` (reference.config.AutomagicConfig: upstream's)."""
         config = self.config_class(**kwargs)
+        self.config = config  # before torch's constructor adds the groups: add_param_group checks them against it
         super().__init__(params, config.group_defaults())
-        self.config = config
         self.compat, self.verbose = config.compat, config.verbose
         self.wd_until = getattr(config, "wd_until", "warmup_half")
         self.nonfinite = config.nonfinite
@@ -42,6 +43,7 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
 
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
+        self._check_group_settings(param_group, len(self.param_groups))
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             # a placeholder entry: `optimizer.state` is never empty, so torch.distributed.checkpoint does not take a
@@ -50,6 +52,20 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         if hasattr(self, "compat"):  # torch's constructor adds the first groups before compat is set
             self._warn_if_clamped(self.param_groups[-1])
             self._record_mask_bounds()
+
+    def _check_group_settings(self, group, index: int) -> None:
+        """A group's own settings (a LoRA+ or text-encoder group's lr, betas, …, or a loaded group's) get the
+        constructor's checks, the class's config over the constructor's other settings, before anything changes:
+        a group with lr=-1 or betas[0]=1.5 was accepted and stepped. Keys that are not settings (a group's name)
+        are left alone, as torch leaves them."""
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        own = {key: value for key, value in group.items() if key in fields}
+        if not own:
+            return
+        constructor = {key: getattr(self.config, key) for key in ("compat", "wd_until") if hasattr(self.config, key)}
+        defaults = {key: value for key, value in self.defaults.items() if key in fields}
+        with naming_group(index):
+            self.config_class(**{**defaults, **own, **constructor})
 
     def _warn_if_clamped(self, group) -> None:
         """Warn once when a group's lr is above max_lr: the LR mask (T8) is clamped to max_lr at its first update,

@@ -246,3 +246,5 @@ def check_state_dict(optimizer, state_dict) -> None:
             _fail(f"state has an entry for parameter {pid!r}, which no param group lists")
         p, group = params[pid]
         check_entry(optimizer, f"state[{pid!r}]", entry, p, group)
+    for gi, saved in enumerate(saved_groups):  # last: a checkpoint of another class is named as such first
+        optimizer._check_group_settings(saved, gi)

@@ -61,6 +61,7 @@ from .validation import (
     check_grads,
     check_nonfinite_policy,
     gradients_are_finite,
+    naming_group,
     nonfinite_step_allowed,
     refuse_tensor,
 )
@@ -82,6 +83,17 @@ def _real(name, value, low, high=None, low_open=False, high_open=False):
         raise ValueError(f"{name} = {value} is out of range")
 
 
+def check_group_values(d: dict) -> None:
+    """The settings a param group holds (the constructor's, or a group's own)."""
+    _real("lr", d["lr"], 0.0)
+    if not isinstance(d["betas"], (tuple, list)) or len(d["betas"]) != 2:
+        raise ValueError(f"betas must be a pair, got {d['betas']!r}")
+    for i, b in enumerate(d["betas"]):
+        _real(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
+    _real("eps", d["eps"], 0.0, low_open=True)  # ε = 0 divides an exactly-zero gradient element by 0
+    _real("weight_decay", d["weight_decay"], 0.0)
+
+
 class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
     def __init__(
         self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
@@ -101,13 +113,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
                         amsgrad=amsgrad, block_wise=block_wise, is_paged=is_paged)  # fmt: skip
         for name, value in switches.items():
             check_bool(name, value)
-        _real("lr", lr, 0.0)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair, got {betas!r}")
-        for i, b in enumerate(betas):
-            _real(f"betas[{i}]", b, 0.0, 1.0, high_open=True)
-        _real("eps", eps, 0.0, low_open=True)  # ε = 0 divides an exactly-zero gradient element by 0
-        _real("weight_decay", weight_decay, 0.0)
+        check_group_values(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         _real("spd_lambda", spd_lambda, 0.0)
         _real("tam_beta", tam_beta, 0.0, 1.0, high_open=True)
         _real("alora_ratio", alora_ratio, 0.0, low_open=True)
@@ -138,9 +144,18 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
 
     def add_param_group(self, param_group):
         check_distinct_params(param_group)
+        self._check_group_settings(param_group, len(self.param_groups))
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             self.state[p] = {}  # a placeholder, as reference.AutomagicBase.add_param_group explains
+
+    def _check_group_settings(self, group, index: int) -> None:
+        """A group's own settings, or a loaded group's, get the constructor's checks before anything changes
+        (reference.AutomagicBase._check_group_settings)."""
+        own = {key: group[key] for key in self.defaults if key in group}
+        if own:
+            with naming_group(index):
+                check_group_values({**self.defaults, **own})
 
     @property
     def fixed(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 
@@ -70,6 +71,15 @@ def check_automagic_kwargs(d: dict, *, compat: str, wd_until: str) -> None:
     w = d["warmup_steps"]
     if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0:
         raise ValueError(f"warmup_steps must be a non-negative integer, got {w!r}")
+
+
+@contextlib.contextmanager
+def naming_group(index: int):
+    """A ValueError or TypeError raised inside names the param group it is about."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"param group {index}: {error}") from None
 
 
 def check_distinct_params(param_group: dict) -> None:
