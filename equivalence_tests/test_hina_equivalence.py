@@ -182,3 +182,25 @@ def test_lora_a_factor_matches_the_product_it_never_forms(a_shape, b_shape):
     got = BucketFactors([a, b], layout, alora_ratio=16.0, fixed=False, device="cpu").compute()
     assert abs(float(got[0]) - lora_names.lora_a_scale(a, b)) <= 1e-6 * lora_names.lora_a_scale(a, b)
     assert float(got[1]) == 1.0  # a paired B has no factor upstream
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("package", [reference, optimized], ids=lambda p: p.__name__)
+def test_orthograd_of_a_gradient_parallel_to_theta_is_no_step(package, dtype):
+    """T7c's g⊥ of a gradient parallel to θ (a one-element matrix always; here also g = c·θ) is 0 in exact
+    arithmetic; the computed one was rounding noise, which Adam's normalisation made a step of up to η with an
+    arbitrary sign, different in each implementation (found by the randomised differential check: 3e-3 of a
+    (1, 1) parameter). In the corrected mode that tensor does not move (weight decay and SPD off); a tensor
+    beside it whose gradient is not parallel to θ still does."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype)) for shape in ((1, 1), (6, 5), (6, 5))]
+    before = [p.detach().clone() for p in params]
+    opt = package.HinaAdamWOptimizer(params, lr=1e-2, weight_decay=0.0, use_spd=False, use_orthogonal_grad=True)
+    for _ in range(3):
+        scale = float(torch.rand((), generator=gen)) + 0.5
+        params[0].grad = torch.randn((1, 1), generator=gen, dtype=dtype)
+        params[1].grad = -scale * params[1].detach().clone()
+        params[2].grad = torch.randn((6, 5), generator=gen, dtype=dtype)
+        opt.step()
+    assert torch.equal(params[0], before[0]) and torch.equal(params[1], before[1])
+    assert not torch.equal(params[2], before[2])

@@ -121,6 +121,25 @@ def test_float64_parameters(name, compat):
     assert check(d) == []
 
 
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_float64_parameters_keep_float64_precision(package, name):
+    """A step applies its update to an fp64 θ in fp64: the fast HinaAdamW, Improved and seed 004's 8Bit wrote θ
+    back as its fp32 rounding at every step (the fixed mode's states are fp32; the reference subtracts the update
+    from θ in θ's dtype), so an fp64 run kept fp32 precision, unseen under the free-running bounds. After the
+    warm-up (SPD, which the reference computes in the state dtype, is off) θ is not its own fp32 rounding."""
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64)) for shape in ((6, 5), (7,))]
+    kwargs = {} if name == "HinaAdamWOptimizer" else {"warmup_steps": 0}
+    opt = build(package, name, params, compat="fixed", lr=1e-3, **kwargs)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        opt.step()
+    for p in params:
+        assert not torch.equal(p.detach(), p.detach().float().double())
+
+
 @pytest.mark.parametrize("name", ["Automagic_CameAMP", "Automagic_CameAMP8bit", "Automagic_CameAMP_COptim",
                                   "Automagic_CameAMP_COptim8bit"])  # fmt: skip
 def test_row_scaling_of_a_parameter_without_gradient_is_kept(name):

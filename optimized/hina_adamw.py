@@ -25,6 +25,7 @@ from reference.blockwise_8bit import BLOCKSIZE
 from reference.checkpoint import check_entry
 from reference.checkpoint_layout import as_held
 from reference.dynamic_weight_decay import weight_decay_multiplier
+from reference.orthograd import PARALLEL_TOL
 from reference.persistence import saved_param_map
 from reference.roundoff_floor import group_floor
 from reference.sharding import block_scale_span, blocks_fit_shards, whole_tensor_load, whole_tensor_step
@@ -239,17 +240,22 @@ class HinaAdamWOptimizer(readable.HinaAdamWOptimizer):
 
         # T7c: π = ⟨θ,g⟩/⟨θ,θ⟩ in the parameter dtype, for tensors with ≥ 2 dims and θ ≠ 0
         g_sum, g_sq = sums["sum"], sums["sq"]
+        parallel = None
         if self.use_orthogonal_grad:
             ww = sums["ww"].to(dt)
             keep = torch.from_numpy(b.host["projectable"]).to(dev) & (ww > 0)
             cols.proj.copy_(torch.where(keep, sums["wg"].to(dt) / ww, 0))
             g_sum, g_sq = over_ranks(b.shard_sums, *H.projected_sums(b.theta, b.grad, passed(), consts, b.idx, flags))
+            if self.fixed:  # g ∥ θ: g⊥ is rounding noise, taken as 0 (reference.orthograd.project_out)
+                parallel = keep & (g_sq.sqrt() <= PARALLEL_TOL * sums["sq"].sqrt())
         # T1b: 1 + |Σg|/‖g‖ in the parameter dtype; 1 for 0-d tensors and g = 0
         cols.agr.fill_(1.0)
         if self.use_agr:
             norm = g_sq.sqrt().to(dt)
             use = torch.from_numpy(b.host["has_dim"]).to(dev) & (norm > 0)
             cols.agr.copy_(torch.where(use, 1.0 + g_sum.to(dt).abs() / norm, 1.0))
+        if parallel is not None:
+            cols.agr.masked_fill_(parallel, 0.0)
         if self.use_tam:
             cols.tam.copy_(self._tam_factor(b, passed(), consts, flags, t, member_t))
 

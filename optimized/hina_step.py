@@ -38,7 +38,7 @@ class PerTensor(NamedTuple):
     step: torch.Tensor  # η·√(1 − β2^t)/(1 − β1^t), times the LoRA factor
     decay: torch.Tensor  # η·wd, times the T14 multiplier
     proj: torch.Tensor  # OrthoGrad's π (0: g as it is)
-    agr: torch.Tensor  # AGR's factor (1: g as it is)
+    agr: torch.Tensor  # AGR's factor (1: g as it is; 0: g ∥ θ under OrthoGrad, corrected mode)
     tam: torch.Tensor  # TAM's factor
     spd: torch.Tensor  # η·λ·r of SPD (0: θ as it is)
 
@@ -176,25 +176,27 @@ def _main_pass(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags, spd:
     if valid is not None:
         update = torch.where(valid, update, 0.0)
 
-    # θ ← θ − step·U (step with the LoRA factor); θ ← θ − η·wd·m_t·θ
-    theta = b.theta.float() - K.per_row(tab.step, idx) * update
+    # θ ← θ − step·U (step with the LoRA factor); θ ← θ − η·wd·m_t·θ, in θ's dtype where it is wider than fp32
+    # (fp64 θ rounded to fp32 at every step: an fp64 run kept fp32 precision)
+    old_theta = K.at_least_fp32(b.theta)
+    theta = old_theta - K.per_row(tab.step, idx) * update
     theta = theta - K.per_row(tab.decay, idx) * theta
-    b.theta.copy_(theta if rows is None else torch.where(rows, theta, b.theta.float()))
+    b.theta.copy_(theta if rows is None else torch.where(rows, theta, old_theta))
 
     valid = K.valid_mask(idx) if isinstance(b.exp_avg, C.QState) else None
     C.store(b.exp_avg, m, b.blocks, rows, tensors, valid)
     C.store(b.exp_avg_sq, v, b.blocks, rows, tensors, valid)
     if spd:  # ‖θ − θ0‖², ‖θ‖² of the new θ in fp64, as the reference's norms accumulate on the CPU (a θ past
         # 1.8e19 — ADOPT after an all-zero first gradient — squares to inf in fp32; outside the partition: spd = 0)
-        diff, wide = (theta - b.anchor.float()).double(), theta.double()
+        diff, wide = (theta - K.at_least_fp32(b.anchor)).double(), theta.double()
         return K.tensor_sum(diff * diff, idx), K.tensor_sum(wide * wide, idx)
     return None
 
 
 def _spd_pass(theta, anchor, tab: PerTensor, idx: K.Idx):
     """T11d: θ ← θ − (η·λ·r)·(θ − θ0)."""
-    t = theta.float()
-    theta.copy_(t - K.per_row(tab.spd, idx) * (t - anchor.float()))
+    t = K.at_least_fp32(theta)
+    theta.copy_(t - K.per_row(tab.spd, idx) * (t - K.at_least_fp32(anchor)))
 
 
 gradient_sums = compiled(_gradient_sums)

@@ -491,8 +491,9 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     update = (update * lr_eff).to(update.dtype)
 
-    # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U
-    new_theta = theta - update
+    # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U, in θ's own dtype where it is fp64 (the
+    # reference subtracts U from the parameter; an fp64 θ was written back as its fp32 rounding)
+    new_theta = (theta_store if theta_store.dtype == torch.float64 else theta) - update
     if f.warm:
         spd = spd_step(theta, update, st["pre"], scalars[DECAY], passes)
         new_theta = torch.where(condition < 0.0, spd, new_theta)

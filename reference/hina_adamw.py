@@ -49,7 +49,7 @@ from .cautious import cautious_mask_hina
 from .checkpoint import check_state_dict, check_states
 from .checkpoint_layout import as_held, saving_warm_layout
 from .dynamic_weight_decay import weight_decay_multiplier
-from .orthograd import project_out
+from .orthograd import PARALLEL_TOL, project_out
 from .persistence import Copyable, restore_state_dtypes
 from .roundoff_floor import floor_roundoff, group_floor
 from .sharding import whole_tensor_load, whole_tensor_save, whole_tensor_step
@@ -234,7 +234,7 @@ class HinaAdamWOptimizer(Copyable, torch.optim.Optimizer):
 
         grad = p.grad if self._floor is None else floor_roundoff(p.grad, self._floor)
         if self.use_orthogonal_grad:
-            grad = project_out(p, grad)  # T7c
+            grad = project_out(p, grad, PARALLEL_TOL if self.fixed else 0.0)  # T7c
         if self.use_agr:
             grad = agr_hina(grad)  # T1b
 

@@ -42,8 +42,14 @@ def orthograd(theta: torch.Tensor, x: torch.Tensor, parallel_tol: float = 0.0) -
     return (v_perp * (nu / perp_norm.add(1e-30))).reshape(x.shape)
 
 
-def project_out(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """HinaAdamW's orthogonal gradient (spec T7c): g − (⟨θ,g⟩/⟨θ,θ⟩)·θ for θ.ndim ≥ 2, no rescaling."""
+def project_out(theta: torch.Tensor, grad: torch.Tensor, parallel_tol: float = 0.0) -> torch.Tensor:
+    """HinaAdamW's orthogonal gradient (spec T7c): g − (⟨θ,g⟩/⟨θ,θ⟩)·θ for θ.ndim ≥ 2, no rescaling.
+
+    Degenerate case (found by the randomised differential check, not in upstream-issues.md): where g is parallel
+    to θ (always so for a one-element matrix), g⊥ is 0 in exact arithmetic and the computed g⊥ is rounding noise,
+    which Adam's normalisation m/(√v + ε) turns into a step of up to η with an arbitrary sign (fp32 noise of
+    ~1e-8·‖g‖ is ε's size at ‖g‖ ~ 1). `parallel_tol > 0` (the corrected mode) returns 0 where
+    ‖g⊥‖ ≤ parallel_tol·‖g‖, as T7a's `orthograd` does."""
     if theta.dim() < 2:
         return grad
     w, g = theta.reshape(-1), grad.reshape(-1)
@@ -51,7 +57,10 @@ def project_out(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     if float(ww) <= 0:
         return grad
     # g⊥ = g − (⟨w,g⟩/⟨w,w⟩)·w
-    return (g - (torch.dot(w, g) / ww) * w).reshape(grad.shape)
+    perp = g - (torch.dot(w, g) / ww) * w
+    if parallel_tol > 0 and float(perp.norm()) <= parallel_tol * float(g.norm()):
+        return torch.zeros_like(grad)
+    return perp.reshape(grad.shape)
 
 
 class OrthoGrad(torch.optim.Optimizer):
