@@ -1,6 +1,6 @@
-"""Run by test_scheduled_hyperparameters.py in a fresh process: every fast class under a schedule that moves lr
-and β1 each step, as torch's OneCycleLR and CyclicLR do (`cycle_momentum`, their default, writes
-group["betas"] = (β1, *rest)). torch.compile runs with dynamo's "eager" backend here: dynamo's guards, which
+"""Run by test_scheduled_hyperparameters.py in a fresh process: every fast class under torch's OneCycleLR, which
+moves lr and β1 at every step (`cycle_momentum`, its default and CyclicLR's, writes group["betas"] = (β1, *rest)).
+torch.compile runs with dynamo's "eager" backend here: dynamo's guards, which
 decide whether a call compiles a new graph, are the same as inductor's, and nothing is generated or built.
 
 Prints one JSON object: {"<class> <compat>": [graphs after every phase was stepped, graphs after the moving
@@ -22,8 +22,8 @@ from .differential import CLASSES, COMPATS
 from .tolerances import scaled_error
 
 WARMUP = 4  # t < W/2, W/2 ≤ t < W and t ≥ W are all stepped by step WARMUP + 1
-SETTLE = WARMUP + 2  # steps at the group's own betas: every graph of the run is compiled
-MOVING = 4  # steps that each move lr and β1
+SETTLE = WARMUP + 2  # steps after which every graph of the run is compiled
+MOVING = 4  # steps after that, each at a new lr and β1
 
 
 def eager_backend(compile_):
@@ -50,25 +50,18 @@ def build(package, name: str, compat: str, params):
         return getattr(package, name)(params, **kwargs)
 
 
-def move(opt, t: int) -> None:
-    """What OneCycleLR's step writes: a new lr and a new β1, the other betas kept."""
-    for group in opt.param_groups:
-        group["lr"] = 1e-3 * (1.0 + 0.5 * t)
-        group["betas"] = (0.95 - 0.01 * t, *group["betas"][1:])
-
-
 def run(package, name: str, compat: str, graphs: list | None = None) -> list[torch.nn.Parameter]:
     params = make_params(0)
     opt = build(package, name, compat, params)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=SETTLE + MOVING + 1)
     gen = torch.Generator().manual_seed(1)
     for t in range(SETTLE + MOVING):
-        if t >= SETTLE:
-            move(opt, t - SETTLE + 1)
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             opt.step()
+        scheduler.step()
         if graphs is not None and t in (SETTLE - 1, SETTLE + MOVING - 1):
             graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     return params
