@@ -177,7 +177,7 @@ def _main_pass(b: Buffers, tab: PerTensor, idx: K.Idx, c: Consts, f: Flags, spd:
         update = torch.where(valid, update, 0.0)
 
     # θ ← θ − step·U (step with the LoRA factor); θ ← θ − η·wd·m_t·θ, in θ's dtype where it is wider than fp32
-    # (fp64 θ rounded to fp32 at every step: an fp64 run kept fp32 precision)
+    # (an fp64 θ keeps fp64 precision, as the reference's in-place updates of p keep it)
     old_theta = K.at_least_fp32(b.theta)
     theta = old_theta - K.per_row(tab.step, idx) * update
     theta = theta - K.per_row(tab.decay, idx) * theta

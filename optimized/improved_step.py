@@ -302,6 +302,12 @@ def suppress_update(update, edge_history, penalty: float, ndim: int, full: bool 
     return update * (1.0 - penalty * edge_history).clamp(0.1, 1.0), edge_history
 
 
+def minus_update(theta_store, theta, update):
+    """θ − U, subtracted from the parameter itself where it is fp64 (as the reference subtracts U from p, so an
+    fp64 θ keeps fp64 precision), else from θ in the state dtype."""
+    return (theta_store if theta_store.dtype == torch.float64 else theta) - update
+
+
 def spd_step(theta, update, anchor, decay, passes: Passes = ONE_PASS):
     """spd.spd_step per tensor: θ̃ = θ − U; θ̃ − λ·r·(θ̃ − θ0)."""
     new_theta = theta - update
@@ -491,9 +497,8 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     update = (update * lr_eff).to(update.dtype)
 
-    # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U, in θ's own dtype where it is fp64 (the
-    # reference subtracts U from the parameter; an fp64 θ was written back as its fp32 rounding)
-    new_theta = (theta_store if theta_store.dtype == torch.float64 else theta) - update
+    # T11a SPD while warm (per tensor, where c < 0), else θ ← θ − U
+    new_theta = minus_update(theta_store, theta, update)
     if f.warm:
         spd = spd_step(theta, update, st["pre"], scalars[DECAY], passes)
         new_theta = torch.where(condition < 0.0, spd, new_theta)

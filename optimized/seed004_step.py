@@ -25,6 +25,7 @@ from .improved_step import (
     cautious,
     edge_penalty,
     floored,
+    minus_update,
     per,
     scale_v3,
     spd_step,
@@ -206,7 +207,7 @@ def stack_step(theta_store, raw_grad, group_sum, floor, st: dict, scalars, rank_
 
     # T11b SPD while t < W, per tensor where c = −⟨g, θ − θ0⟩ < 0 (upstream: g̃ and θ0 = the last iterate,
     # 0 at t = 1; fixed: the raw g and θ0 = the first-step weights), else θ ← θ − U
-    new_theta = (theta_store if theta_store.dtype == torch.float64 else theta) - update  # fp64 θ kept fp64
+    new_theta = minus_update(theta_store, theta, update)
     if f.warm:
         condition = -tensor_sum((raw_grad if f.fixed else grad) * (theta - st["pre"]))
         new_theta = torch.where(condition < 0.0, spd_step(theta, update, st["pre"], scalars[DECAY]), new_theta)

@@ -90,12 +90,12 @@ class AutomagicBase(Copyable, torch.optim.Optimizer):
         for index, (group, was) in enumerate(zip(self.param_groups, self._mask_bounds, strict=True)):
             now = tuple(group[key] for key in MASK_BOUNDS)
             if now != was:  # stacklevel 7: the caller of step() under an LR scheduler's wrapper
+                self._mask_bounds[index] = now
                 warnings.warn(f"param group {index}: the LR mask's bounds (min_lr, max_lr) changed from {was} to "
                               f"{now} after the optimizer was built; torch's OneCycleLR writes its schedule's "
                               "max_lr and min_lr into these keys. The mask now clamps to the new values; to keep "
                               "the old ones, give OneCycleLR max_lr and final_div_factor that reproduce them",
                               UserWarning, stacklevel=7)  # fmt: skip
-        self._record_mask_bounds()
 
     @property
     def fixed(self) -> bool:
